@@ -1,0 +1,5 @@
+import sys
+
+from normprobe.cli import main
+
+sys.exit(main())
