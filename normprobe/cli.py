@@ -18,13 +18,6 @@ from normprobe.errors import NormprobeError
 
 # Order here is the order in `normprobe --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "demo",
-    "analyze",
-    "rank",
-    "embed",
-    "datasets",
-    "zoo",
-    "simulate",
 )
 
 EPILOG = """\
