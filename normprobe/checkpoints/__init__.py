@@ -1,0 +1,51 @@
+"""Checkpoints: our file format and adapters for other people's.
+
+    loaded = load_encoder("simclr.pt")        # auto-detects the format
+    loaded.encoder(x)["z"]                     # raw projector embeddings
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from normprobe.checkpoints.fileio import read_torch_file, sha256_of
+from normprobe.checkpoints.loaded import LoadedEncoder
+from normprobe.checkpoints.native import FORMAT, save_checkpoint
+from normprobe.checkpoints.registry import ADAPTERS, adapter_by_name
+from normprobe.errors import NormprobeError
+
+__all__ = ["FORMAT", "ADAPTERS", "LoadedEncoder", "load_encoder", "save_checkpoint"]
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, dict):
+        keys = list(obj)[:6]
+        return f"a dict with keys {keys}{' ...' if len(obj) > 6 else ''}"
+    return f"a {type(obj).__name__}"
+
+
+def load_encoder(path: str | Path, arch: str | None = None, adapter: str | None = None) -> LoadedEncoder:
+    """Load any supported checkpoint as an eval-mode encoder on the CPU.
+
+    ``adapter`` forces a format instead of auto-detection; ``arch`` overrides the architecture
+    for formats that do not describe it (see each adapter).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NormprobeError(f"{path}: no such checkpoint file")
+    source = str(path)
+    candidates = [adapter_by_name(adapter)] if adapter else ADAPTERS
+    chosen = next((a for a in candidates if a.file_level and a.detect(path)), None)
+    obj = None
+    if chosen is None:
+        obj = read_torch_file(path)
+        chosen = next((a for a in candidates if not a.file_level and a.detect(obj)), None)
+    if chosen is None:
+        names = ", ".join(a.name for a in candidates)
+        raise NormprobeError(f"{path}: not a checkpoint format normprobe knows ({_describe(obj)}; tried {names})")
+    module, preprocess, method, meta = chosen.build(path if chosen.file_level else obj, source, arch)
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    heads = tuple(meta.pop("heads", None) or getattr(module, "heads", ("feats",)))
+    return LoadedEncoder(module, preprocess, heads, chosen.name, method, sha256_of(path), source, meta)

@@ -1,0 +1,63 @@
+"""Our checkpoint file (Contract 1 in ARCHITECTURE.md): everything needed to rebuild the encoder.
+
+Keys: ``format`` ("normprobe.checkpoint/1"), ``method``, ``encoder`` (backbone spec and head layer
+lists, see :mod:`normprobe.models`), ``preprocess`` (input size, mean/std or None), ``state_dict``
+(encoder weights; momentum/target copies under ``target_state_dict``), ``training`` (resolved config,
+epoch, step, metrics history) and optionally ``resume`` (optimiser, scheduler, scaler, RNG states).
+Only tensors, numbers, strings, lists and dicts: the file loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normprobe.checkpoints.fileio import atomic_torch_save
+from normprobe.checkpoints.weights import load_weights
+from normprobe.errors import NormprobeError
+from normprobe.models import Encoder, build_encoder
+from normprobe.preprocess import Preprocess
+
+FORMAT = "normprobe.checkpoint/1"
+REQUIRED_KEYS = ("format", "method", "encoder", "preprocess", "state_dict")
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    method: str,
+    encoder_spec: dict[str, Any],
+    preprocess: Preprocess,
+    state_dict: dict[str, torch.Tensor],
+    training: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a Contract-1 checkpoint atomically. ``extra`` adds keys such as ``target_state_dict`` or ``resume``."""
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "method": method,
+        "encoder": encoder_spec,
+        "preprocess": preprocess.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "training": training or {},
+    }
+    payload.update(extra or {})
+    atomic_torch_save(payload, Path(path))
+
+
+def is_native(obj: Any) -> bool:
+    return isinstance(obj, dict) and str(obj.get("format", "")).startswith("normprobe.checkpoint/")
+
+
+def load_native(obj: dict[str, Any], source: str) -> tuple[Encoder, Preprocess, str, dict[str, Any]]:
+    if obj["format"] != FORMAT:
+        raise NormprobeError(f"{source}: checkpoint format {obj['format']!r} is newer than this normprobe reads ({FORMAT})")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise NormprobeError(f"{source}: normprobe checkpoint lacks {', '.join(missing)}")
+    encoder = build_encoder(obj["encoder"])
+    load_weights(encoder, obj["state_dict"], source)
+    meta = {"training": obj.get("training", {}), "encoder": obj["encoder"]}
+    return encoder, Preprocess.from_dict(obj["preprocess"]), str(obj["method"]), meta

@@ -1,0 +1,43 @@
+"""Load remapped weights into a module, asserting nothing is missing or left over (as MoCo v3 / DINO do)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from normprobe.errors import NormprobeError
+
+
+def _sample(keys: list[str], limit: int = 4) -> str:
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, ignore_missing: tuple[str, ...] = ()) -> None:
+    """``module.load_state_dict`` with one clear error listing missing, unexpected and mis-shaped keys.
+
+    ``ignore_missing`` names keys that may legitimately be absent (e.g. BatchNorm's
+    ``num_batches_tracked``, which older checkpoints do not store).
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict and not any(k.endswith(s) for s in ignore_missing)]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): {_sample(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): {_sample(unexpected)}")
+    if mismatched:
+        problems.append(f"wrong shape for {_sample(mismatched, 3)}")
+    if problems:
+        raise NormprobeError(f"{source}: weights do not fit the architecture ({'; '.join(problems)}); try --arch")
+    bad = [k for k, v in state_dict.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise NormprobeError(f"{source}: NaN or Inf in weights ({_sample(bad)})")
+    module.load_state_dict(dict(state_dict), strict=not ignore_missing)
