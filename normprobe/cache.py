@@ -1,0 +1,52 @@
+"""On-disk embedding cache: one ``.npy`` per (checkpoint, dataset fingerprint, head, preprocessing, precision).
+
+Location: ``$NORMPROBE_CACHE``, else ``~/.cache/normprobe/embeddings``. Writes are atomic (temporary
+file + ``os.replace``), so a crash never leaves a truncated entry; reads are memory-mapped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV = "NORMPROBE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normprobe" / "embeddings"
+
+
+class EmbeddingCache:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError):
+            # A damaged entry is a cache miss, not an error: it is recomputed and overwritten.
+            return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,122 @@
+"""Batched extraction of every head in one forward pass, with an on-disk cache.
+
+Embeddings are the raw, un-normalised outputs (``feats``, ``z``, ``p``) in dataset order, float32.
+Preprocessing is the checkpoint's, applied to whole uint8 batches as tensors; eval mode,
+``torch.inference_mode``, and the last (smaller) batch is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from normprobe.cache import EmbeddingCache
+from normprobe.checkpoints import LoadedEncoder
+from normprobe.data import ImageSet
+from normprobe.data.hashing import fingerprint
+from normprobe.device import pick_device
+from normprobe.errors import NormprobeError
+from normprobe.preprocess import Preprocess
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Per-head float32 ``N×D`` arrays of one ImageSet, in its order."""
+
+    heads: dict[str, np.ndarray]
+    from_cache: bool
+    seconds: float
+
+    def norms(self, head: str) -> np.ndarray:
+        return np.linalg.norm(np.asarray(self.heads[head], dtype=np.float32), axis=1)
+
+
+def extract_arrays(
+    encoder: nn.Module,
+    preprocess: Preprocess,
+    imageset: ImageSet,
+    heads: Sequence[str],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Run ``encoder`` over ``imageset`` once and return the requested heads (no cache)."""
+    if precision not in PRECISIONS:
+        raise NormprobeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    was_training = encoder.training
+    encoder.eval().to(device, memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    outputs: dict[str, np.ndarray] = {}
+    bar = tqdm(total=len(imageset), unit="img", desc=f"embed {imageset.name}/{imageset.split}", disable=not progress, leave=False)
+    start = 0
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in imageset.batches(batch_size):
+                out = encoder(preprocess(batch, device))
+                missing = [h for h in heads if h not in out]
+                if missing:
+                    raise NormprobeError(f"encoder has no head {missing[0]!r} (it has: {', '.join(out)})")
+                for head in heads:
+                    values = out[head].float().flatten(1).cpu().numpy()
+                    if head not in outputs:
+                        outputs[head] = np.empty((len(imageset), values.shape[1]), np.float32)
+                    outputs[head][start : start + len(values)] = values
+                start += len(batch)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        encoder.train(was_training)
+    for head, values in outputs.items():
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).any(axis=1).sum())
+            raise NormprobeError(f"{bad} embedding(s) of head {head!r} on {imageset.name}/{imageset.split} are NaN or Inf")
+    return outputs
+
+
+def cache_key(loaded: LoadedEncoder, imageset: ImageSet, head: str, precision: str) -> str:
+    return fingerprint("embed/1", loaded.sha256, loaded.adapter, imageset.fingerprint, head, loaded.preprocess.describe(), precision)
+
+
+def extract(
+    loaded: LoadedEncoder,
+    imageset: ImageSet,
+    heads: Sequence[str] | None = None,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+    cache: EmbeddingCache | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embeddings of ``imageset`` for ``heads`` (default: all of the encoder's), served from ``cache`` when present.
+
+    Pass ``cache=None`` to always recompute (``--no-cache``).
+    """
+    heads = tuple(heads or loaded.heads)
+    unknown = [h for h in heads if h not in loaded.heads]
+    if unknown:
+        raise NormprobeError(f"checkpoint has no head {unknown[0]!r} (heads: {', '.join(loaded.heads)})")
+    began = time.perf_counter()
+    keys = {head: cache_key(loaded, imageset, head, precision) for head in heads}
+    cached = {head: cache.get(key) for head, key in keys.items()} if cache is not None else {}
+    if cache is not None and all(v is not None and len(v) == len(imageset) for v in cached.values()):
+        return Embeddings({h: v for h, v in cached.items() if v is not None}, True, time.perf_counter() - began)
+    arrays = extract_arrays(
+        loaded.encoder, loaded.preprocess, imageset, heads, batch_size=batch_size, device=device, precision=precision, progress=progress
+    )
+    if cache is not None:
+        for head, key in keys.items():
+            cache.put(key, arrays[head])
+    return Embeddings(arrays, False, time.perf_counter() - began)
