@@ -93,7 +93,9 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
     reader, labels = read_npz_images(
         npz, path, spec.get("images_key", "images"), spec.get("labels_key", "labels"), tuple(manifest.raw["image_size"])
     )
-    index = npz[spec["index_key"]] if "index_key" in spec else np.arange(len(reader))
+    # A partial copy of a mirror file (e.g. the bundled sample) records original positions in `index`.
+    index_key = spec.get("index_key", "index")
+    index = npz[index_key] if index_key in npz.files else np.arange(len(reader))
     expected = manifest.splits[split]["size"]
     notes: tuple[str, ...] = ()
     if len(reader) < expected:
