@@ -18,6 +18,7 @@ from normprobe.errors import NormprobeError
 
 # Order here is the order in `normprobe --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "zoo",
 )
 
 EPILOG = """\
