@@ -1,0 +1,236 @@
+"""The results folder (Contract 2 in ARCHITECTURE.md): write it atomically, read it back validated.
+
+Layout::
+
+    DIR/run.json          provenance, every setting, the summary metrics
+    DIR/samples.parquet   one row per analysed sample (columns below)
+    DIR/tables/*.csv      the summary tables (norms, buckets, ood, exemplars, ...)
+    DIR/report.html       self-contained plotly report (absent with --no-report)
+
+``samples.parquet`` columns: ``dataset``, ``split``, ``index`` (original position in the split),
+``id``, ``role`` (``id-train`` | ``id-test`` | ``ood``), ``label`` (-1 unknown), ``label_name``,
+``norm_<head>`` for every head, ``norm_scaled`` (primary-head norm / its ID-train mean),
+``knn_pred`` / ``knn_correct`` (nullable; ID rows only, ID-train by leave-one-out),
+``score_<scorer>`` for every scorer (larger = more familiar), and ``human_*`` fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normprobe.errors import NormprobeError
+
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.parquet"
+TABLES_DIR = "tables"
+REPORT_FILE = "report.html"
+
+ROLES = ("id-train", "id-test", "ood")
+RUN_KEYS = (
+    "normprobe_version", "created_utc", "command", "checkpoint", "id_dataset", "datasets", "heads",
+    "primary_head", "settings", "summary", "timings",
+)
+CHECKPOINT_KEYS = ("path", "sha256", "adapter", "method", "heads", "preprocess")
+DATASET_KEYS = ("name", "split", "role", "n", "fingerprint", "source", "notes", "data_root")
+SETTINGS_KEYS = (
+    "k", "temperature", "ood_k", "buckets", "bucket_scaling", "min_bucket_count", "scorers", "seed",
+    "precision", "batch_size", "device",
+)
+SUMMARY_KEYS = ("norms", "knn_accuracy", "spearman", "ood")
+BASE_COLUMNS = ("dataset", "split", "index", "id", "role", "label", "label_name", "norm_scaled", "knn_pred", "knn_correct")
+
+
+def sample_columns(heads: list[str] | tuple[str, ...], scorers: list[str] | tuple[str, ...]) -> list[str]:
+    """The columns every ``samples.parquet`` of a run with these heads and scorers has (``human_*`` may follow)."""
+    return [
+        *BASE_COLUMNS[:7], *(f"norm_{h}" for h in heads), *BASE_COLUMNS[7:], *(f"score_{s}" for s in scorers),
+    ]
+
+
+@dataclass(frozen=True)
+class Results:
+    """A results folder read back: ``run`` (run.json), ``samples`` (samples.parquet) and where it lives."""
+
+    run: dict[str, Any]
+    samples: pd.DataFrame
+    path: Path
+
+    @property
+    def heads(self) -> list[str]:
+        return list(self.run["heads"])
+
+    @property
+    def scorers(self) -> list[str]:
+        return [c.removeprefix("score_") for c in self.samples.columns if c.startswith("score_")]
+
+    def table(self, name: str) -> pd.DataFrame:
+        """``tables/<name>.csv`` as a DataFrame (``norms``, ``buckets``, ``ood``, ``exemplars``, ...)."""
+        path = self.path / TABLES_DIR / f"{name}.csv"
+        if not path.is_file():
+            known = sorted(p.stem for p in (self.path / TABLES_DIR).glob("*.csv"))
+            raise NormprobeError(f"{path}: no such table (tables: {', '.join(known) or 'none'})")
+        return pd.read_csv(path)
+
+
+def is_results_folder(path: Path) -> bool:
+    return path.is_dir() and (path / RUN_FILE).is_file() and (path / SAMPLES_FILE).is_file()
+
+
+def check_output_dir(out: str | Path, force: bool = False) -> Path:
+    """Refuse an output path that would clobber something that is not a previous results folder.
+
+    Allowed: a path that does not exist, an empty folder, or (with ``force``) a previous results
+    folder. Called before any work, so a mistake costs nothing.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NormprobeError(f"output path {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_results_folder(out):
+            raise NormprobeError(f"output folder {out} is not empty and not a normprobe results folder; choose another --out")
+        if not force:
+            raise NormprobeError(f"output folder {out} holds a previous results folder; pass --force to overwrite it")
+    if not out.parent.exists():
+        raise NormprobeError(f"the folder {out.parent} (parent of --out) does not exist")
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays turned into Python values and NaN/Inf into None (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_results(
+    out: str | Path,
+    run: dict[str, Any],
+    samples: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
+    report_html: str | None = None,
+    *,
+    force: bool = False,
+) -> Path:
+    """Write the whole folder into a temporary sibling, validate it, then move it into place.
+
+    A crash leaves either the previous folder or none, never a half-written one.
+    """
+    out = check_output_dir(out, force)
+    _validate_run(run, str(out / RUN_FILE))
+    _validate_samples(samples, run, str(out / SAMPLES_FILE))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (staging / RUN_FILE).write_text(json.dumps(jsonable(run), indent=2, allow_nan=False) + "\n")
+        samples.to_parquet(staging / SAMPLES_FILE, index=False)
+        (staging / TABLES_DIR).mkdir()
+        for name, table in tables.items():
+            table.to_csv(staging / TABLES_DIR / f"{name}.csv", index=False)
+        if report_html is not None:
+            (staging / REPORT_FILE).write_text(report_html, encoding="utf-8")
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; a previous ``out`` is renamed aside first and removed after."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_results(path: str | Path) -> Results:
+    """Read and validate a results folder; a missing or malformed one is a :class:`NormprobeError`."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise NormprobeError(f"{path}: no such results folder")
+    run_path = path / RUN_FILE
+    if not run_path.is_file():
+        raise NormprobeError(f"{path} is not a normprobe results folder: {RUN_FILE} is missing")
+    try:
+        run = json.loads(run_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise NormprobeError(f"{run_path}: not valid JSON ({err})") from err
+    _validate_run(run, str(run_path))
+    samples_path = path / SAMPLES_FILE
+    if not samples_path.is_file():
+        raise NormprobeError(f"{path} is not a complete results folder: {SAMPLES_FILE} is missing")
+    try:
+        samples = pd.read_parquet(samples_path)
+    except Exception as err:  # pyarrow raises several types for a damaged file; all mean "unreadable"
+        raise NormprobeError(f"{samples_path}: not a readable Parquet file ({type(err).__name__}: {err})") from err
+    _validate_samples(samples, run, str(samples_path))
+    return Results(run, samples, path)
+
+
+def _validate_run(run: Any, where: str) -> None:
+    if not isinstance(run, dict):
+        raise NormprobeError(f"{where}: expected a JSON object, got {type(run).__name__}")
+    for keys, part, name in (
+        (RUN_KEYS, run, "run"),
+        (CHECKPOINT_KEYS, run.get("checkpoint"), "checkpoint"),
+        (SETTINGS_KEYS, run.get("settings"), "settings"),
+        (SUMMARY_KEYS, run.get("summary"), "summary"),
+    ):
+        if not isinstance(part, dict):
+            raise NormprobeError(f"{where}: '{name}' must be an object")
+        missing = [k for k in keys if k not in part]
+        if missing:
+            raise NormprobeError(f"{where}: '{name}' lacks {', '.join(missing)}")
+    if not isinstance(run["datasets"], list) or not run["datasets"]:
+        raise NormprobeError(f"{where}: 'datasets' must be a non-empty list")
+    for entry in run["datasets"]:
+        missing = [k for k in DATASET_KEYS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise NormprobeError(f"{where}: a 'datasets' entry lacks {', '.join(missing)}")
+        if entry["role"] not in ROLES:
+            raise NormprobeError(f"{where}: dataset role {entry['role']!r} is not one of {', '.join(ROLES)}")
+    if not isinstance(run["heads"], list) or run["primary_head"] not in run["heads"]:
+        raise NormprobeError(f"{where}: 'primary_head' {run.get('primary_head')!r} is not among the heads {run.get('heads')}")
+
+
+def _validate_samples(samples: pd.DataFrame, run: dict[str, Any], where: str) -> None:
+    scorers = [c.removeprefix("score_") for c in samples.columns if c.startswith("score_")]
+    missing = [c for c in sample_columns(run["heads"], scorers) if c not in samples.columns]
+    if missing:
+        raise NormprobeError(f"{where}: missing column(s) {', '.join(missing)}")
+    if samples.empty:
+        raise NormprobeError(f"{where}: no samples")
+    roles = set(samples["role"].unique())
+    if not roles <= set(ROLES):
+        raise NormprobeError(f"{where}: unknown role(s) {', '.join(sorted(map(str, roles - set(ROLES))))}")
+    for head in run["heads"]:
+        if not np.isfinite(samples[f"norm_{head}"].to_numpy(np.float64)).all():
+            raise NormprobeError(f"{where}: column norm_{head} has missing or non-finite values")
