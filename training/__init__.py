@@ -1,0 +1,8 @@
+"""Training cosine-similarity SSL encoders (SimCLR, SimSiam, BYOL, MoCo v2/v3) with the paper's
+interventions on the embedding norm: weight decay, cut-initialisation and GradScale
+(Draganov et al., ICML 2025). Writes normprobe checkpoints (Contract 1).
+
+    python -m training --config training/configs/simclr_cifar10.yaml --set epochs=10 out_dir=runs/x
+
+training imports normprobe; normprobe never imports training.
+"""

@@ -1,0 +1,87 @@
+"""``python -m training`` / ``normprobe-train``: train an SSL encoder into normprobe checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from normprobe.errors import NormprobeError
+
+EPILOG = """\
+examples:
+  python -m training --config simclr_cifar10 --set epochs=20 backbone.width=16 out_dir=runs/simclr-w16
+  python -m training --config simsiam_cifar10 --set cut=3 out_dir=runs/simsiam-cut3
+  python -m training --config simclr_cifar10 --set gradscale=1 schedule.preset=gradscale
+  python -m training --resume runs/simclr-w16                # continue exactly where it stopped
+  torchrun --nproc_per_node 2 -m training --config simclr_cifar10   # DDP (gloo on CPU, nccl on GPU)
+
+Interventions on the embedding norm (Draganov et al., ICML 2025): optimizer.weight_decay,
+cut=C (divide every weight by C at initialisation), gradscale=P (backward scales each sample's
+gradient by ||z||^P; with schedule.preset=gradscale: base LR / 6 and 100 warm-up epochs).
+Outputs in out_dir: config.yaml/json, checkpoints/epoch_NNNN.pt (keep-last-N), final.pt,
+metrics.csv/jsonl (kNN accuracy and mean norms per head), steps.jsonl (loss and LR per step).
+Checkpoints are normprobe checkpoints: `normprobe analyze out_dir/final.pt`.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.config import CONFIG_DIR
+
+    bundled = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    parser = argparse.ArgumentParser(
+        prog="normprobe-train",
+        description="Train SimCLR, SimSiam, BYOL or MoCo v2/v3 and write normprobe checkpoints.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help=f"YAML config file or bundled name ({bundled})")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512)")
+    parser.add_argument("--resume", metavar="RUN_OR_CKPT",
+                        help="continue a run from its newest checkpoint (a run folder) or from a given checkpoint file; "
+                             "the config stored in the checkpoint is used, with --set applied on top")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from training.allocator import reexec_with_tuned_allocator
+
+    reexec_with_tuned_allocator("training", argv)
+    args = build_parser().parse_args(argv)
+    try:
+        import yaml
+
+        from training.config import apply_override, load_config, validate
+        from training.loop import train
+        from training.state import find_resume_file, read_resume
+
+        resume = None
+        if args.resume:
+            resume = find_resume_file(args.resume)
+            config = read_resume(resume)["training"]["config"]
+            for item in args.set:
+                apply_override(config, item)
+            validate(config)
+        elif args.config:
+            config = load_config(args.config, args.set)
+        else:
+            raise NormprobeError("give --config FILE (or --resume RUN)")
+        if args.print_config:
+            print(yaml.safe_dump(config, sort_keys=False), end="")
+            return 0
+        train(config, Path(resume) if resume else None)
+        return 0
+    except NormprobeError as err:
+        print(f"normprobe-train: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("normprobe-train: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""The training loop: data on the device, batched augmentation, accumulation, bf16 autocast, DDP,
+kNN/norm monitoring, checkpoints with exact resume, and a stop on a NaN/Inf loss.
+
+Data order and augmentation parameters come from two explicit generators advanced once per epoch /
+per batch and saved in every checkpoint, so a resumed run repeats the uninterrupted one step for
+step, and ``torchrun`` ranks share the global batch a single process would see (each rank takes
+its rows of it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from normprobe import data
+from normprobe.checkpoints import save_checkpoint
+from normprobe.device import pick_device
+from normprobe.errors import NormprobeError
+from normprobe.preprocess import Preprocess
+from training import distributed
+from training.augment import BatchAugment
+from training.config import save_config
+from training.methods import Method, build_method
+from training.monitor import evaluate, in_memory, pick_subset
+from training.optim import build_optimizer
+from training.schedule import WarmupCosine
+from training.state import copy_atomic, epoch_checkpoints, keep_last, read_resume, rng_state, set_rng_state
+
+GRADSCALE_LR_DIVISOR = 6.0
+GRADSCALE_WARMUP_EPOCHS = 100
+
+
+class TrainingDiverged(NormprobeError):
+    """The loss became NaN or Inf; nothing was written for the broken step."""
+
+
+def load_train_set(config: dict[str, Any]) -> data.ImageSet:
+    """The training split, then the paper's imbalanced subset, then the first ``subset`` images."""
+    ds = config["dataset"]
+    imageset = data.load(ds["name"], ds["split"], ds["data_root"])
+    if ds["imbalance"]:
+        imageset = imageset.subset(data.imbalanced_indices(ds["name"], imageset.labels), "imbalanced")
+    if ds["subset"] is not None:
+        imageset = imageset.subset(np.arange(min(int(ds["subset"]), len(imageset))), f"first{ds['subset']}")
+    return imageset
+
+
+def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _truncate_steps(path: Path, last_step: int) -> None:
+    """Drop step-log lines written after the checkpoint a run resumes from."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    for name, text in (("metrics.csv", buf.getvalue()), ("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
+
+
+class Trainer:
+    """Builds everything from a resolved config; ``run()`` trains and returns the final checkpoint."""
+
+    def __init__(self, config: dict[str, Any], resume: Path | None = None, log: Any = None) -> None:
+        self.config = config
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        device = pick_device(config["device"])
+        distributed.init_from_env(config["distributed"]["backend"], device)
+        if distributed.is_distributed() and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        self.device = device
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if config["threads"]:
+            torch.set_num_threads(int(config["threads"]))
+        seed = int(config["seed"])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.out_dir = Path(config["out_dir"])
+        self.ckpt_dir = self.out_dir / "checkpoints"
+
+        batch, accumulate = int(config["batch_size"]), int(config["accumulate"])
+        if batch % self.world:
+            raise NormprobeError(f"batch_size {batch} is not divisible by the {self.world} processes")
+        self.batch, self.accumulate = batch, accumulate
+        self.train_set = load_train_set(config)
+        self.images = self.train_set.images().to(device)  # decoded once, uint8 N×H×W×3
+        self.steps_per_epoch = len(self.images) // (batch * accumulate)
+        if self.steps_per_epoch == 0:
+            raise NormprobeError(
+                f"{len(self.images)} training images make no optimiser step of {batch} x {accumulate} images; "
+                "lower batch_size or accumulate"
+            )
+        self.total_steps = int(config["epochs"]) * self.steps_per_epoch
+
+        pp = config["preprocess"]
+        self.preprocess = Preprocess(tuple(self.images.shape[1:3]), pp["mean"] and tuple(pp["mean"]), pp["std"] and tuple(pp["std"]))  # type: ignore[arg-type]
+        aug = config["augment"]
+        self.augment = BatchAugment(
+            size=self.images.shape[1], crop_scale=tuple(aug["crop_scale"]), flip_p=aug["flip_p"],
+            jitter=tuple(aug["jitter"]), jitter_p=aug["jitter_p"], gray_p=aug["gray_p"],
+        )
+        self.memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+        self.method: Method = build_method(config).to(device, memory_format=self.memory_format)
+        if self.world > 1 and config["distributed"]["sync_bn"]:
+            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+
+        opt = config["optimizer"]
+        base_lr = float(opt["lr"])
+        warmup_epochs = float(config["schedule"]["warmup_epochs"])
+        if config["schedule"]["preset"] == "gradscale":
+            base_lr, warmup_epochs = base_lr / GRADSCALE_LR_DIVISOR, GRADSCALE_WARMUP_EPOCHS
+        self.effective_batch = batch * accumulate
+        self.lr = base_lr * self.effective_batch / 256 if opt.get("scale_lr", True) else base_lr
+        self.optimizer = build_optimizer(opt, self.method.param_groups(), self.method, self.lr)
+        warmup_steps = min(self.total_steps, round(warmup_epochs * self.steps_per_epoch))
+        self.scheduler = WarmupCosine(self.optimizer, self.lr, self.total_steps, warmup_steps, float(config["schedule"]["min_lr"]))
+        self.data_generator = torch.Generator().manual_seed(seed + 1)
+        self.augment_generator = torch.Generator().manual_seed(seed + 2)
+        self.epoch, self.step, self.history = 0, 0, []
+        self.last_checkpoint: Path | None = None
+        if resume is not None:
+            self._restore(resume)
+        self.model: torch.nn.Module = self.method
+        if self.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self._monitor_sets()
+
+    # ---- monitoring -------------------------------------------------------------------------
+    def _monitor_sets(self) -> None:
+        mon, ds = self.config["monitor"], self.config["dataset"]
+        self.bank = self.test = None
+        if self.rank != 0 or not mon["every"]:
+            return
+        bank_pos = pick_subset(len(self.images), mon["train_subset"], int(self.config["seed"]))
+        self.bank = in_memory(self.train_set.subset(bank_pos, "monitor-bank"), self.images[torch.from_numpy(bank_pos).to(self.images.device)], "decoded")
+        test = data.load(ds["name"], ds["test_split"], ds["data_root"])
+        self.full_test = test
+        test_pos = pick_subset(len(test), mon["subset"], int(self.config["seed"]))
+        test = test.subset(test_pos, "monitor-test")
+        self.test = in_memory(test, test.images(), "decoded")
+
+    def _evaluate(self, full: bool = False) -> dict[str, float]:
+        mon = self.config["monitor"]
+        kw = {"k": int(mon["k"]), "temperature": float(mon["temperature"]), "batch_size": int(mon["batch_size"]),
+              "device": self.device, "precision": self.config["precision"]}
+        if not full:
+            return evaluate(self.method.encoder, self.preprocess, self.bank, self.test, **kw)
+        bank = in_memory(self.train_set, self.images, "decoded")
+        test = in_memory(self.full_test, self.full_test.images(), "decoded")
+        return evaluate(self.method.encoder, self.preprocess, bank, test, prefix="full_", **kw)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _training_entry(self) -> dict[str, Any]:
+        return {"config": self.config, "epoch": self.epoch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
+                "effective_batch": self.effective_batch, "peak_lr": self.lr, "world_size": self.world,
+                "train_images": len(self.images), "history": self.history}
+
+    def _save(self, path: Path) -> None:
+        resume = {
+            "method_state": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "data_generator": self.data_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+        }
+        extra: dict[str, Any] = {"resume": resume}
+        target = self.method.target_state_dict()
+        if target is not None:
+            extra["target_state_dict"] = {k: v.detach().cpu() for k, v in target.items()}
+        save_checkpoint(path, method=self.method.name, encoder_spec=self.method.encoder_spec, preprocess=self.preprocess,
+                        state_dict=self.method.encoder.state_dict(), training=self._training_entry(), extra=extra)
+
+    def _restore(self, path: Path) -> None:
+        payload = read_resume(path)
+        resume, training = payload["resume"], payload["training"]
+        if int(training.get("world_size", 1)) != self.world or int(training["steps_per_epoch"]) != self.steps_per_epoch:
+            raise NormprobeError(f"{path}: was written by a run with another data/process layout; cannot resume exactly")
+        self.method.load_state_dict(resume["method_state"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        self.data_generator.set_state(resume["data_generator"])
+        self.augment_generator.set_state(resume["augment_generator"])
+        self.epoch, self.step, self.history = int(training["epoch"]), int(training["step"]), list(training["history"])
+        self.last_checkpoint = path
+        if self.rank == 0:
+            _truncate_steps(self.out_dir / "steps.jsonl", self.step)
+        self.log(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
+
+    # ---- one optimiser step -----------------------------------------------------------------
+    def _views(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, size = len(rows), tuple(self.images.shape[1:3])
+        p1 = self.augment.sample(n, self.augment_generator, size)
+        p2 = self.augment.sample(n, self.augment_generator, size)
+        local = n // self.world
+        lo, hi = self.rank * local, (self.rank + 1) * local
+        images = self.images[rows[lo:hi].to(self.images.device)].to(self.device, non_blocking=True)
+        views = []
+        for params in (p1, p2):
+            x = self.augment(images, params.rows(lo, hi))
+            if self.preprocess.mean is not None and self.preprocess.std is not None:
+                x = (x - torch.tensor(self.preprocess.mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(self.preprocess.std, device=x.device).view(1, 3, 1, 1)
+            views.append(x.contiguous(memory_format=self.memory_format))
+        return views[0], views[1]
+
+    def _global_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            values = values.clone()
+            dist.all_reduce(values)
+            values /= self.world
+        return values
+
+    def _train_step(self, perm: torch.Tensor, step_in_epoch: int) -> dict[str, Any]:
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config["precision"] == "bf16" else nullcontext()
+        head = self.method.loss_head
+        totals = torch.zeros(2, device=self.device)
+        for micro in range(self.accumulate):
+            first = (step_in_epoch * self.accumulate + micro) * self.batch
+            x1, x2 = self._views(perm[first : first + self.batch])
+            last = micro == self.accumulate - 1
+            sync = nullcontext() if last or self.world == 1 else self.model.no_sync()  # type: ignore[operator]
+            with sync:
+                with autocast:
+                    loss, out = self.model(x1, x2)
+                stats = self._global_mean(torch.stack((loss.detach().float(), torch.stack(
+                    [torch.linalg.vector_norm(v.detach().float(), dim=1).mean() for k, v in out.items() if k.startswith(head)]).mean())))
+                if not torch.isfinite(stats[0]):
+                    where = self.last_checkpoint or "none (no epoch finished)"
+                    raise TrainingDiverged(
+                        f"loss is {stats[0].item()} at epoch {self.epoch + 1}, optimiser step {self.step + 1}: training "
+                        f"stopped; last good checkpoint: {where} (lower the learning rate, or resume from it)"
+                    )
+                (loss / self.accumulate).backward()
+            totals += stats / self.accumulate
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.method.after_step(self.step, self.total_steps)
+        self.step += 1
+        return {"epoch": self.epoch + 1, "step": self.step, "loss": totals[0].item(), "lr": lr, f"norm_{head}": totals[1].item()}
+
+    # ---- the run ----------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.config
+        if self.rank == 0:
+            save_config(cfg, self.out_dir)
+            self.log(
+                f"{self.method.name}: {len(self.images)} images, {self.steps_per_epoch} optimiser steps/epoch of "
+                f"{self.batch}x{self.accumulate} images, peak lr {self.lr:.4g}, {cfg['epochs']} epochs, "
+                f"{self.world} process(es) on {self.device}, out {self.out_dir}"
+            )
+        epochs = int(cfg["epochs"])
+        steps_log = self.out_dir / "steps.jsonl"
+        final = self.out_dir / "final.pt"
+        while self.epoch < epochs:
+            perm = torch.randperm(len(self.images), generator=self.data_generator)
+            began = time.perf_counter()
+            self.method.train()
+            bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{epochs}", unit="step",
+                       disable=self.rank != 0 or not cfg["progress"], leave=False, file=sys.stderr)
+            rows = []
+            for step_in_epoch in bar:
+                row = self._train_step(perm, step_in_epoch)
+                rows.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}")
+            bar.close()
+            seconds = time.perf_counter() - began
+            self.epoch += 1
+            record: dict[str, Any] = {
+                "epoch": self.epoch, "step": self.step, "train_loss": float(np.mean([r["loss"] for r in rows])),
+                f"train_norm_{self.method.loss_head}": float(np.mean([r[f"norm_{self.method.loss_head}"] for r in rows])),
+                "lr": rows[-1]["lr"], "seconds": round(seconds, 2),
+                "images_per_s": round(self.steps_per_epoch * self.effective_batch / seconds, 1),
+            }
+            every = int(cfg["monitor"]["every"] or 0)
+            if self.rank == 0:
+                _append_jsonl(steps_log, rows)
+                if every and (self.epoch % every == 0 or self.epoch == epochs):
+                    record.update(self._evaluate())
+                if self.epoch == epochs and every and cfg["monitor"]["final_full"]:
+                    record.update(self._evaluate(full=True))
+                self.history.append(record)
+                _write_history(self.out_dir, self.history)
+                self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+                ck = cfg["checkpoint"]
+                if self.epoch % int(ck["every"]) == 0 or self.epoch == epochs:
+                    path = self.ckpt_dir / f"epoch_{self.epoch:04d}.pt"
+                    self._save(path)
+                    self.last_checkpoint = path
+                    keep_last(self.ckpt_dir, int(ck["keep_last"]))
+            if self.world > 1:
+                dist.barrier()
+        if self.rank == 0:
+            last = epoch_checkpoints(self.ckpt_dir)
+            if last and last[-1][0] == epochs:
+                copy_atomic(last[-1][1], final)
+            else:
+                self._save(final)
+            self.log(f"done: {final}")
+        if self.world > 1:
+            dist.barrier()
+        return final
+
+
+def train(config: dict[str, Any], resume: Path | None = None) -> Path:
+    trainer = Trainer(config, resume)
+    try:
+        return trainer.run()
+    finally:
+        if distributed.is_distributed():
+            dist.destroy_process_group()
+
+
+__all__ = ["Trainer", "TrainingDiverged", "train"]

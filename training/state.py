@@ -1,0 +1,79 @@
+"""Checkpoint files of a run: Contract-1 encoder checkpoints with a ``resume`` entry, keep-last-N,
+and RNG states stored as tensors/lists so every file loads with ``torch.load(weights_only=True)``."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from normprobe.checkpoints.fileio import read_torch_file
+from normprobe.errors import NormprobeError
+
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    found = [(int(m.group(1)), p) for p in directory.glob("epoch_*.pt") if (m := EPOCH_FILE.search(p.name))]
+    return sorted(found)
+
+
+def keep_last(directory: Path, n: int) -> None:
+    """Delete all but the newest ``n`` epoch checkpoints (``n <= 0`` keeps all)."""
+    if n > 0:
+        for _, path in epoch_checkpoints(directory)[:-n]:
+            path.unlink(missing_ok=True)
+
+
+def find_resume_file(target: str | Path) -> Path:
+    """A checkpoint file, or a run folder whose newest ``checkpoints/epoch_*.pt`` is used."""
+    path = Path(target)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = epoch_checkpoints(path / "checkpoints") or epoch_checkpoints(path)
+        if found:
+            return found[-1][1]
+        raise NormprobeError(f"{path}: no epoch_*.pt checkpoint to resume from")
+    raise NormprobeError(f"{path}: no such checkpoint or run folder")
+
+
+def read_resume(path: Path) -> dict[str, Any]:
+    payload = read_torch_file(path)
+    if not isinstance(payload, dict) or "resume" not in payload or "training" not in payload:
+        raise NormprobeError(f"{path}: not a resumable training checkpoint (it has no 'resume' entry)")
+    return payload
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
