@@ -25,6 +25,13 @@ from normprobe.errors import NormprobeError
 
 SCALINGS = ("max", "minmax", "quantile")
 
+SELF_VOTE_NOTE = (
+    "ID-train points are classified by leave-one-out: each point's neighbours are the other training points. "
+    "The paper's notebook fitted the kNN classifier on the same points it scored, so each training point voted "
+    "for itself with similarity 1 (weight exp(1/T)), inflating train accuracy most where neighbours disagree; "
+    "normprobe does not repeat that bias."
+)
+
 CURVE_COLUMNS = ("bucket", "lower", "upper", "center", "norm_lower", "norm_upper", "count", "mean", "sem", "shown")
 """Columns of every bucket curve: bucket number, edges on the scaled axis, edges in the values'
 own units, the sample count, the signal's mean and standard error, and whether it is plotted."""
