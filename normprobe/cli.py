@@ -14,10 +14,13 @@ import sys
 from collections.abc import Sequence
 
 from normprobe import __version__
+from normprobe.allocator import reexec_with_tunables
 from normprobe.errors import NormprobeError
 
 # Order here is the order in `normprobe --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "embed",
+    "datasets",
     "zoo",
 )
 
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # a real command line, not an in-process call: fix the allocator first
+        reexec_with_tunables(sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

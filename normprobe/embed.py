@@ -8,7 +8,8 @@ Preprocessing is the checkpoint's, applied to whole uint8 batches as tensors; ev
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -26,6 +27,18 @@ from normprobe.errors import NormprobeError
 from normprobe.preprocess import Preprocess
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def prefetched(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Yield ``batches``, decoding batch i+1 in a background thread while batch i is in the encoder.
+
+    JPEG decoding and the forward pass then overlap (the decoder and torch's kernels release the GIL).
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="normprobe-decode") as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
 
 
 @dataclass(frozen=True)
@@ -50,10 +63,18 @@ def extract_arrays(
     device: torch.device | str | None = None,
     precision: str = "fp32",
     progress: bool = True,
+    prefetch: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Run ``encoder`` over ``imageset`` once and return the requested heads (no cache)."""
+    """Run ``encoder`` over ``imageset`` once and return the requested heads (no cache).
+
+    ``prefetch`` decodes the next batch in a background thread during the forward pass.
+    """
     if precision not in PRECISIONS:
         raise NormprobeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if batch_size < 1:
+        raise NormprobeError(f"batch size must be >= 1, got {batch_size}")
+    if len(imageset) == 0:
+        raise NormprobeError(f"nothing to embed: {imageset.name}/{imageset.split} has no images")
     device = pick_device(device) if not isinstance(device, torch.device) else device
     was_training = encoder.training
     encoder.eval().to(device, memory_format=torch.channels_last)
@@ -63,7 +84,8 @@ def extract_arrays(
     start = 0
     try:
         with torch.inference_mode(), autocast:
-            for batch in imageset.batches(batch_size):
+            batches = imageset.batches(batch_size)
+            for batch in prefetched(batches) if prefetch else batches:
                 out = encoder(preprocess(batch, device))
                 missing = [h for h in heads if h not in out]
                 if missing:

@@ -40,7 +40,11 @@ class Manifest:
         """Every local mirror file this manifest names, mapped to its sha256."""
         if self.kind == "labels":
             return {self.mirror["file"]: self.mirror["sha256"]}
-        return {spec["file"]: spec["sha256"] for spec in self.mirror.values()}
+        files = {spec["file"]: spec["sha256"] for spec in self.mirror.values()}
+        classes_from = self.raw.get("classes_from", {})
+        if "sha256" in classes_from:
+            files[classes_from["file"]] = classes_from["sha256"]
+        return files
 
 
 def _manifest_files() -> dict[str, Any]:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from normprobe.data.convert import decode_image_bytes, gray_to_rgb
+from normprobe.errors import NormprobeError
 
 
 class ImageReader(Protocol):
@@ -50,28 +52,69 @@ class ArrayReader:
 
 
 class EncodedReader:
-    """Concatenated encoded files (e.g. JPEG) with ``offsets``: image i is ``data[offsets[i]:offsets[i+1]]``."""
+    """Concatenated encoded files (e.g. JPEG) with ``offsets``: image i is ``data[offsets[i]:offsets[i+1]]``.
+
+    JPEG batches are decoded by ``torchvision.io.decode_jpeg`` (libjpeg-turbo, whole batch in one
+    call, ~5x faster than one Pillow call per image and bit-identical to Pillow's decode of the
+    mirrors, whose README pixel hashes are Pillow's; a test checks the equality). Anything else
+    (PNG bytes in a user's .npz, a JPEG libjpeg-turbo refuses) goes through Pillow.
+    """
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray, image_size: tuple[int, int]) -> None:
-        self._data = data
+        # torch.from_numpy needs writable memory; a read-only buffer is copied once here.
+        self._data = data if data.flags.writeable else data.copy()
         self._offsets = offsets
         self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
+    def _bytes(self, row: int) -> np.ndarray:
+        return self._data[self._offsets[row] : self._offsets[row + 1]]
+
     def _decode_one(self, row: int) -> np.ndarray:
-        return decode_image_bytes(self._data[self._offsets[row] : self._offsets[row + 1]].tobytes())
+        try:
+            return decode_image_bytes(self._bytes(row).tobytes())
+        except Exception as err:  # Pillow raises many types for bad bytes; each one means "unreadable"
+            raise NormprobeError(f"encoded image {row} cannot be decoded ({type(err).__name__}: {err})") from err
+
+    def _decode_jpeg_batch(self, rows: np.ndarray) -> list[torch.Tensor] | None:
+        starts, ends = self._offsets[rows], self._offsets[rows + 1]
+        if (ends - starts < 4).any() or (self._data[starts] != 0xFF).any() or (self._data[starts + 1] != 0xD8).any():
+            return None  # not all JPEG (SOI marker FF D8)
+        blobs = [torch.from_numpy(self._data[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
+        from torchvision.io import ImageReadMode, decode_jpeg  # imported on first use: torchvision is slow to import
+
+        try:
+            return decode_jpeg(blobs, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError):
+            return None
+
+    def _check_size(self, row: int, shape: tuple[int, ...]) -> None:
+        if tuple(shape) != self.image_size:
+            raise NormprobeError(
+                f"encoded image {row} is {shape[0]}x{shape[1]}, the others {self.image_size[0]}x{self.image_size[1]}: "
+                "an .npz of encoded images must hold images of one size"
+            )
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.image_size, 3), np.uint8)
-        if len(rows) < 64:
-            for i, row in enumerate(rows):
-                out[i] = self._decode_one(int(row))
+        if len(rows) == 0:
             return out
-        with ThreadPoolExecutor(_decode_threads()) as pool:
-            for i, image in enumerate(pool.map(self._decode_one, (int(r) for r in rows), chunksize=256)):
-                out[i] = image
+        decoded = self._decode_jpeg_batch(rows)
+        if decoded is not None:
+            for row, image in zip(rows, decoded):
+                self._check_size(int(row), tuple(image.shape[1:]))
+            torch.from_numpy(out).copy_(torch.stack(decoded).permute(0, 2, 3, 1))
+            return out
+        if len(rows) < 64:
+            images = [self._decode_one(int(row)) for row in rows]
+        else:
+            with ThreadPoolExecutor(_decode_threads()) as pool:
+                images = list(pool.map(self._decode_one, (int(r) for r in rows), chunksize=256))
+        for i, (row, image) in enumerate(zip(rows, images)):
+            self._check_size(int(row), image.shape[:2])
+            out[i] = image
         return out
 
 

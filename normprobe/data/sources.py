@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,23 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
         return np.load(path, allow_pickle=False)
     except Exception as err:  # zipfile, ValueError, OSError: all mean "not a readable npz"
         raise NormprobeError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
+
+
+def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every array in an .npz, read from the array headers only (nothing is decompressed beyond them)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shapes[member[: -len(".npy")]] = tuple(header(fh)[0])
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise NormprobeError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
+    return shapes
 
 
 def _ids(name: str, split: str, index: np.ndarray) -> np.ndarray:
