@@ -5,7 +5,8 @@ raw (un-normalised) embedding encodes the encoder's confidence (Draganov et al.,
 """
 
 from normprobe.errors import NormprobeError
+from normprobe.rank import rank  # light: normprobe.rank imports torch and pandas only when called
 
 __version__ = "0.1.0"
 
-__all__ = ["NormprobeError", "__version__"]
+__all__ = ["NormprobeError", "__version__", "rank"]

@@ -1,0 +1,83 @@
+"""`normprobe rank CKPT DATA --out ranked.csv`: the most unfamiliar samples of any image collection."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from normprobe.errors import NormprobeError
+from normprobe.rank import DEFAULT_K, SCORES, check_table_path, run_rank, write_contact_sheets, write_table
+
+DESCRIPTION = """\
+Score every image of DATA by the norm of its raw embedding (larger = more familiar to the encoder;
+Draganov et al., ICML 2025) and, with --reference, by its cosine distance to the k-th nearest
+embedding of a reference set (Sun et al., 2022), then rank them most unfamiliar first.
+
+Writes the table (--out, CSV or Parquet by suffix: id or path, label if known, every score, the
+ranks, status) and two contact sheets beside it (same stem, .png and a self-contained .html) with
+the --top least and most familiar images. Files that cannot be read are listed with status
+`unreadable` and the reason, and skipped; the run still succeeds.
+"""
+
+EPILOG = """\
+examples:
+  normprobe rank simclr.pt photos/ --out ranked.csv
+  normprobe rank simclr-r18w16 cifar10:test --reference cifar10 --by knn --out ranked.parquet
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "rank",
+        help="rank the images of a folder or dataset from most unfamiliar to most familiar",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name")
+    parser.add_argument(
+        "data", metavar="DATA",
+        help="an image folder (any size/format Pillow reads; class sub-folders give labels), a dataset "
+        "(cifar10, cifar10:test, ...) or an .npz of images",
+    )
+    parser.add_argument("--out", required=True, help="output table, .csv or .parquet; the contact sheets go beside it")
+    parser.add_argument("--top", type=int, default=100, help="images per side (least / most familiar) in the contact sheets (default: 100)")
+    parser.add_argument("--head", default="auto", help="embedding head: feats, z, p, or auto = z when the checkpoint has a projector, else feats (default: auto)")
+    parser.add_argument("--reference", default=None, help="reference set for the kNN score: dataset (train split by default, or name:split), folder or .npz (default: none)")
+    parser.add_argument("--reference-size", type=int, default=None, help="use this many random reference images (seeded by --seed; default: all)")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"k of the kNN distance score (default: {DEFAULT_K}, Sun et al. 2022)")
+    parser.add_argument("--by", choices=SCORES, default="norm", help="the score that sets `rank` (default: norm)")
+    parser.add_argument("--split", default=None, help="split of a DATA dataset given without one (default: test)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --reference-size (default: 0)")
+    parser.add_argument("--data-root", default=None, help="folder of the dataset mirrors (default: $NORMPROBE_DATA)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto = CUDA if available)")
+    parser.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of using the on-disk cache")
+    parser.add_argument("--no-sheet", action="store_true", help="write only the table, no contact sheets")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = check_table_path(args.out)
+    if args.top < 1:
+        raise NormprobeError(f"--top must be >= 1, got {args.top}")
+    ranking = run_rank(
+        args.checkpoint, args.data, head=args.head, reference=args.reference, k=args.k, by=args.by, split=args.split,
+        reference_size=args.reference_size, seed=args.seed, data_root=args.data_root, batch_size=args.batch_size,
+        device=args.device, use_cache=not args.no_cache,
+    )
+    write_table(ranking.table, out)
+    table = ranking.table
+    ok = table[table["status"] == "ok"]
+    print(f"ranked {len(ok)} images by {args.by} (head {ranking.settings['head']}) -> {out}")
+    if not args.no_sheet:
+        png, page = write_contact_sheets(ranking, out, args.top)
+        print(f"contact sheets: {png}, {page}")
+    if len(ok):
+        first = ok.iloc[0]
+        print(f"most unfamiliar: {first['id']} (score_{args.by} {first[f'score_{args.by}']:.4g})")
+    unreadable = table[table["status"] == "unreadable"]
+    for row in unreadable.itertuples():
+        print(f"unreadable, skipped: {row.id}: {row.reason}", file=sys.stderr)
+    return 0
+
