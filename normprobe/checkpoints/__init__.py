@@ -2,12 +2,19 @@
 
     loaded = load_encoder("simclr.pt")        # auto-detects the format
     loaded.encoder(x)["z"]                     # raw projector embeddings
+    print(loaded.summary())                    # adapter, method, heads, preprocessing, remapping notes
+
+Adapters, tried in this order (``ADAPTERS``): normprobe's own file, the paper's state_dicts,
+solo-learn and lightly Lightning checkpoints, bare torchvision / timm backbones, TorchScript and
+``torch.export`` archives. ``--arch`` (:mod:`normprobe.checkpoints.arch`) names or overrides the
+architecture and preprocessing where the file does not say them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from normprobe.checkpoints.arch import parse_arch
 from normprobe.checkpoints.fileio import read_torch_file, sha256_of
 from normprobe.checkpoints.loaded import LoadedEncoder
 from normprobe.checkpoints.native import FORMAT, save_checkpoint
@@ -27,9 +34,12 @@ def _describe(obj: object) -> str:
 def load_encoder(path: str | Path, arch: str | None = None, adapter: str | None = None) -> LoadedEncoder:
     """Load any supported checkpoint as an eval-mode encoder on the CPU.
 
-    ``adapter`` forces a format instead of auto-detection; ``arch`` overrides the architecture
-    for formats that do not describe it (see each adapter).
+    ``adapter`` forces a format instead of auto-detection; ``arch`` (an ``--arch`` string, see
+    :mod:`normprobe.checkpoints.arch`) names or overrides the architecture and preprocessing for
+    formats that do not describe them (see each adapter). The adapter used is ``.adapter``; how
+    keys were remapped and what was ignored or assumed is in ``.meta["notes"]``.
     """
+    parsed_arch = parse_arch(arch)
     path = Path(path)
     if not path.is_file():
         raise NormprobeError(f"{path}: no such checkpoint file")
@@ -43,7 +53,8 @@ def load_encoder(path: str | Path, arch: str | None = None, adapter: str | None 
     if chosen is None:
         names = ", ".join(a.name for a in candidates)
         raise NormprobeError(f"{path}: not a checkpoint format normprobe knows ({_describe(obj)}; tried {names})")
-    module, preprocess, method, meta = chosen.build(path if chosen.file_level else obj, source, arch)
+    module, preprocess, method, meta = chosen.build(path if chosen.file_level else obj, source, parsed_arch)
+    meta.setdefault("notes", [])
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)

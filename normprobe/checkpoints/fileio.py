@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from normprobe.checkpoints.sniff import unpickling_failure
 from normprobe.errors import NormprobeError
 
 
@@ -36,10 +37,7 @@ def read_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except torch.serialization.pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NormprobeError(
-            f"{path}: refused to load: the file needs code execution to unpickle, which normprobe never allows ({first[:200]})"
-        ) from err
+        raise NormprobeError(unpickling_failure(path, str(err))) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         raise NormprobeError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {str(err).splitlines()[0][:200]}") from err
 

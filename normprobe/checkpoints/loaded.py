@@ -25,3 +25,11 @@ class LoadedEncoder:
     sha256: str
     path: str
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """What was loaded and how, for the CLI to print: one line, then one line per remapping note."""
+        head = (
+            f"{self.path}: adapter {self.adapter}, method {self.method}, heads {', '.join(self.heads)}, "
+            f"input {self.preprocess.describe()}"
+        )
+        return "\n".join([head, *(f"  - {note}" for note in self.meta.get("notes", []))])

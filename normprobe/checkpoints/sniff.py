@@ -1,0 +1,128 @@
+"""Looking inside checkpoint archives without unpickling anything.
+
+``torch.save``, TorchScript and ``torch.export`` all write zip archives; their member names tell
+them apart. A pickle's opcodes can be listed with :func:`pickletools.genops`, which parses and
+never executes, so a refused file can still be described (e.g. "a Lightning checkpoint whose
+hyper_parameters hold omegaconf objects") without running any of it.
+"""
+
+from __future__ import annotations
+
+import pickletools
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+_MAX_PICKLE_BYTES = 64 << 20
+LIGHTNING_KEY = "pytorch-lightning_version"
+
+
+def zip_names(path: Path) -> list[str] | None:
+    """Member names of a zip archive, or ``None`` for anything else."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def inner_name(name: str) -> str:
+    """A member name without the archive's top folder (``ts/code/x.py`` -> ``code/x.py``)."""
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def is_torchscript(path: Path) -> bool:
+    """``torch.jit.save`` archives: ``<name>/code/...`` (TorchScript source) and ``<name>/constants.pkl``."""
+    names = zip_names(path)
+    if names is None:
+        return False
+    inner = [inner_name(n) for n in names]
+    return "constants.pkl" in inner and any(n.startswith("code/") for n in inner)
+
+
+def is_exported_program(path: Path) -> bool:
+    """``torch.export.save`` archives: ``archive_format`` + ``models/<name>.json`` (torch >= 2.6), or the older ``serialized_exported_program.json``."""
+    names = zip_names(path)
+    if names is None:
+        return False
+    inner = {inner_name(n) for n in names} | set(names)
+    new = "archive_format" in inner and any(n.startswith("models/") and n.endswith(".json") for n in inner)
+    return new or "serialized_exported_program.json" in inner
+
+
+@dataclass(frozen=True)
+class PickleSummary:
+    globals: frozenset[str]
+    strings: frozenset[str]
+
+
+def _pickle_bytes(path: Path) -> bytes | None:
+    """The pickle of a ``torch.save`` zip (``data.pkl``), or the head of a plain pickle file."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if inner_name(n) == "data.pkl"), None)
+                if member is None or archive.getinfo(member).file_size > _MAX_PICKLE_BYTES:
+                    return None
+                return archive.read(member)
+        with open(path, "rb") as fh:
+            return fh.read(_MAX_PICKLE_BYTES)
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def summarize_pickle(path: Path) -> PickleSummary | None:
+    """Globals and strings named by the (first) pickle in a file (parsed, never run)."""
+    data = _pickle_bytes(path)
+    if data is None:
+        return None
+    found: set[str] = set()
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                found.add(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, EOFError, UnicodeDecodeError):
+        pass  # a truncated or foreign stream: keep what was read before it
+    return PickleSummary(frozenset(found), frozenset(strings))
+
+
+def _detail(error_text: str) -> str:
+    """The informative line of torch's weights-only error (its first lines are boilerplate)."""
+    lines = [line.strip() for line in error_text.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("Unsupported"):
+            return line[:200]
+        if "WeightsUnpickler error:" in line:
+            after = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return (after or (lines[i + 1] if i + 1 < len(lines) else "unpickling failed"))[:200]
+    return lines[0][:200] if lines else "unpickling failed"
+
+
+def unpickling_failure(path: Path, error_text: str) -> str:
+    """One line for a file the weights-only unpickler refused: code it would run, or plain corruption.
+
+    A Lightning checkpoint refused for Python objects gets the one-off export that makes it loadable.
+    """
+    summary = summarize_pickle(path)
+    named = re.search(r"GLOBAL ([\w.]+)", error_text)
+    foreign = sorted(g for g in (summary.globals if summary else ()) if not g.startswith(("torch.", "collections.")))
+    objects = [named.group(1)] if named else foreign[:3]
+    if not objects:
+        return f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or not written by torch.save): {_detail(error_text)}"
+    if summary is not None and LIGHTNING_KEY in summary.strings:
+        export = path.with_name(path.stem + ".weights.ckpt")
+        return (
+            f"{path}: a PyTorch Lightning checkpoint holding Python objects ({', '.join(objects)}; typically hyper_parameters) "
+            f"that normprobe will not unpickle; if you trust the file, export its weights once with "
+            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save({{'state_dict': c['state_dict']}}, '{export}')\" and load {export.name} (keep args.json beside it)"
+        )
+    return f"{path}: refused to load: unpickling it would run code ({', '.join(objects)}), which normprobe never allows"
