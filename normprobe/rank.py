@@ -118,12 +118,12 @@ def score_imageset(
     import pandas as pd
 
     from normprobe.embed import extract
+    from normprobe.scores import KNNDistanceScorer, NormScorer
 
     head = resolve_head(loaded, head)
     by = _check_options(by, reference is not None, k)
-    same = reference is not None and reference.fingerprint == imageset.fingerprint
-    if reference is not None and k > len(reference) - same:
-        raise NormprobeError(f"k = {k} but the reference set has only {len(reference) - same} other samples; lower --k")
+    if reference is not None and len(reference) < k + 1:
+        raise NormprobeError(f"k = {k} needs at least k + 1 = {k + 1} reference samples, the reference set has {len(reference)}; lower --k")
     embeddings = extract(loaded, imageset, [head], batch_size=batch_size, device=device, cache=cache, progress=progress)
     z = np.asarray(embeddings.heads[head], dtype=np.float32)
     labels = imageset.labels
@@ -136,7 +136,7 @@ def score_imageset(
             "reason": "",
             "label": pd.array(np.where(known, labels, 0), dtype="Int64"),
             "label_name": [names[c] if ok and c < len(names) else "" for c, ok in zip(labels.tolist(), known, strict=True)],
-            "score_norm": np.linalg.norm(z, axis=1).astype(np.float64),
+            "score_norm": NormScorer().fit(z).score_samples(None),
             "dataset": imageset.name,
             "split": imageset.split,
             "index": imageset.index,
@@ -152,13 +152,11 @@ def score_imageset(
         "preprocess": loaded.preprocess.describe(), "by": by, "score_direction": "larger = more familiar",
     }
     if reference is not None:
-        from normprobe.knn import CosineIndex, index_kth_distance
-
         bank = extract(loaded, reference, [head], batch_size=batch_size, device=device, cache=cache, progress=progress)
-        bank_z = np.asarray(bank.heads[head], dtype=np.float32)
+        scorer = KNNDistanceScorer(k).fit(np.asarray(bank.heads[head], dtype=np.float32))
         # The same set as its own reference: leave-one-out, so no sample is its own nearest neighbour.
-        distance = index_kth_distance(CosineIndex(bank_z), None if same else z, k).cpu().numpy()
-        table["score_knn"] = -distance.astype(np.float64)
+        same = reference.fingerprint == imageset.fingerprint
+        table["score_knn"] = scorer.score_samples(None if same else z)
         table["rank_knn"] = _ranks(table["score_knn"].to_numpy())
         settings["reference"] = {
             "name": reference.name, "split": reference.split, "n": len(reference), "source": reference.source,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NORMPROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("NORMPROBE_DATA", str(DATA_ROOT))
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One embedding cache for this module only: later tests reuse the folder's and the reference's embeddings."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NORMPROBE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("NORMPROBE_DATA", str(DATA_ROOT))
+        yield
 
 
 def test_rank_folder_lists_corrupt_files_and_orders_by_norm(workdir: Path) -> None:
@@ -76,7 +80,7 @@ def test_rank_folder_lists_corrupt_files_and_orders_by_norm(workdir: Path) -> No
 
 
 def test_rank_with_reference_scores_knn_distance(workdir: Path) -> None:
-    table = normprobe.rank(workdir / "tiny.pt", workdir / "mixed", reference="cifar10", reference_size=300, k=10,
+    table = normprobe.rank(workdir / "tiny.pt", workdir / "mixed", reference="cifar10", reference_size=200, k=10,
                            by="knn", head="feats", progress=False)
     ok = table[table["status"] == "ok"]
     assert (ok["score_knn"] <= 0).all() and (ok["score_knn"] >= -2).all()
@@ -84,7 +88,7 @@ def test_rank_with_reference_scores_knn_distance(workdir: Path) -> None:
     assert np.all(np.diff(ok["score_knn"].to_numpy()) >= 0)
     assert sorted(ok["rank_norm"].tolist()) == list(range(1, len(ok) + 1))
     reference = table.attrs["normprobe"]["reference"]
-    assert (reference["name"], reference["split"], reference["n"], reference["leave_one_out"]) == ("cifar10", "train", 300, False)
+    assert (reference["name"], reference["split"], reference["n"], reference["leave_one_out"]) == ("cifar10", "train", 200, False)
 
 
 def test_same_set_as_reference_is_leave_one_out(workdir: Path) -> None:
