@@ -1,0 +1,71 @@
+"""Image grids of samples, each image with its label, norm and kNN prediction, and a larger view on click."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import explore, loading
+from app.explore import Group
+from app.session import Session
+from normprobe.errors import NormprobeError
+
+
+def _images(session: Session, group: Group, frame: pd.DataFrame, size: int) -> np.ndarray:
+    """Decoded, enlarged images of ``frame``'s rows, from the dataset the run's ``datasets`` entry names."""
+    entry = loading.dataset_entry(session.run, group.dataset, group.split)
+    source = (
+        str(entry.get("spec") or group.dataset), group.split,
+        loading.data_root_for(entry, session.data_root), int((entry.get("image_size") or [32])[0]),
+    )
+    indices = tuple(int(i) for i in frame["index"])
+    return loading.thumbnails(source, indices, tuple(int(label) for label in frame["label"]), size)
+
+
+@st.dialog("Sample", width="large")
+def _enlarge(session: Session, group: Group, row: dict[str, Any]) -> None:
+    frame = pd.DataFrame([row])
+    try:
+        image = _images(session, group, frame, loading.LARGE_SIZE)[0]
+    except NormprobeError as err:
+        st.warning(f"The image is not available: {err}")
+    else:
+        st.image(image, caption=f"{group.label} · index {row['index']}", output_format="PNG")
+    details = pd.DataFrame({"field": list(row), "value": [str(v) for v in row.values()]})
+    st.dataframe(details, hide_index=True, width="stretch")
+
+
+def show(
+    session: Session,
+    group: Group,
+    frame: pd.DataFrame,
+    *,
+    key: str,
+    n_columns: int = 8,
+    prefixes: Sequence[str] | None = None,
+) -> None:
+    """The rows of ``frame`` (all from ``group``) as an image grid inside a container keyed ``key``."""
+    if frame.empty:
+        st.caption("No samples.")
+        return
+    try:
+        images = _images(session, group, frame, loading.THUMBNAIL_SIZE)
+    except NormprobeError as err:
+        st.warning(f"Images of {group.label} are not available: {err}. Set the data root in the sidebar.")
+        return
+    rows = frame.to_dict("records")
+    captions = [explore.caption(pd.Series(r), session.norm_column, session.id_classes) for r in rows]
+    if prefixes is not None:
+        captions = [f"{p} · {c}" for p, c in zip(prefixes, captions, strict=True)]
+    with st.container(key=key):
+        for line in explore.grid(len(rows), n_columns):
+            for column, i in zip(st.columns(n_columns), line, strict=False):
+                with column:
+                    st.image(images[i], output_format="PNG", alt=captions[i])
+                    if st.button("enlarge", key=f"{key}-zoom-{i}", type="tertiary", icon=":material/zoom_in:"):
+                        _enlarge(session, group, rows[i])
+                    st.caption(captions[i])

@@ -1,0 +1,51 @@
+"""The lowest-norm (most unfamiliar) samples of any split or OOD set, filterable and downloadable."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import explore
+from app.session import Session
+from app.views import gallery
+
+MAX_IMAGES = 120
+"""At most this many of the selected samples are drawn as images; the table and the CSV hold them all."""
+
+
+def render(session: Session) -> None:
+    samples = session.samples
+    groups = explore.groups(samples)
+    top = st.columns([3, 2, 2])
+    default = next((i for i, g in enumerate(groups) if g.role == "id-test"), 0)
+    group = top[0].selectbox(
+        "Dataset split or OOD set", groups, index=default, format_func=lambda g: g.label, key="unfamiliar-group"
+    )
+    options = [f"norm_{h}" for h in explore.heads(samples)] + [f"score_{s}" for s in explore.scorers(samples)]
+    rank_by = top[1].selectbox(
+        "Rank by (lowest first)", options, index=options.index(session.norm_column), key="unfamiliar-rank-by",
+        help="Norms and OOD scores: larger means more familiar, so the lowest come first.",
+    )
+    how_many = top[2].number_input("How many", min_value=1, max_value=max(1, group.n), value=min(48, group.n), key="unfamiliar-n")
+    rows = explore.select(samples, group)
+    classes = explore.class_names(rows)
+    filters = st.columns([4, 3])
+    chosen = filters[0].multiselect(
+        "Classes (none = all)", list(classes), format_func=lambda c: classes[c], key="unfamiliar-classes"
+    )
+    known = "knn_correct" in rows and rows["knn_correct"].notna().any()
+    correctness = filters[1].radio(
+        "kNN prediction", ["all", "correct", "incorrect"], horizontal=True, key="unfamiliar-correctness",
+        disabled=not known, help=None if known else "This set has no kNN correctness (no labels in the ID label space).",
+    )
+    picked = explore.select(samples, group, labels=chosen, correctness=correctness if known else "all")
+    lowest = explore.ranked(picked, rank_by).head(int(how_many))
+    st.caption(f"{len(lowest):,} of {len(picked):,} matching samples, lowest {rank_by} first.")
+    st.download_button(
+        "Download CSV", explore.to_csv(lowest), file_name=f"unfamiliar_{group.dataset}_{group.split}_{rank_by}.csv",
+        mime="text/csv", key="unfamiliar-csv", icon=":material/download:",
+    )
+    shown = lowest.head(MAX_IMAGES)
+    if len(lowest) > MAX_IMAGES:
+        st.caption(f"Images of the first {MAX_IMAGES}; the table and the CSV hold all {len(lowest):,}.")
+    gallery.show(session, group, shown, key="unfamiliar-grid", prefixes=[f"#{i}" for i in range(len(shown))])
+    st.dataframe(lowest, hide_index=True, width="stretch")

@@ -1,0 +1,137 @@
+"""The explorer in a real browser: `streamlit run app/main.py` driven by Playwright through Debian's Chromium.
+
+Playwright never downloads a browser here: it launches /usr/bin/chromium, and the test skips (with
+the reason) only when that binary is absent. The screenshot lands in the test's tmp_path and, when
+``$NORMPROBE_TEST_ARTIFACTS`` is set, is copied there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+STARTUP_SECONDS = 90
+IMAGES_MS = 90_000
+"""Playwright waits (ms): the first grid also pays for opening the dataset on a shared, busy CPU."""
+PER_ROW = 8
+"""The exemplar grids' default number of images per row."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"streamlit did not answer within {STARTUP_SECONDS} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def app_url(analyzed_results: Path, tmp_path: Path) -> Iterator[str]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's browser with `apt-get install -y chromium`")
+    port = _free_port()
+    log = tmp_path / "streamlit.log"
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app/main.py",
+        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+        "--", "--results", str(analyzed_results),
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_healthy(url, process, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _decoded_sources(page, container: str, count: int, other_than: list[str] | None = None) -> list[str]:
+    """``src`` of the ``count`` images in a keyed container once all are decoded with a non-zero natural size
+    (and, with ``other_than``, once they are not those images any more: Streamlit streams a rerun in)."""
+    selector = f".st-key-{container} img"
+    page.wait_for_function(
+        """([sel, count, before]) => {
+            const imgs = [...document.querySelectorAll(sel)];
+            return imgs.length === count && imgs.every(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0)
+                && (before === null || imgs.map(i => i.src).join() !== before.join());
+        }""",
+        arg=[selector, count, other_than], timeout=IMAGES_MS,
+    )
+    return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.src)")
+
+
+def _captions(page, container: str) -> list[str]:
+    captions = page.locator(f".st-key-{container} [data-testid=stCaptionContainer]").all_inner_texts()
+    assert len(captions) == PER_ROW, captions
+    return [c.strip() for c in captions]
+
+
+def test_exemplar_grid_shows_decoded_images_and_follows_the_class(app_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(app_url)
+            page.get_by_role("tab", name="Exemplars").click()
+            first = _decoded_sources(page, "exemplars-highest", PER_ROW)
+            sizes = page.eval_on_selector_all(
+                ".st-key-exemplars-highest img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])"
+            )
+            assert all(w >= 32 and h >= 32 for w, h in sizes), sizes
+            assert len(set(first)) == PER_ROW  # eight different pictures, not one repeated
+            assert all(c.startswith("airplane · ") for c in _captions(page, "exemplars-highest"))
+            _decoded_sources(page, "exemplars-lowest", PER_ROW)
+
+            page.locator(".st-key-exemplar-class").click()
+            page.get_by_role("option", name="automobile (1)").click()
+            second = _decoded_sources(page, "exemplars-highest", PER_ROW, other_than=first)
+            assert not set(second) & set(first)
+            assert all(c.startswith("automobile · ") for c in _captions(page, "exemplars-highest"))
+
+            shot = tmp_path / "explorer_exemplars.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    artifacts = os.environ.get("NORMPROBE_TEST_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(shot, Path(artifacts) / shot.name)
+    assert shot.stat().st_size > 0
