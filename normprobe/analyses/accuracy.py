@@ -1,0 +1,26 @@
+"""Per-sample kNN correctness on the in-distribution splits: the signal of the norm-bucket curves.
+
+The paper (Section 5): "Figure 4 (left) then shows the per-bucket accuracy of a NN classifier which
+was fit on all the embeddings with respect to the cosine similarity metric." normprobe uses the
+weighted cosine kNN classifier of :mod:`normprobe.knn` fitted on ID-train; ID-test points are
+classified against ID-train, and ID-train points by leave-one-out, so that no point votes for
+itself (see :data:`normprobe.analyses.buckets.SELF_VOTE_NOTE`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from normprobe.errors import NormprobeError
+from normprobe.knn import KNNClassifier
+
+
+def knn_predictions(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, *, k: int = 200, temperature: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train predictions by leave-one-out, test predictions)`` of the weighted cosine kNN fitted on ``train``."""
+    n_train = len(train)
+    if k > n_train - 1:
+        raise NormprobeError(f"--k {k} needs more than {k} ID-train samples, there are {n_train}; lower --k")
+    classifier = KNNClassifier(k=k, temperature=temperature).fit(train, train_labels)
+    return classifier.predict(None), classifier.predict(test)

@@ -1,0 +1,121 @@
+"""OOD evaluation: every scorer fitted on ID-train, each OOD set against ID-test, one score direction.
+
+Convention (everywhere in normprobe): a larger score means *more familiar* (in-distribution).
+The positive class of every metric is the in-distribution set (ID-test): AUROC is the chance that
+a random ID-test sample outscores a random OOD sample; AUPR-in treats ID-test as positive, AUPR-out
+treats the OOD set as positive (scores negated); FPR@95TPR is the fraction of OOD samples that score
+at or above the threshold keeping 95% of ID-test.
+
+Scorers (``normprobe.scores``): ``norm`` on every head (``norm`` for the primary head,
+``norm@<head>`` for the others) and ``knn`` (Sun et al., 2022), ``mahalanobis`` and ``norm+knn``
+on the primary head. For ID-train rows, kNN-based scores leave the point itself out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from normprobe import metrics, scores
+from normprobe.errors import NormprobeError
+
+ROC_POINTS = 201
+"""ROC curves are stored on a fixed grid of false positive rates (exact upper envelope), not per sample."""
+
+METRIC_COLUMNS = ("ood_set", "scorer", "method", "head", "n_id", "n_ood", "auroc", "aupr_in", "aupr_out", "fpr95", "positive")
+POSITIVE = "id-test"
+
+
+def scorer_names() -> list[str]:
+    return list(scores.SCORERS)
+
+
+def column_name(scorer: str, head: str, primary: str) -> str:
+    """``norm`` on the primary head is ``norm``; on another head ``norm@<head>``."""
+    return scorer if head == primary else f"{scorer}@{head}"
+
+
+def fit_and_score(
+    *,
+    train: dict[str, np.ndarray],
+    train_labels: np.ndarray,
+    others: Sequence[dict[str, np.ndarray]],
+    heads: Sequence[str],
+    primary: str,
+    scorers: Sequence[str],
+    ood_k: int,
+    device: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Score every row (ID-train first, then each of ``others`` in order) with every scorer.
+
+    Returns ``{column name: scores}`` concatenated in row order. Scorers are fitted on ``train``;
+    ID-train rows are scored with the point itself left out where the scorer uses neighbours.
+    """
+    plan = [(name, primary) for name in scorers]
+    if "norm" in scorers:
+        plan += [("norm", head) for head in heads if head != primary]
+    out: dict[str, np.ndarray] = {}
+    for name, head in plan:
+        scorer = scores.make_scorer(name, k=ood_k).fit(train[head], train_labels)
+        parts = [scorer.score_samples(None)] + [scorer.score_samples(o[head]) for o in others]
+        values = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+        if not np.isfinite(values).all():
+            raise NormprobeError(f"scorer {name} on head {head} produced NaN or infinite scores")
+        out[column_name(name, head, primary)] = values
+    return out
+
+
+def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, n_points: int = ROC_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """ROC of ID (positive) vs OOD on a grid of false positive rates: the best TPR at FPR <= each grid value."""
+    fpr, tpr = metrics.roc_curve(id_scores, ood_scores)
+    grid = np.linspace(0.0, 1.0, n_points)
+    best = np.maximum.accumulate(tpr)
+    at = np.searchsorted(fpr, grid, side="right") - 1
+    return grid, best[np.clip(at, 0, len(best) - 1)]
+
+
+def evaluate_ood(samples: pd.DataFrame, score_columns: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics and ROC curves of every scorer for every OOD set (rows with role ``ood``) vs ID-test.
+
+    Returns ``(metrics, roc)``: ``metrics`` has :data:`METRIC_COLUMNS`; ``roc`` has ``ood_set``,
+    ``scorer``, ``fpr``, ``tpr``.
+    """
+    id_rows = samples["role"] == POSITIVE
+    if not id_rows.any():
+        raise NormprobeError("OOD evaluation needs ID-test rows")
+    ood = samples[samples["role"] == "ood"]
+    rows, curves = [], []
+    for (dataset, split), part in ood.groupby(["dataset", "split"], sort=False):
+        ood_set = f"{dataset}/{split}"
+        for column in score_columns:
+            positive = samples.loc[id_rows, f"score_{column}"].to_numpy(np.float64)
+            negative = part[f"score_{column}"].to_numpy(np.float64)
+            method, _, head = column.partition("@")
+            rows.append({
+                "ood_set": ood_set, "scorer": column, "method": method, "head": head or "primary",
+                "n_id": len(positive), "n_ood": len(negative),
+                "auroc": metrics.auroc(positive, negative),
+                "aupr_in": metrics.aupr_in(positive, negative),
+                "aupr_out": metrics.aupr_out(positive, negative),
+                "fpr95": metrics.fpr_at_tpr(positive, negative, 0.95),
+                "positive": POSITIVE,
+            })
+            fpr, tpr = roc_points(positive, negative)
+            curves.append(pd.DataFrame({"ood_set": ood_set, "scorer": column, "fpr": fpr, "tpr": tpr}))
+    roc = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["ood_set", "scorer", "fpr", "tpr"])
+    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS)), roc
+
+
+def norm_correctness_spearman(samples: pd.DataFrame, primary: str, *, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
+    """Spearman's rho between the primary-head norm and kNN correctness, per ID role, with a bootstrap CI."""
+    rows = []
+    for role, name in (("id-test", "id-test"), ("id-train", "id-train-loo")):
+        part = samples[samples["role"] == role]
+        norms = part[f"norm_{primary}"].to_numpy(np.float64)
+        correct = part["knn_correct"].astype(float).to_numpy()
+        result = metrics.spearman(norms, correct, n_boot=n_boot, seed=seed)
+        rows.append({"role": name, "head": primary, "n": len(norms), "rho": result.rho, "p_value": result.p_value,
+                     "ci_low": result.ci_low, "ci_high": result.ci_high})
+    return pd.DataFrame(rows)

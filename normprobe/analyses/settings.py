@@ -1,0 +1,83 @@
+"""Every choice of a `normprobe analyze` run, as one dataclass (light to import: no torch, no pandas)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from normprobe.errors import NormprobeError
+
+DEFAULT_SCORERS = ("norm", "knn", "mahalanobis", "norm+knn")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Every choice of an analysis; all of it is recorded in ``run.json``.
+
+    ``head`` is the primary head (kNN, scorers, buckets; default ``z`` when the encoder has a
+    projector, else ``feats``); ``heads`` are the heads embedded (default: all), each getting a
+    ``norm_<head>`` column and a norm scorer. ``max_train`` / ``max_per_split`` keep the first N
+    samples (deterministic) of ID-train / of every other set, for quick runs.
+    """
+
+    id_dataset: str = "cifar10"
+    ood: tuple[str, ...] = ("cifar100",)
+    head: str | None = None
+    heads: tuple[str, ...] | None = None
+    k: int = 200
+    temperature: float = 0.1
+    ood_k: int = 50
+    buckets: int = 20
+    bucket_scaling: str = "max"
+    min_bucket_count: int = 10
+    scorers: tuple[str, ...] = DEFAULT_SCORERS
+    human: str = "auto"
+    exemplars_per_class: int = 4
+    max_train: int | None = None
+    max_per_split: int | None = None
+    seed: int = 0
+    precision: str = "fp32"
+    batch_size: int = 256
+    device: str | None = None
+    data_root: str | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    arch: str | None = None
+    report: bool = True
+
+    def check(self) -> None:
+        """Reject impossible settings before any work is done."""
+        positive = {"k": self.k, "ood_k": self.ood_k, "buckets": self.buckets, "batch_size": self.batch_size,
+                    "exemplars_per_class": self.exemplars_per_class}
+        for name, value in positive.items():
+            if value < 1:
+                raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name, value in (("max_train", self.max_train), ("max_per_split", self.max_per_split)):
+            if value is not None and value < 1:
+                raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if not self.temperature > 0:
+            raise NormprobeError(f"--temperature must be > 0, got {self.temperature}")
+        if self.min_bucket_count < 0:
+            raise NormprobeError(f"--min-bucket-count must be >= 0, got {self.min_bucket_count}")
+        from normprobe.analyses.buckets import SCALINGS
+        from normprobe.analyses.ood import scorer_names
+        from normprobe.embed import PRECISIONS
+
+        if self.bucket_scaling not in SCALINGS:
+            raise NormprobeError(f"--bucket-scaling must be one of {', '.join(SCALINGS)}, got {self.bucket_scaling!r}")
+        if self.precision not in PRECISIONS:
+            raise NormprobeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.ood:
+            raise NormprobeError("name at least one OOD set with --ood")
+        known = scorer_names()
+        unknown = [s for s in self.scorers if s not in known]
+        if unknown:
+            raise NormprobeError(f"unknown scorer {unknown[0]!r} (known: {', '.join(known)})")
+        if not self.scorers:
+            raise NormprobeError("--scorers must name at least one scorer")
+
+
+def split_ood_specs(values: Sequence[str]) -> tuple[str, ...]:
+    """``["cifar100,mnist", "tinyimagenet"]`` -> ``("cifar100", "mnist", "tinyimagenet")`` (order kept, duplicates dropped)."""
+    specs = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return tuple(dict.fromkeys(specs))

@@ -1,0 +1,65 @@
+"""Shared by the `normprobe analyze` tests: a tiny checkpoint and one small real-data analysis.
+
+The analysis runs once per test session (memoised on disk under pytest's base temp folder), on
+small first-N subsets of the real mirrors: ID = CIFAR-10, OOD = the CIFAR-100 images that exist
+and MNIST.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import torch
+
+DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
+SMALL = ["--max-train", "160", "--max-per-split", "60", "--k", "10", "--ood-k", "5", "--min-bucket-count", "3"]
+
+
+def tiny_checkpoint(path: Path, *, nan: bool = False) -> Path:
+    """A randomly initialised ResNet-18 of width 8 with a SimCLR projector (heads feats, z)."""
+    from normprobe.checkpoints import save_checkpoint
+    from normprobe.models import build_encoder
+    from normprobe.models.heads import simclr_projector
+    from normprobe.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    spec = {"backbone": {"name": "resnet18", "stem": "cifar", "width": 8}, "projector": simclr_projector(64, 128, 32)}
+    state = build_encoder(spec).state_dict()
+    if nan:
+        state["backbone.conv1.weight"] = torch.full_like(state["backbone.conv1.weight"], float("nan"))
+    save_checkpoint(path, method="simclr", encoder_spec=spec, preprocess=Preprocess(), state_dict=state)
+    return path
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """Run ``normprobe`` in-process; returns (exit status, stdout, stderr)."""
+    from normprobe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def analyze_args(checkpoint: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        "analyze", str(checkpoint), "--ood", "cifar100", "--ood", "mnist", "--data-root", str(DATA_ROOT),
+        "--cache-dir", str(cache), "--out", str(out), *SMALL, *extra,
+    ]
+
+
+def shared_analysis(base: Path) -> tuple[Path, Path, Path, str]:
+    """(checkpoint, results folder, cache folder, stdout) of the session's one small analysis."""
+    folder = base / "normprobe-analyze-shared"
+    checkpoint, out, cache = folder / "tiny.pt", folder / "results", folder / "cache"
+    stdout_file = folder / "stdout.txt"
+    if not stdout_file.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tiny_checkpoint(checkpoint)
+        status, stdout, stderr = cli(*analyze_args(checkpoint, out, cache, "--quiet"))
+        assert status == 0, stderr
+        stdout_file.write_text(stdout)
+    return checkpoint, out, cache, stdout_file.read_text()

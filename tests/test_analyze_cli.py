@@ -1,0 +1,133 @@
+"""`normprobe analyze` end to end on a tiny encoder and small real-data subsets."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from analyze_helpers import DATA_ROOT, analyze_args, cli, shared_analysis, tiny_checkpoint
+
+from normprobe.results import read_results
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, str]:
+    return shared_analysis(tmp_path_factory.getbasetemp())
+
+
+def test_summary_table_is_printed(shared: tuple[Path, Path, Path, str]) -> None:
+    _, out, _, stdout = shared
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("set"))
+    for column in ("norm/train (z)", "kNN acc", "AUROC norm", "AUROC knn", "AUROC mahalanobis", "AUROC norm+knn"):
+        assert column in header
+    run = json.loads((out / "run.json").read_text())
+    train_row = next(line for line in lines if line.lstrip().startswith("cifar10/train"))
+    assert "1.000" in train_row and f"{run['summary']['knn_accuracy']['id-train-loo']:.3f}" in train_row
+    mnist_row = next(line for line in lines if line.lstrip().startswith("mnist/test"))
+    assert f"{run['summary']['ood']['mnist/test']['knn']['auroc']:.3f}" in mnist_row
+    assert "note: cifar100/test: partial mirror: 916 of 10000 cifar100 test images" in stdout
+    assert f"results: {out}" in stdout
+
+
+def test_report_has_every_figure_and_is_self_contained(shared: tuple[Path, Path, Path, str]) -> None:
+    _, out, _, _ = shared
+    html = (out / "report.html").read_text()
+    for fig_id in ("fig-norm-bars", "fig-norm-hist-feats", "fig-norm-hist-z", "fig-buckets", "fig-roc"):
+        assert f'id="{fig_id}"' in html and f'Plotly.newPlot(                        "{fig_id}"' in html
+    assert re.search(r'id="fig-human-\d+"', html)  # CIFAR-10N curves (ID-train has CIFAR-10N labels)
+    # plotly.js is inlined exactly once; nothing is fetched from elsewhere
+    head, body = html.split("</head>")
+    assert html.count("plotly.js v") == 1 and head.count("<script") == 1
+    assert "<script src=" not in body and "https://" not in body
+    # exemplar grids: one embedded image per exemplar row (4 highest + 4 lowest per class, 8 + 8 per OOD set)
+    exemplars = read_results(out).table("exemplars")
+    assert body.count('src="data:image/png;base64,') == len(exemplars)
+    assert exemplars.query("dataset == 'cifar10' and split == 'train'").groupby("label").size().tolist() == [8] * 10
+    assert exemplars.query("dataset == 'mnist'").groupby("extreme").size().tolist() == [8, 8]
+    for section in ("Embedding norms", "Norm buckets vs kNN accuracy", "OOD detection", "Exemplars", "Human labels"):
+        assert f"<h2>{section}</h2>" in html
+    assert "leave-one-out" in html and "voted for itself" in html
+
+
+def test_second_run_is_served_from_the_cache(shared: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
+    checkpoint, first_out, cache, _ = shared
+    status, stdout, stderr = cli(*analyze_args(checkpoint, tmp_path / "again", cache, "--quiet", "--no-report"))
+    assert status == 0, stderr
+    again, first = read_results(tmp_path / "again"), read_results(first_out)
+    assert all(again.run["timings"]["embeddings_from_cache"].values())
+    assert not any(first.run["timings"]["embeddings_from_cache"].values())
+    assert "embeddings: 4 of 4 sets from the cache" in stdout
+    pd.testing.assert_frame_equal(again.samples, first.samples)
+    assert not (tmp_path / "again" / "report.html").exists()
+
+
+def test_quantile_buckets_and_a_second_head(shared: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
+    checkpoint, _, cache, _ = shared
+    status, _, stderr = cli(*analyze_args(checkpoint, tmp_path / "q", cache, "--quiet", "--no-report", "--bucket-scaling",
+                                          "quantile", "--buckets", "4", "--head", "feats", "--scorers", "norm,knn", "--human", "none"))
+    assert status == 0, stderr
+    results = read_results(tmp_path / "q")
+    assert results.run["primary_head"] == "feats" and results.run["settings"]["bucket_scaling"] == "quantile"
+    assert results.scorers == ["norm", "knn", "norm@z"]
+    assert not any(c.startswith("human_") for c in results.samples.columns)
+    counts = results.table("buckets").query("role == 'id-test'")["count"].tolist()
+    assert counts == [15, 15, 15, 15]  # equal-count buckets of the 60 ID-test samples
+    np.testing.assert_allclose(results.samples["norm_scaled"].to_numpy(), results.samples["norm_feats"]
+                               / results.samples.query("role == 'id-train'")["norm_feats"].mean())
+
+
+def _fails(*argv: str) -> str:
+    status, stdout, stderr = cli(*argv)
+    assert status == 2, (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("normprobe: error: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ood", "nosuchset"], "--ood nosuchset: neither a folder, an .npz file nor a known dataset"),
+        (["--ood", "cifar10"], "--ood cifar10 is cifar10 test, the same split as the ID-test set"),
+        (["--ood", "cifar10:train"], "the same split as the ID-train set"),
+        (["--id", "nosuch"], "unknown dataset 'nosuch'"),
+        (["--id", "mnist"], "needs train and test splits"),
+        (["--k", "500"], "--k 500 needs more than 500 ID-train samples"),
+        (["--scorers", "norm,energy"], "unknown scorer 'energy'"),
+        (["--max-per-split", "0"], "--max-per-split must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(shared: tuple[Path, Path, Path, str], tmp_path: Path, extra: list[str], message: str) -> None:
+    checkpoint, _, cache, _ = shared
+    assert message in _fails(*analyze_args(checkpoint, tmp_path / "out", cache, "--quiet"), *extra)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_empty_split_nan_embeddings_and_bad_output_paths(shared: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
+    checkpoint, results_dir, cache, _ = shared
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 32, 32, 3), np.uint8))
+    assert "has no images" in _fails(*analyze_args(checkpoint, tmp_path / "o1", cache, "--quiet", "--ood", str(empty)))
+    nan = tiny_checkpoint(tmp_path / "nan.pt", nan=True)
+    assert "NaN or Inf" in _fails(*analyze_args(nan, tmp_path / "o2", tmp_path / "cache", "--quiet"))
+    (tmp_path / "file.txt").write_text("not a folder")
+    assert "is a file" in _fails(*analyze_args(checkpoint, tmp_path / "file.txt", cache, "--quiet"))
+    assert "--force" in _fails(*analyze_args(checkpoint, results_dir, cache, "--quiet"))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folders left behind
+
+
+def test_help_explains_the_options() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli("analyze", "--help")
+    assert exit_info.value.code == 0
+
+
+def test_data_root_is_recorded(shared: tuple[Path, Path, Path, str]) -> None:
+    _, out, _, _ = shared
+    run = read_results(out).run
+    assert {d["data_root"] for d in run["datasets"]} == {str(DATA_ROOT)}

@@ -1,0 +1,161 @@
+"""The results folder (Contract 2): schema of a real analysis, atomic writes, validated reads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from analyze_helpers import shared_analysis
+
+from normprobe.errors import NormprobeError
+from normprobe.results import (
+    CHECKPOINT_KEYS, DATASET_KEYS, RUN_KEYS, SETTINGS_KEYS, SUMMARY_KEYS, Results, check_output_dir, read_results,
+    write_results,
+)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    return read_results(shared_analysis(tmp_path_factory.getbasetemp())[1])
+
+
+def test_run_json_has_every_key(results: Results) -> None:
+    run = results.run
+    assert set(RUN_KEYS) <= set(run) and run["notes"]
+    assert set(CHECKPOINT_KEYS) <= set(run["checkpoint"]) and set(SETTINGS_KEYS) <= set(run["settings"])
+    assert set(SUMMARY_KEYS) <= set(run["summary"])
+    assert [(d["name"], d["split"], d["role"]) for d in run["datasets"]] == [
+        ("cifar10", "train", "id-train"), ("cifar10", "test", "id-test"), ("cifar100", "test", "ood"), ("mnist", "test", "ood"),
+    ]
+    assert all(set(DATASET_KEYS) <= set(d) for d in run["datasets"])
+    assert run["heads"] == ["feats", "z"] and run["primary_head"] == "z"
+    assert run["checkpoint"]["adapter"] == "normprobe" and len(run["checkpoint"]["sha256"]) == 64
+    assert run["settings"]["k"] == 10 and run["settings"]["max_train"] == 160 and run["settings"]["bucket_scaling"] == "max"
+    assert set(run["summary"]["knn_accuracy"]) == {"id-test", "id-train-loo"}
+    assert set(run["summary"]["ood"]) == {"cifar100/test", "mnist/test"}
+    for per_scorer in run["summary"]["ood"].values():
+        assert set(per_scorer) == {"norm", "knn", "mahalanobis", "norm+knn", "norm@feats"}
+        assert all(set(m) == {"auroc", "aupr_in", "aupr_out", "fpr95"} for m in per_scorer.values())
+    assert any("partial mirror: 916 of 10000" in note for note in run["datasets"][2]["notes"])
+
+
+def test_samples_have_every_column_with_the_right_types(results: Results) -> None:
+    s = results.samples
+    expected = [
+        "dataset", "split", "index", "id", "role", "label", "label_name", "norm_feats", "norm_z", "norm_scaled",
+        "knn_pred", "knn_correct", "score_norm", "score_knn", "score_mahalanobis", "score_norm+knn", "score_norm@feats",
+    ]
+    assert list(s.columns[: len(expected)]) == expected
+    assert all(c.startswith("human_") for c in s.columns[len(expected):])
+    assert any(c.startswith("human_c10n_") for c in s.columns)  # CIFAR-10N describes the train split
+    assert s.groupby("role", sort=False).size().to_dict() == {"id-train": 160, "id-test": 60, "ood": 120}
+    assert str(s["knn_pred"].dtype) == "Int64" and str(s["knn_correct"].dtype) == "boolean"
+    ood = s["role"] == "ood"
+    assert s.loc[ood, "knn_correct"].isna().all() and s.loc[~ood, "knn_correct"].notna().all()
+    assert (s.loc[~ood, "knn_correct"] == (s.loc[~ood, "knn_pred"] == s.loc[~ood, "label"])).all()
+    assert s["index"].dtype == np.int64 and s.loc[s["dataset"] == "cifar10", "index"].tolist()[:3] == [0, 1, 2]
+    assert s.loc[s["dataset"] == "cifar10", "label_name"].iloc[0] == "frog"  # CIFAR-10 train image 0
+    train = s["role"] == "id-train"
+    assert s.loc[train, "norm_scaled"].mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(s["norm_scaled"], s["norm_z"] / s.loc[train, "norm_z"].mean())
+    np.testing.assert_allclose(s["score_norm"], s["norm_z"]) and np.testing.assert_allclose(s["score_norm@feats"], s["norm_feats"])
+
+
+def test_summary_values_agree_with_the_samples(results: Results) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    s, summary = results.samples, results.run["summary"]
+    test = s[s["role"] == "id-test"]
+    assert summary["knn_accuracy"]["id-test"] == pytest.approx(test["knn_correct"].astype(float).mean())
+    assert summary["knn_accuracy"]["id-train-loo"] == pytest.approx(s.loc[s["role"] == "id-train", "knn_correct"].astype(float).mean())
+    mnist = s[s["dataset"] == "mnist"]
+    for scorer in ("norm", "knn", "mahalanobis"):
+        y = np.r_[np.ones(len(test)), np.zeros(len(mnist))]
+        expected = roc_auc_score(y, np.r_[test[f"score_{scorer}"], mnist[f"score_{scorer}"]])
+        assert summary["ood"]["mnist/test"][scorer]["auroc"] == pytest.approx(expected)
+    norms = summary["norms"]
+    assert norms["cifar10/train"]["heads"]["z"]["mean_scaled"] == pytest.approx(1.0)
+    assert norms["mnist/test"]["heads"]["feats"]["mean"] == pytest.approx(mnist["norm_feats"].mean())
+    assert set(summary["spearman"]) == {"id-test", "id-train-loo"}
+
+
+def test_tables_are_written(results: Results) -> None:
+    names = {p.stem for p in (results.path / "tables").glob("*.csv")}
+    assert {"norms", "buckets", "ood", "spearman", "exemplars"} <= names
+    buckets = results.table("buckets")
+    assert set(buckets["role"]) == {"id-test", "id-train"} and len(buckets) == 2 * 20
+    assert buckets.groupby("role")["count"].sum().to_dict() == {"id-test": 60, "id-train": 160}
+    ood = results.table("ood")
+    assert len(ood) == 2 * 5 and set(ood["positive"]) == {"id-test"}
+    exemplars = results.table("exemplars")
+    assert set(exemplars["extreme"]) == {"highest", "lowest"}
+    with pytest.raises(NormprobeError, match="no such table"):
+        results.table("nope")
+
+
+# ----------------------------------------------------------------------------- writing and reading
+
+
+def test_read_rejects_missing_and_malformed_folders(results: Results, tmp_path: Path) -> None:
+    with pytest.raises(NormprobeError, match="no such results folder"):
+        read_results(tmp_path / "absent")
+    with pytest.raises(NormprobeError, match="run.json is missing"):
+        read_results(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(results.path, broken)
+    (broken / "run.json").write_text("{not json")
+    with pytest.raises(NormprobeError, match="not valid JSON"):
+        read_results(broken)
+    run = dict(results.run)
+    del run["settings"]
+    (broken / "run.json").write_text(json.dumps(run))
+    with pytest.raises(NormprobeError, match="lacks settings"):
+        read_results(broken)
+    (broken / "run.json").write_text(json.dumps(results.run))
+    results.samples.drop(columns=["knn_pred"]).to_parquet(broken / "samples.parquet")
+    with pytest.raises(NormprobeError, match="missing column.*knn_pred"):
+        read_results(broken)
+    (broken / "samples.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(NormprobeError, match="not a readable Parquet"):
+        read_results(broken)
+
+
+def test_output_folder_rules(results: Results, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NormprobeError, match="is a file"):
+        check_output_dir(tmp_path / "file")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("x")
+    with pytest.raises(NormprobeError, match="not a normprobe results folder"):
+        check_output_dir(tmp_path / "busy", force=True)
+    with pytest.raises(NormprobeError, match="--force"):
+        check_output_dir(results.path)
+    assert check_output_dir(results.path, force=True) == results.path
+    (tmp_path / "empty").mkdir()
+    assert check_output_dir(tmp_path / "empty") == tmp_path / "empty"
+
+
+def test_write_is_atomic_and_force_replaces(results: Results, tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    write_results(out, results.run, results.samples, {"t": pd.DataFrame({"a": [1]})}, "<html></html>")
+    assert read_results(out).samples.equals(results.samples)
+    assert (out / "tables" / "t.csv").is_file() and (out / "report.html").is_file()
+
+    class Boom(pd.DataFrame):
+        def to_csv(self, *args, **kwargs):  # type: ignore[override]
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_results(out, results.run, results.samples.head(3), {"t": Boom({"a": [2]})}, force=True)
+    # the failed write left the previous folder untouched and no staging folder behind
+    assert len(read_results(out).samples) == len(results.samples)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
+    write_results(out, results.run, results.samples.head(3), {}, force=True)
+    assert len(read_results(out).samples) == 3 and not (out / "report.html").exists()
+    bad = dict(results.run, primary_head="p")
+    with pytest.raises(NormprobeError, match="primary_head"):
+        write_results(tmp_path / "other", bad, results.samples, {})
