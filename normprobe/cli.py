@@ -19,6 +19,7 @@ from normprobe.errors import NormprobeError
 
 # Order here is the order in `normprobe --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "analyze",
     "rank",
     "embed",
