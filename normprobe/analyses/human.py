@@ -306,7 +306,9 @@ def bootstrap_spearman(
     for start in range(0, n_boot, block):
         b = min(block, n_boot - start)
         draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        weights = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        # multiplicities of the rows in their given order (so the resamples do not depend on how x sorts),
+        # then permuted into x order
+        weights = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)[:, by_x].astype(np.float64)
         if x_groups is None:
             rx = np.cumsum(weights, axis=1) - (weights - 1) / 2.0
         else:
