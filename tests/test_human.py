@@ -111,12 +111,17 @@ def test_select_label_sets_auto_explicit_and_missing(tmp_path: Path) -> None:
     empty_root.mkdir()
     skipped, notes = human.select_label_sets("cifar10", "auto", empty_root)
     assert skipped == {} and len(notes) == 2 and all("skipped" in n and "not found" in n for n in notes)
-    with pytest.raises(NormprobeError, match=r"label file for cifar10n not found: .*cifar10n_labels\.npz"):
-        human.select_label_sets("cifar10", "cifar10n,cifar10h", empty_root)
+    for check in (human.select_label_sets, human.check_label_sets):
+        with pytest.raises(NormprobeError, match=r"label file for cifar10n not found: .*cifar10n_labels\.npz"):
+            check("cifar10", "cifar10n,cifar10h", empty_root)
+    human.check_label_sets("cifar10", "auto", empty_root)  # automatic: nothing to complain about up front
+    human.check_label_sets("cifar10", "cifar10n,cifar10h", DATA_ROOT)
     with pytest.raises(NormprobeError, match="unknown human label set 'cifar10x'"):
         human.select_label_sets("cifar10", "cifar10x", DATA_ROOT)
     with pytest.raises(NormprobeError, match="describes cifar100 train images, but the in-distribution set is cifar10"):
         human.select_label_sets("cifar10", ["cifar100n"], DATA_ROOT)
+    with pytest.raises(NormprobeError, match="describes cifar100 train images"):
+        human.check_label_sets("cifar10", "cifar100n", DATA_ROOT)
 
 
 def test_bootstrap_spearman_equals_scipy_on_materialised_resamples() -> None:

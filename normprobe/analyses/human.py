@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from normprobe.analyses.buckets import CURVE_COLUMNS, bucket_curve
-from normprobe.data import load_labels, load_manifest, manifest_names
+from normprobe.data import load_labels, load_manifest, manifest_names, resolve_data_root
 from normprobe.errors import NormprobeError
 
 if TYPE_CHECKING:
@@ -78,6 +78,37 @@ def _annotation_fields(manifest_fields: Sequence[str], consensus: str | None) ->
     return sorted(fields, key=lambda f: (f != consensus, fields.index(f)))
 
 
+def _explicit_names(id_dataset: str | None, requested: str | Sequence[str] | None) -> list[str] | None:
+    """The label sets named by ``requested`` (None for ``auto``), each checked to describe ``id_dataset``."""
+    if requested is None or requested == "auto":
+        return None
+    names = [n.strip() for n in requested.split(",")] if isinstance(requested, str) else list(requested)
+    names = [n for n in names if n]
+    if names == ["none"] or not names:
+        return []
+    known = manifest_names("labels")
+    for name in names:
+        if name not in known:
+            raise NormprobeError(f"unknown human label set {name!r} (known: {', '.join(known)}, or auto / none)")
+        images = load_manifest(name).raw["images"]
+        if images["dataset"] != id_dataset:
+            raise NormprobeError(
+                f"human label set {name} describes {images['dataset']} {images['split']} images, "
+                f"but the in-distribution set is {id_dataset or 'not a named dataset'}"
+            )
+    return names
+
+
+def check_label_sets(
+    id_dataset: str | None, requested: str | Sequence[str] | None = "auto", data_root: str | Path | None = None
+) -> None:
+    """Before any expensive work: the errors :func:`select_label_sets` would raise, without reading the files."""
+    for name in _explicit_names(id_dataset, requested) or ():
+        file = load_manifest(name).mirror["file"]
+        if not (resolve_data_root(data_root) / file).is_file():
+            load_labels(name, data_root)  # raises the one "label file ... not found" message
+
+
 def select_label_sets(
     id_dataset: str | None, requested: str | Sequence[str] | None = "auto", data_root: str | Path | None = None
 ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
@@ -89,33 +120,19 @@ def select_label_sets(
     that does not describe ``id_dataset`` or whose file is missing is a :class:`NormprobeError`.
     Returns ``({name: fields}, notes)``.
     """
-    known = manifest_names("labels")
-    if requested is None or requested == "auto":
-        names = [n for n in known if load_manifest(n).raw["images"]["dataset"] == id_dataset]
-        label_sets: dict[str, dict[str, np.ndarray]] = {}
-        notes = []
-        for name in names:
-            try:
-                label_sets[name] = load_labels(name, data_root)
-            except NormprobeError as err:
-                notes.append(f"human labels {name} skipped: {err}")
-        return label_sets, notes
-    names = [n.strip() for n in requested.split(",")] if isinstance(requested, str) else list(requested)
-    names = [n for n in names if n]
-    if names == ["none"] or not names:
-        return {}, []
-    label_sets = {}
-    for name in names:
-        if name not in known:
-            raise NormprobeError(f"unknown human label set {name!r} (known: {', '.join(known)}, or auto / none)")
-        images = load_manifest(name).raw["images"]
-        if images["dataset"] != id_dataset:
-            raise NormprobeError(
-                f"human label set {name} describes {images['dataset']} {images['split']} images, "
-                f"but the in-distribution set is {id_dataset or 'not a named dataset'}"
-            )
-        label_sets[name] = load_labels(name, data_root)
-    return label_sets, []
+    names = _explicit_names(id_dataset, requested)
+    if names is not None:
+        return {name: load_labels(name, data_root) for name in names}, []
+    label_sets: dict[str, dict[str, np.ndarray]] = {}
+    notes = []
+    for name in manifest_names("labels"):
+        if load_manifest(name).raw["images"]["dataset"] != id_dataset:
+            continue
+        try:
+            label_sets[name] = load_labels(name, data_root)
+        except NormprobeError as err:
+            notes.append(f"human labels {name} skipped: {err}")
+    return label_sets, notes
 
 
 def _entropy_bits(counts: np.ndarray) -> np.ndarray:
