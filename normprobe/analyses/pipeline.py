@@ -204,15 +204,16 @@ def _human(samples: pd.DataFrame, sets: list[AnalysedSet], primary: str, setting
     label_sets, notes = human.select_label_sets(settings.id_dataset, settings.human, settings.data_root)
     if not label_sets:
         return pd.DataFrame(), pd.DataFrame(), notes
-    columns = []
-    for s in sets:
-        columns.append(human.human_columns(label_sets, s.imageset.index, s.imageset.labels, s.role))
-    extra = pd.concat(columns, ignore_index=True)
-    for column in extra.columns:
-        samples[column] = extra[column].to_numpy() if extra[column].notna().all() else extra[column].array
+    frames = [human.human_columns(label_sets, s.imageset.index, s.imageset.labels, s.role) for s in sets]
+    # nullable integers: a role without a label set gets missing values, not float NaN
+    frames = [f.astype({c: "Int64" for c in f.columns if pd.api.types.is_integer_dtype(f[c])}) for f in frames]
+    extra = pd.concat(frames, ignore_index=True)
     if extra.columns.empty:
         return pd.DataFrame(), pd.DataFrame(), notes
-    curves = human.human_curves(samples, f"norm_{primary}", n_buckets=settings.buckets)
+    for column in extra.columns:
+        samples[column] = extra[column].array
+    curves = human.human_curves(samples, f"norm_{primary}", n_buckets=settings.buckets, scaling=settings.bucket_scaling,
+                                min_count=settings.min_bucket_count)
     correlations = human.human_correlations(samples, f"norm_{primary}", seed=settings.seed)
     return curves, correlations, notes
 
