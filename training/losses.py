@@ -25,7 +25,9 @@ class _GradScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (z,) = ctx.saved_tensors
-        scale = torch.linalg.vector_norm(z.float(), dim=1, keepdim=True).pow(ctx.power)
+        # half-precision embeddings get their norm in float32; float32/64 keep their precision
+        wide = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        scale = torch.linalg.vector_norm(wide, dim=1, keepdim=True).pow(ctx.power)
         return grad * scale.to(grad.dtype), None
 
 

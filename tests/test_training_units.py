@@ -1,0 +1,174 @@
+"""Unit tests of the training pieces: GradScale, cut-initialisation, the LR schedule, augmentation, config."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normprobe.errors import NormprobeError
+from training.augment import BatchAugment, _jitter_op
+from training.config import load_config
+from training.losses import grad_scale, info_nce, negative_cosine
+from training.methods import METHODS, build_method
+from training.schedule import WarmupCosine, cosine_increase, warmup_cosine
+
+DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
+TINY = {
+    "simclr": ["method_options.proj_hidden=16", "method_options.out_dim=8"],
+    "simsiam": ["method_options.proj_dim=16", "method_options.pred_hidden=4"],
+    "byol": ["method_options.proj_hidden=16", "method_options.out_dim=8"],
+    "mocov2": ["method_options.proj_hidden=16", "method_options.out_dim=8", "method_options.queue_size=64"],
+    "mocov3": ["method_options.mlp_hidden=16", "method_options.out_dim=8"],
+}
+TINY_RESNET = ["backbone.name=resnet18", "backbone.width=8"]
+TINY_VIT = ['backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 8, depth: 1, embed_dim: 16, num_heads: 2}']
+
+
+def tiny(method: str, *extra: str) -> dict:
+    return load_config(f"{method}_cifar10", [*(TINY_VIT if method == "mocov3" else TINY_RESNET), *TINY[method], *extra])
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 0.5])
+def test_gradscale_backward_is_norm_power_times_plain_gradient(power: float) -> None:
+    torch.manual_seed(0)
+    z = (torch.randn(6, 5) * torch.tensor([0.1, 1, 3, 10, 0.5, 2]).view(6, 1)).double()
+    target = torch.randn(6, 5).double()
+    plain = z.clone().requires_grad_(True)
+    scaled = z.clone().requires_grad_(True)
+    F.cosine_similarity(plain, target).sum().backward()
+    out = grad_scale(scaled, power)
+    assert torch.equal(out, scaled)  # identity forward
+    F.cosine_similarity(out, target).sum().backward()
+    expected = z.norm(dim=1, keepdim=True) ** power * plain.grad
+    torch.testing.assert_close(scaled.grad, expected)
+    assert not torch.allclose(scaled.grad, plain.grad)
+
+
+def test_gradscale_power_zero_is_default_training() -> None:
+    z = torch.randn(4, 3, requires_grad=True)
+    assert grad_scale(z, 0) is z
+
+
+def test_info_nce_matches_a_direct_formula() -> None:
+    torch.manual_seed(1)
+    z1, z2 = torch.randn(5, 4).double(), torch.randn(5, 4).double()
+    z = F.normalize(torch.cat((z1, z2)), dim=1)
+    sim = z @ z.T / 0.5
+    losses = []
+    for i in range(10):
+        j = (i + 5) % 10
+        others = torch.cat((sim[i, :i], sim[i, i + 1 :]))
+        losses.append(-sim[i, j] + torch.logsumexp(others, 0))
+    torch.testing.assert_close(info_nce(z1, z2, 0.5).double(), torch.stack(losses).mean(), rtol=1e-5, atol=1e-6)
+    # the norm does not enter the value, only the gradient
+    torch.testing.assert_close(info_nce(3 * z1, 0.2 * z2, 0.5), info_nce(z1, z2, 0.5))
+
+
+def test_negative_cosine_stops_the_gradient_on_the_target() -> None:
+    p, z = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    negative_cosine(p, z).backward()
+    assert p.grad is not None and z.grad is None
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cut_initialisation_divides_every_weight(method: str) -> None:
+    torch.manual_seed(0)
+    plain = build_method(tiny(method, "cut=1"))
+    torch.manual_seed(0)
+    cut = build_method(tiny(method, "cut=3"))
+    names = [n for n, _ in plain.encoder.named_parameters()]
+    assert len(names) > 5
+    for (name, a), (_, b) in zip(plain.encoder.named_parameters(), cut.encoder.named_parameters(), strict=True):
+        torch.testing.assert_close(b, a / 3, msg=name)
+    for (name, a), (_, b) in zip(plain.encoder.named_buffers(), cut.encoder.named_buffers(), strict=True):
+        assert torch.equal(a, b), name  # BatchNorm statistics are not weights
+    target = cut.target_state_dict()
+    if target is not None:  # momentum copies start from the cut network
+        online = cut.encoder.state_dict()
+        for name, value in target.items():
+            assert torch.equal(value, online[name]), name
+
+
+def test_warmup_cosine_values() -> None:
+    assert warmup_cosine(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10, 1.0) == pytest.approx(0.0)
+    assert cosine_increase(0, 10, 0.996) == pytest.approx(0.996)
+    assert cosine_increase(10, 10, 0.996) == pytest.approx(1.0)
+
+
+def test_scheduler_keeps_fixed_lr_groups_and_resumes() -> None:
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "fixed_lr": True}], lr=1.0)
+    sched = WarmupCosine(opt, 0.4, total_steps=20, warmup_steps=4)
+    for _ in range(12):
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 8 / 16)))
+    assert opt.param_groups[1]["lr"] == 0.4
+    opt2 = torch.optim.SGD([{"params": [a]}, {"params": [b], "fixed_lr": True}], lr=1.0)
+    again = WarmupCosine(opt2, 0.4, total_steps=20, warmup_steps=4)
+    again.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_augment_is_vectorised_per_sample_and_reproducible() -> None:
+    aug = BatchAugment()
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    p1 = aug.sample(64, torch.Generator().manual_seed(0), (32, 32))
+    p2 = aug.sample(64, torch.Generator().manual_seed(0), (32, 32))
+    out = aug(images, p1)
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 1
+    torch.testing.assert_close(out, aug(images, p2))
+    # every sample draws its own crop, jitter and order
+    assert len(torch.unique(p1.theta.flatten(1), dim=0)) > 50 and len(torch.unique(p1.jitter[:, 0])) == 64
+    assert 0.6 < p1.apply_jitter.float().mean() < 0.95 and p1.gray.any()
+    # the rows of a sub-batch equal the same rows of the whole batch (what DDP ranks rely on)
+    torch.testing.assert_close(aug(images[16:32], p1.rows(16, 32)), out[16:32])
+
+
+def test_augment_identity_and_jitter_match_torchvision() -> None:
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    x = images.permute(0, 3, 1, 2).float() / 255
+    ident = BatchAugment(crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0)
+    torch.testing.assert_close(ident(images, ident.sample(8, torch.Generator(), (32, 32))), x)
+    flip = BatchAugment(crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=1, jitter_p=0, gray_p=0)
+    torch.testing.assert_close(flip(images, flip.sample(8, torch.Generator(), (32, 32))), x.flip(-1))
+    refs = [(tvf.adjust_brightness, 1.3), (tvf.adjust_contrast, 0.7), (tvf.adjust_saturation, 1.4), (tvf.adjust_hue, -0.07)]
+    for op, (fn, factor) in enumerate(refs):
+        ours = _jitter_op(x.clone(), op, torch.full((8,), factor))
+        torch.testing.assert_close(ours, torch.stack([fn(im, factor) for im in x]), atol=1e-4, rtol=0)
+
+
+def test_config_overrides_and_errors() -> None:
+    cfg = load_config("simclr_cifar10", ["epochs=3", "cut=3", "gradscale=1", "dataset.subset=100", "dataset.imbalance=true"])
+    assert (cfg["epochs"], cfg["cut"], cfg["gradscale"], cfg["dataset"]["subset"], cfg["dataset"]["imbalance"]) == (3, 3, 1, 100, True)
+    # the paper's defaults (Appendix C.1)
+    assert cfg["optimizer"]["weight_decay"] == 1e-6 and cfg["method_options"]["out_dim"] == 256
+    simsiam = load_config("simsiam_cifar10")
+    assert simsiam["optimizer"]["weight_decay"] == 5e-4 and simsiam["batch_size"] * simsiam["accumulate"] == 1024
+    with pytest.raises(NormprobeError, match="unknown key"):
+        load_config("simclr_cifar10", ["epoch=3"])
+    with pytest.raises(NormprobeError, match="key=value"):
+        load_config("simclr_cifar10", ["epochs"])
+    with pytest.raises(NormprobeError, match="no such config"):
+        load_config("nope_cifar10")
+
+
+@pytest.mark.skipif(not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present")
+def test_imbalanced_training_set_has_the_papers_class_sizes() -> None:
+    from training.loop import load_train_set
+
+    cfg = load_config("simclr_cifar10", ["dataset.imbalance=true", f"dataset.data_root={DATA_ROOT}"])
+    imageset = load_train_set(cfg)
+    counts = np.bincount(imageset.labels, minlength=10)
+    np.testing.assert_array_equal(counts, np.floor(5000 / 1.5 ** np.arange(10)).astype(int))
