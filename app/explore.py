@@ -50,10 +50,6 @@ def scorers(samples: pd.DataFrame) -> list[str]:
     return [c.removeprefix("score_") for c in samples.columns if c.startswith("score_")]
 
 
-def human_columns(samples: pd.DataFrame) -> list[str]:
-    return [c for c in samples.columns if c.startswith("human_")]
-
-
 def group_mask(samples: pd.DataFrame, group: Group) -> np.ndarray:
     return ((samples["dataset"] == group.dataset) & (samples["split"] == group.split)).to_numpy()
 

@@ -1,5 +1,8 @@
 """normprobe explorer: ``streamlit run app/main.py -- --results DIR``.
 
+The results folder can also come from the URL (``?results=DIR``) or the sidebar; the open section
+is kept in the URL (``?section=Exemplars``), so a view can be shared.
+
 Opens a results folder of ``normprobe analyze`` and shows, in tabs, the run's settings and summary,
 norm distributions, bucket / human-label / ROC curves, per-class exemplars and the most unfamiliar
 samples. A missing or malformed folder is reported in the page, never as a traceback.

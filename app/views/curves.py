@@ -3,6 +3,7 @@ and human-label signals per norm bucket, and ROC curves of every OOD set and sco
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,24 +20,38 @@ from normprobe.report import bucket_figure, roc_figure
 SCALING_AXES = {"max": "norm / max norm", "minmax": "(norm − min) / (max − min)", "quantile": "norm quantile"}
 
 
-def _bucket_controls(settings: dict[str, Any], key: str) -> tuple[int, str, int]:
-    """Number of buckets, scaling and minimum count: the run's settings, adjustable."""
+@dataclass(frozen=True)
+class Buckets:
+    """How norms are bucketed: the run's settings, adjustable in the page."""
+
+    n: int
+    scaling: str
+    min_count: int
+
+
+def bucket_controls(settings: dict[str, Any]) -> Buckets:
+    st.caption("Norm buckets of the kNN and human-label curves below; the defaults are the run's settings.")
     scaling = settings.get("bucket_scaling", "max")
     left, middle, right = st.columns(3)
-    n = left.number_input("Buckets", 2, 200, int(settings.get("buckets", 20)), key=f"{key}-n")
-    scaling = middle.selectbox("Scaling", SCALINGS, index=SCALINGS.index(scaling) if scaling in SCALINGS else 0, key=f"{key}-scaling")
-    min_count = right.number_input("Hide buckets with fewer samples than", 0, 100_000, int(settings.get("min_bucket_count", 10)), key=f"{key}-min")
-    return int(n), str(scaling), int(min_count)
+    n = left.number_input("Buckets", 2, 200, int(settings.get("buckets", 20)), key="buckets-n")
+    scaling = middle.selectbox(
+        "Scaling", SCALINGS, index=SCALINGS.index(scaling) if scaling in SCALINGS else 0, key="buckets-scaling",
+        format_func=lambda s: f"{s}: {SCALING_AXES[s]}",
+    )
+    min_count = right.number_input(
+        "Hide buckets with fewer samples than", 0, 100_000, int(settings.get("min_bucket_count", 10)), key="buckets-min"
+    )
+    return Buckets(int(n), str(scaling), int(min_count))
 
 
-def bucket_section(session: Session) -> None:
+def bucket_section(session: Session, buckets: Buckets) -> None:
     samples = session.samples
     st.subheader(f"kNN accuracy per ‖{session.head}‖ bucket (paper Fig. 4, left)")
     with_knn = [g for g in explore.groups(samples) if explore.select(samples, g)["knn_correct"].notna().any()]
     if not with_knn:
         st.info("No split of this run has kNN correctness.")
         return
-    n_buckets, scaling, min_count = _bucket_controls(session.run.get("settings", {}), "buckets")
+    n_buckets, scaling, min_count = buckets.n, buckets.scaling, buckets.min_count
     curves = []
     for group in with_knn:
         rows = explore.select(samples, group)
@@ -58,17 +73,14 @@ def bucket_section(session: Session) -> None:
             st.dataframe(table, hide_index=True, width="stretch")
 
 
-def human_label_section(session: Session) -> None:
+def human_label_section(session: Session, buckets: Buckets) -> None:
     samples = session.samples
     if not signal_columns(samples):
         return
     st.subheader(f"Human labels per ‖{session.head}‖ bucket (paper Fig. 4, middle and right)")
-    settings = session.run.get("settings", {})
-    curves = human_curves(
-        samples, session.norm_column, n_buckets=int(settings.get("buckets", 20)),
-        scaling=str(settings.get("bucket_scaling", "max")),
-    )
-    correlations = loading.human_correlation_table(session.path, session.files, session.norm_column, int(settings.get("seed", 0)))
+    curves = human_curves(samples, session.norm_column, n_buckets=buckets.n, scaling=buckets.scaling, min_count=buckets.min_count)
+    seed = int(session.run.get("settings", {}).get("seed", 0))
+    correlations = loading.human_correlation_table(session.path, session.files, session.norm_column, seed)
     for i, fig in enumerate(human_figures(curves, correlations)):
         st.plotly_chart(fig, key=f"human-figure-{i}")
     st.dataframe(correlations, hide_index=True, width="stretch")
@@ -91,6 +103,7 @@ def roc_section(session: Session) -> None:
 
 
 def render(session: Session) -> None:
-    bucket_section(session)
-    human_label_section(session)
+    buckets = bucket_controls(session.run.get("settings", {}))
+    bucket_section(session, buckets)
+    human_label_section(session, buckets)
     roc_section(session)
