@@ -42,6 +42,12 @@ def read_torch_file(path: Path) -> Any:
         raise NormprobeError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {str(err).splitlines()[0][:200]}") from err
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +57,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates 0600; a checkpoint gets the permissions an ordinary write would give it.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
