@@ -27,7 +27,7 @@ SETS = [
 
 
 @pytest.mark.skipif(not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present")
-def test_two_gloo_processes_equal_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     from training.__main__ import main
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -37,7 +37,6 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path, monkeypatch: pytes
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    monkeypatch.setenv("NORMPROBE_ALLOCATOR_TUNED", "1")
     assert main(["--config", "simclr_cifar10", "--set", *SETS, f"out_dir={tmp_path / 'one'}"]) == 0
 
     def steps(run: str) -> list[dict]:

@@ -110,7 +110,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     assert load_encoder(tmp_path / "checkpoints" / "epoch_0001.pt").meta["training"]["epoch"] == 1
 
 
-def test_killed_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
     from training.__main__ import main
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -127,7 +127,6 @@ def test_killed_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     run.wait()
     assert run.returncode == -signal.SIGKILL and not (killed / "final.pt").exists()
 
-    monkeypatch.setenv("NORMPROBE_ALLOCATOR_TUNED", "1")  # no re-exec of the test process
     assert main(["--config", "simsiam_cifar10", "--set", *sets, f"out_dir={straight}"]) == 0
     assert main(["--resume", str(killed)]) == 0
     assert [r["loss"] for r in steps(killed)] == [r["loss"] for r in steps(straight)]

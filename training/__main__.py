@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,12 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from training.allocator import reexec_with_tuned_allocator
+def _reexec_with_tunables(argv: list[str]) -> None:
+    """Restart as ``python -m training ARGV`` with glibc's malloc tuned (see :mod:`normprobe.allocator`:
+    large activations stay in the heap instead of being mapped and unmapped every step)."""
+    from normprobe.allocator import env_with_tunables, should_reexec
 
-    reexec_with_tuned_allocator("training", argv)
-    args = build_parser().parse_args(argv)
+    if should_reexec():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "training", *argv], env_with_tunables(os.environ))
+        except OSError:
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command line, not an in-process call (tests, notebooks)
+        argv = sys.argv[1:]
+        _reexec_with_tunables(list(argv))
+    args = build_parser().parse_args(list(argv))
     try:
         import yaml
 
