@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -167,7 +168,9 @@ def from_folder(path: Path, image_size: int, name: str | None = None) -> ImageSe
         try:
             decode_image_bytes(file.read_bytes(), image_size)
         except Exception as err:  # Pillow raises many types for bad files; each one means "unreadable"
-            skipped.append((str(file.relative_to(path)), f"{type(err).__name__}: {err}"))
+            # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x...>"); drop it so reasons are stable.
+            reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))
+            skipped.append((str(file.relative_to(path)), f"{type(err).__name__}: {reason}"))
         else:
             good.append(file)
     if not good:
