@@ -114,7 +114,7 @@ def _app(monkeypatch: pytest.MonkeyPatch, results: Path | str | None, section: s
     monkeypatch.setattr(sys, "argv", [APP] + (["--results", str(results)] if results is not None else []))
     app = AppTest.from_file(APP, default_timeout=TIMEOUT)
     if section:
-        app.session_state["section"] = section
+        app.query_params["section"] = section  # as in a shared URL: ?section=Exemplars
     return app.run()
 
 
@@ -171,12 +171,12 @@ def test_every_section_renders_on_a_real_run(monkeypatch: pytest.MonkeyPatch, an
     shown = app.dataframe[0].value
     assert set(shown["ood set"]) == set(run["summary"]["ood"]) and len(ood_sets) == len(set(shown["ood set"]))
 
-    app.session_state["section"] = "Norms"
+    app.query_params["section"] = "Norms"
     app.run()
     _no_failure(app)
     assert len(app.get("plotly_chart")) == 2
 
-    app.session_state["section"] = "Curves"
+    app.query_params["section"] = "Curves"
     app.run()
     _no_failure(app)
     charts = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in app.get("plotly_chart")]
@@ -249,3 +249,15 @@ def test_a_data_root_without_the_images_is_a_warning(monkeypatch: pytest.MonkeyP
     app.sidebar.text_input(key="data-root").input(str(tmp_path)).run()
     assert not app.exception
     assert app.warning and "not available" in app.warning[0].value
+
+
+def test_the_results_folder_can_come_from_the_url(monkeypatch: pytest.MonkeyPatch, analyzed_results: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(sys, "argv", [APP])
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.query_params["results"] = str(analyzed_results)
+    app.run()
+    _no_failure(app)
+    assert app.sidebar.text_input(key="results-dir").value == str(analyzed_results)
+    assert [t.label for t in app.tabs][0] == "Overview"
