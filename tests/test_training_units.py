@@ -172,3 +172,21 @@ def test_imbalanced_training_set_has_the_papers_class_sizes() -> None:
     imageset = load_train_set(cfg)
     counts = np.bincount(imageset.labels, minlength=10)
     np.testing.assert_array_equal(counts, np.floor(5000 / 1.5 ** np.arange(10)).astype(int))
+
+
+def test_lars_step_uses_the_trust_ratio_and_skips_excluded_groups() -> None:
+    from training.optim import LARS, build_optimizer
+
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    b = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = LARS([{"params": [w]}, {"params": [b], "lars_exclude": True}], lr=0.1, momentum=0.9, weight_decay=0.5, eta=0.01)
+    w.grad, b.grad = torch.tensor([1.0, 0.0]), torch.tensor([2.0])
+    opt.step()
+    update = torch.tensor([1.0, 0.0]) + 0.5 * torch.tensor([3.0, 4.0])  # g + wd * w
+    ratio = 0.01 * 5.0 / update.norm()
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]) - 0.1 * ratio * update)
+    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.1 * 2.0]))  # plain SGD, no decay
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    groups = build_optimizer({"name": "lars", "weight_decay": 1e-6, "exclude_bias_norm": True},
+                             [{"name": "all", "params": list(model.parameters())}], model, 0.1).param_groups
+    assert [len(g["params"]) for g in groups] == [1, 3] and groups[1]["weight_decay"] == 0 and groups[1]["lars_exclude"]

@@ -128,6 +128,8 @@ class Trainer:
         self.memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
         self.method: Method = build_method(config).to(device, memory_format=self.memory_format)
         if self.world > 1 and config["distributed"]["sync_bn"]:
+            if device.type != "cuda":
+                raise NormprobeError("distributed.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
 
         opt = config["optimizer"]
