@@ -118,8 +118,8 @@ class Trainer:
             )
         self.total_steps = int(config["epochs"]) * self.steps_per_epoch
 
-        pp = config["preprocess"]
-        self.preprocess = Preprocess(tuple(self.images.shape[1:3]), pp["mean"] and tuple(pp["mean"]), pp["std"] and tuple(pp["std"]))  # type: ignore[arg-type]
+        # The paper's models take [0, 1] inputs (mean/std null); the checkpoint records whichever was used.
+        self.preprocess = Preprocess.from_dict({"input_size": list(self.images.shape[1:3]), **config["preprocess"]})
         aug = config["augment"]
         self.augment = BatchAugment(
             size=self.images.shape[1], crop_scale=tuple(aug["crop_scale"]), flip_p=aug["flip_p"],
@@ -172,7 +172,7 @@ class Trainer:
     def _evaluate(self, full: bool = False) -> dict[str, float]:
         mon = self.config["monitor"]
         kw = {"k": int(mon["k"]), "temperature": float(mon["temperature"]), "batch_size": int(mon["batch_size"]),
-              "device": self.device, "precision": self.config["precision"]}
+              "device": self.device, "precision": self.config["precision"], "progress": bool(self.config["progress"])}
         if not full:
             return evaluate(self.method.encoder, self.preprocess, self.bank, self.test, **kw)
         bank = in_memory(self.train_set, self.images, "decoded")

@@ -33,11 +33,11 @@ def pick_subset(n: int, size: int | None, seed: int) -> np.ndarray:
 
 def evaluate(
     encoder: Encoder, preprocess: Preprocess, bank: ImageSet, test: ImageSet, *, k: int, temperature: float,
-    batch_size: int, device: torch.device, precision: str, prefix: str = "",
+    batch_size: int, device: torch.device, precision: str, prefix: str = "", progress: bool = False,
 ) -> dict[str, float]:
     """``{knn_<head>, norm_train_<head>, norm_test_<head>}`` for every head of ``encoder``."""
     heads = encoder.heads
-    kw = {"batch_size": batch_size, "device": device, "precision": precision, "progress": False}
+    kw = {"batch_size": batch_size, "device": device, "precision": precision, "progress": progress}
     train = extract_arrays(encoder, preprocess, bank, heads, **kw)
     queries = extract_arrays(encoder, preprocess, test, heads, **kw)
     metrics: dict[str, float] = {}

@@ -1,0 +1,1 @@
+"""Bundled training configs (one YAML per method), shipped as package data."""
