@@ -133,11 +133,6 @@ def write_parquet(
 
 
 def run(args: argparse.Namespace) -> int:
-    from normprobe import data
-    from normprobe.cache import EmbeddingCache
-    from normprobe.checkpoints import load_encoder
-    from normprobe.device import bf16_is_native, pick_device
-    from normprobe.embed import extract
     from normprobe.zoo import resolve_checkpoint
 
     out: Path = args.out
@@ -154,9 +149,17 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(out.parent, os.W_OK):
         raise NormprobeError(f"--out {out}: folder {out.parent} is not writable")
     heads = _parse_heads(args.heads)
-    device = pick_device(args.device)
+    checkpoint = resolve_checkpoint(args.checkpoint)
 
-    loaded = load_encoder(resolve_checkpoint(args.checkpoint), arch=args.arch, adapter=args.adapter)
+    # Imported after the cheap checks above, so that those fail at once (torch takes seconds to import).
+    from normprobe import data
+    from normprobe.cache import EmbeddingCache
+    from normprobe.checkpoints import load_encoder
+    from normprobe.device import bf16_is_native, pick_device
+    from normprobe.embed import extract
+
+    device = pick_device(args.device)
+    loaded = load_encoder(checkpoint, arch=args.arch, adapter=args.adapter)
     imageset = data.load_any(args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0])
     print(f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})")
     print(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}")

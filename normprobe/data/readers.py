@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,23 @@ class ImageReader(Protocol):
     def read(self, rows: np.ndarray) -> np.ndarray:
         """uint8 ``len(rows)×H×W×3`` for the given row positions."""
         ...
+
+
+@functools.lru_cache(maxsize=1)
+def _libjpeg_turbo_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision's JPEG decoder op (uint8 bytes -> 3×H×W RGB), or None where torchvision lacks it.
+
+    The op is called directly: the Python wrapper ``torchvision.io.decode_jpeg`` warns on every call
+    since torchvision 0.29 (its image I/O moves to TorchCodec); when the op goes away, Pillow decodes.
+    """
+    try:
+        from torchvision.io import ImageReadMode  # imported on first use: torchvision is slow to import
+
+        op = torch.ops.image.decode_jpeg
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    rgb = ImageReadMode.RGB.value
+    return lambda blob: op(blob, rgb, False)
 
 
 def _decode_threads() -> int:
@@ -82,12 +100,12 @@ class EncodedReader:
         starts, ends = self._offsets[rows], self._offsets[rows + 1]
         if (ends - starts < 4).any() or (self._data[starts] != 0xFF).any() or (self._data[starts + 1] != 0xD8).any():
             return None  # not all JPEG (SOI marker FF D8)
-        blobs = [torch.from_numpy(self._data[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
-        from torchvision.io import ImageReadMode, decode_jpeg  # imported on first use: torchvision is slow to import
-
+        decode = _libjpeg_turbo_decoder()
+        if decode is None:
+            return None
         try:
-            return decode_jpeg(blobs, mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError):
+            return [decode(torch.from_numpy(self._data[a:b])) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+        except RuntimeError:  # a JPEG libjpeg-turbo refuses: Pillow gets the batch
             return None
 
     def _check_size(self, row: int, shape: tuple[int, ...]) -> None:
@@ -103,7 +121,7 @@ class EncodedReader:
             return out
         decoded = self._decode_jpeg_batch(rows)
         if decoded is not None:
-            for row, image in zip(rows, decoded):
+            for row, image in zip(rows, decoded, strict=True):
                 self._check_size(int(row), tuple(image.shape[1:]))
             torch.from_numpy(out).copy_(torch.stack(decoded).permute(0, 2, 3, 1))
             return out
@@ -112,7 +130,7 @@ class EncodedReader:
         else:
             with ThreadPoolExecutor(_decode_threads()) as pool:
                 images = list(pool.map(self._decode_one, (int(r) for r in rows), chunksize=256))
-        for i, (row, image) in enumerate(zip(rows, images)):
+        for i, (row, image) in enumerate(zip(rows, images, strict=True)):
             self._check_size(int(row), image.shape[:2])
             out[i] = image
         return out
