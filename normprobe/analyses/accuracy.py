@@ -10,17 +10,28 @@ itself (see :data:`normprobe.analyses.buckets.SELF_VOTE_NOTE`).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from normprobe.errors import NormprobeError
 from normprobe.knn import KNNClassifier
 
 
 def knn_predictions(
-    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, *, k: int = 200, temperature: float = 0.1
+    train: np.ndarray,
+    train_labels: np.ndarray,
+    test: np.ndarray,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(train predictions by leave-one-out, test predictions)`` of the weighted cosine kNN fitted on ``train``."""
+    """``(train predictions by leave-one-out, test predictions)`` of the weighted cosine kNN fitted on ``train``.
+
+    The search runs on ``device`` (default: the CPU), where the training bank is placed.
+    """
     n_train = len(train)
     if k > n_train - 1:
         raise NormprobeError(f"--k {k} needs more than {k} ID-train samples, there are {n_train}; lower --k")
-    classifier = KNNClassifier(k=k, temperature=temperature).fit(train, train_labels)
+    bank = torch.as_tensor(train, device=device)
+    classifier = KNNClassifier(k=k, temperature=temperature).fit(bank, train_labels)
     return classifier.predict(None), classifier.predict(test)

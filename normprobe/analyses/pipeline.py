@@ -117,9 +117,13 @@ def _load_sets(settings: AnalysisSettings, input_size: tuple[int, int]) -> list[
     sets = [(train, "id-train", f"{settings.id_dataset}:train"), (test, "id-test", f"{settings.id_dataset}:test")]
     for spec in settings.ood:
         sets.append((data.load_any(spec, None, settings.data_root, image_size=input_size[0]), "ood", spec))
+    names: dict[tuple[str, str], str] = {}
     for imageset, role, spec in sets:
         if len(imageset) == 0:
             raise NormprobeError(f"{spec} ({role}) has no images")
+        other = names.setdefault((imageset.name, imageset.split), spec)
+        if other != spec:
+            raise NormprobeError(f"--ood {spec} and {other} are both named {imageset.name}/{imageset.split}; rename one")
     return [(_first(s, settings.max_train if role == "id-train" else settings.max_per_split), role, spec) for s, role, spec in sets]
 
 
@@ -220,7 +224,7 @@ def _human(samples: pd.DataFrame, sets: list[AnalysedSet], primary: str, setting
 
 def run_analysis(
     checkpoint: str | Path,
-    out: str | Path | None,
+    out: str | Path,
     settings: AnalysisSettings | None = None,
     *,
     force: bool = False,
@@ -229,17 +233,17 @@ def run_analysis(
 ) -> Results:
     """Run every analysis of ``checkpoint`` and write the results folder ``out`` (Contract 2).
 
-    ``checkpoint`` is a file or a zoo model name. ``out=None`` skips writing and returns the
-    results in memory (``Results.path`` is then None). ``force`` overwrites a previous results
-    folder (never anything else). ``command`` is recorded in run.json (default: ``sys.argv``).
-    Raises :class:`NormprobeError` for bad input, before any expensive work where possible.
+    ``checkpoint`` is a file or a zoo model name. ``force`` overwrites a previous results folder
+    (never anything else). ``command`` is recorded in run.json (default: ``sys.argv``). Returns
+    the folder as read back by :func:`normprobe.results.read_results`. Raises
+    :class:`NormprobeError` for bad input, before any expensive work where possible.
     """
     settings = settings or AnalysisSettings()
     settings.check()
     began = time.perf_counter()
     log = _log(progress)
     timings: dict[str, Any] = {}
-    out_path = check_output_dir(out, force) if out is not None else None
+    out_path = check_output_dir(out, force)
     check_datasets(settings)
 
     tick = time.perf_counter()
@@ -257,10 +261,11 @@ def run_analysis(
     timings["embeddings_from_cache"] = {s.key: s.from_cache for s in sets}
 
     tick = time.perf_counter()
+    device = pick_device(settings.device)
     samples = _samples_frame(sets, heads, primary)
     train_pred, test_pred = knn_predictions(
         sets[0].embeddings[primary], sets[0].imageset.labels, sets[1].embeddings[primary],
-        k=settings.k, temperature=settings.temperature,
+        k=settings.k, temperature=settings.temperature, device=device,
     )
     _knn_columns(samples, train_pred, test_pred)
     timings["knn_s"] = time.perf_counter() - tick
@@ -269,7 +274,7 @@ def run_analysis(
     scores = fit_and_score(
         train=sets[0].embeddings, train_labels=sets[0].imageset.labels,
         others=[s.embeddings for s in sets[1:]], heads=heads, primary=primary, scorers=settings.scorers,
-        ood_k=settings.ood_k, device=settings.device,
+        ood_k=settings.ood_k, device=device,
     )
     for name, values in scores.items():
         samples[f"score_{name}"] = values
@@ -303,8 +308,6 @@ def run_analysis(
         timings["report_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - began
     run["timings"] = jsonable(timings)
-    if out_path is None:
-        return Results(jsonable(run), samples, None)  # type: ignore[arg-type]
     write_results(out_path, jsonable(run), samples, tables, report_html, force=force)
     log(f"wrote {out_path}")
     return read_results(out_path)
