@@ -108,7 +108,13 @@ def extract_arrays(
 
 
 def cache_key(loaded: LoadedEncoder, imageset: ImageSet, head: str, precision: str) -> str:
-    return fingerprint("embed/1", loaded.sha256, loaded.adapter, imageset.fingerprint, head, loaded.preprocess.describe(), precision)
+    """What the embeddings depend on: checkpoint bytes, adapter, the module built from them (``--arch``
+    can build different ones from the same file, e.g. another stem padding), data, head, preprocessing
+    and precision."""
+    return fingerprint(
+        "embed/2", loaded.sha256, loaded.adapter, repr(loaded.encoder), imageset.fingerprint, head,
+        loaded.preprocess.describe(), precision,
+    )
 
 
 def extract(
@@ -133,7 +139,7 @@ def extract(
     began = time.perf_counter()
     keys = {head: cache_key(loaded, imageset, head, precision) for head in heads}
     cached = {head: cache.get(key) for head, key in keys.items()} if cache is not None else {}
-    if cache is not None and all(v is not None and len(v) == len(imageset) for v in cached.values()):
+    if cache is not None and all(v is not None and v.ndim == 2 and len(v) == len(imageset) for v in cached.values()):
         return Embeddings({h: v for h, v in cached.items() if v is not None}, True, time.perf_counter() - began)
     arrays = extract_arrays(
         loaded.encoder, loaded.preprocess, imageset, heads, batch_size=batch_size, device=device, precision=precision, progress=progress

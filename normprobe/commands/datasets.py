@@ -50,7 +50,10 @@ def _split_row(name: str, split: str, root: Path) -> list[str]:
     spec = manifest.mirror.get(split)
     folder = manifest.upstream.get("folder")
     if spec is not None and (root / spec["file"]).is_file():
-        shapes = npz_shapes(root / spec["file"])
+        try:
+            shapes = npz_shapes(root / spec["file"])
+        except NormprobeError:
+            return [name, "images", split, str(size), f"0/{size}", f"{spec['file']} (unreadable)", "none: the file is not a readable .npz"]
         if "offsets" in shapes and "jpeg" in shapes:
             available = shapes["offsets"][0] - 1
         else:
@@ -84,7 +87,10 @@ def _label_row(name: str, root: Path) -> list[str]:
     target = f"labels for {images.get('dataset', '?')}/{images.get('split', '?')}"
     if not (root / file).is_file():
         return [name, "labels", "-", str(size), f"0/{size}", f"{file} (missing)", f"none ({target})"]
-    shapes = npz_shapes(root / file)
+    try:
+        shapes = npz_shapes(root / file)
+    except NormprobeError:
+        return [name, "labels", "-", str(size), f"0/{size}", f"{file} (unreadable)", "none: the file is not a readable .npz"]
     rows = min((shape[0] for shape in shapes.values()), default=0)
     return [name, "labels", "-", str(size), f"{rows}/{size}", f"{file} (present)", f"mirror:{file} ({target}; fields {', '.join(shapes)})"]
 

@@ -71,7 +71,7 @@ def load_any(spec: str, split: str | None, data_root: str | Path | None = None, 
     path = Path(spec).expanduser()
     if path.is_dir():
         return from_folder(path, image_size)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise NormprobeError(f"{path}: no such file")
         return from_npz_file(path)
