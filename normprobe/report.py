@@ -304,7 +304,9 @@ def _overview_section(run: Mapping[str, Any]) -> Section:
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in run.get("notes", []))
     return Section(
         "Run",
-        f"Positive class for OOD metrics: in-distribution ({run['id_dataset']} test). Larger scores mean more familiar.",
+        f"norm/train: mean norm of the primary head divided by its ID-train mean. kNN acc: ID-test classified against "
+        f"ID-train, ID-train by leave-one-out. AUROC: in-distribution ({run['id_dataset']} test) is the positive class; "
+        "larger scores mean more familiar.",
         html="<h3>Summary</h3>" + table_html(summary_table(run), "{:.3f}")
         + "<h3>Checkpoint</h3>" + table_html(ckpt) + "<h3>Datasets</h3>" + table_html(sets)
         + "<h3>Settings</h3>" + table_html(settings_rows(run["settings"])) + notes,
@@ -351,7 +353,7 @@ def analysis_report(
         figures={"fig-buckets": bucket_figure(
             tables["buckets"], title=f"kNN accuracy per norm bucket (head {primary})", y_title="kNN accuracy",
             x_title=f"bucket centre: {scaling}")},
-        html=table_html(tables["spearman"], "{:.4f}"),
+        html=table_html(tables["spearman"], "{:.4g}"),
     )
     exemplars = tables["exemplars"]
     grids = "".join(
