@@ -1,4 +1,4 @@
-"""Cached loaders: the results folder, the ImageSets it points at, decoded thumbnails, costly analyses.
+"""Cached loaders: the results folder, the ImageSets it points at and decoded thumbnails.
 
 The results are held once per process (``st.cache_resource``; views treat them as read-only) and
 re-read only when ``run.json`` or ``samples.parquet`` change on disk: the files' (mtime, size) are
@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from app import explore
 from normprobe import data
-from normprobe.analyses.human import human_correlations
-from normprobe.analyses.ood import evaluate_ood
 from normprobe.data import ImageSet
 from normprobe.errors import NormprobeError
 from normprobe.results import RUN_FILE, SAMPLES_FILE, Results, read_results
@@ -96,16 +93,3 @@ def thumbnails(
             f"of {len(positions)} samples)"
         )
     return explore.upscale(images.images(positions).numpy(), size)
-
-
-@st.cache_data(show_spinner="Computing ROC curves…", max_entries=8)
-def ood_evaluation(path: str, files: FileStamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(metrics, ROC points) of every OOD set and scorer, from :func:`normprobe.analyses.ood.evaluate_ood`."""
-    results = open_results(path, files)
-    return evaluate_ood(results.samples, results.scorers)
-
-
-@st.cache_data(show_spinner="Bootstrapping correlations…", max_entries=8)
-def human_correlation_table(path: str, files: FileStamp, norm_column: str, seed: int) -> pd.DataFrame:
-    """Spearman correlations of ``norm_column`` with every human signal (:func:`~normprobe.analyses.human.human_correlations`)."""
-    return human_correlations(open_results(path, files).samples, norm_column, seed=seed)

@@ -1,5 +1,9 @@
 """Curves computed from samples.parquet with normprobe's own analyses and report figures: kNN accuracy
-and human-label signals per norm bucket, and ROC curves of every OOD set and scorer."""
+and human-label signals per norm bucket, and ROC curves of every OOD set and scorer.
+
+Tables and figures are cached per results folder and setting (``st.cache_resource``: building plotly
+figures costs more than the arithmetic), so switching back and forth is instant.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from app import explore, loading
+from app.loading import FileStamp
 from app.session import Session
 from normprobe.analyses.buckets import SCALINGS, bucket_curve
-from normprobe.analyses.human import human_curves, human_figures, signal_columns
+from normprobe.analyses.human import human_correlations, human_curves, human_figures, signal_columns
+from normprobe.analyses.ood import evaluate_ood
 from normprobe.errors import NormprobeError
 from normprobe.report import bucket_figure, roc_figure
 
@@ -44,46 +51,85 @@ def bucket_controls(settings: dict[str, Any]) -> Buckets:
     return Buckets(int(n), str(scaling), int(min_count))
 
 
-def bucket_section(session: Session, buckets: Buckets) -> None:
-    samples = session.samples
-    st.subheader(f"kNN accuracy per ‖{session.head}‖ bucket (paper Fig. 4, left)")
-    with_knn = [g for g in explore.groups(samples) if explore.select(samples, g)["knn_correct"].notna().any()]
-    if not with_knn:
-        st.info("No split of this run has kNN correctness.")
-        return
-    n_buckets, scaling, min_count = buckets.n, buckets.scaling, buckets.min_count
-    curves = []
-    for group in with_knn:
+@st.cache_resource(show_spinner="Bucketing…", max_entries=32)
+def knn_buckets(path: str, files: FileStamp, norm_column: str, buckets: Buckets) -> tuple[pd.DataFrame, list[str]]:
+    """kNN accuracy per norm bucket of every split with kNN correctness (one ``series`` each), and problems."""
+    samples = loading.open_results(path, files).samples
+    curves, problems = [], []
+    for group in explore.groups(samples):
         rows = explore.select(samples, group)
         correct = rows["knn_correct"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+        if np.isnan(correct).all():
+            continue
         try:
-            curve = bucket_curve(rows[session.norm_column].to_numpy(np.float64), correct, n_buckets=n_buckets, scaling=scaling, min_count=min_count)
+            curve = bucket_curve(
+                rows[norm_column].to_numpy(np.float64), correct,
+                n_buckets=buckets.n, scaling=buckets.scaling, min_count=buckets.min_count,
+            )
         except NormprobeError as err:
-            st.warning(f"{group.label}: {err}")
+            problems.append(f"{group.label}: {err}")
             continue
         curves.append(curve.assign(series=group.label))
-    if curves:
-        table = pd.concat(curves, ignore_index=True)
-        st.plotly_chart(
-            bucket_figure(table, title="kNN accuracy per embedding-norm bucket", y_title="kNN accuracy",
-                          x_title=f"{SCALING_AXES[scaling]} (bucket centre)"),
-            key="buckets-figure",
-        )
-        with st.expander("Bucket table"):
-            st.dataframe(table, hide_index=True, width="stretch")
+    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()), problems
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def knn_bucket_figure(path: str, files: FileStamp, norm_column: str, buckets: Buckets) -> go.Figure:
+    table, _ = knn_buckets(path, files, norm_column, buckets)
+    return bucket_figure(
+        table, title="kNN accuracy per embedding-norm bucket", y_title="kNN accuracy",
+        x_title=f"{SCALING_AXES[buckets.scaling]} (bucket centre)",
+    )
+
+
+def bucket_section(session: Session, buckets: Buckets) -> None:
+    st.subheader(f"kNN accuracy per ‖{session.head}‖ bucket (paper Fig. 4, left)")
+    table, problems = knn_buckets(session.path, session.files, session.norm_column, buckets)
+    for problem in problems:
+        st.warning(problem)
+    if table.empty:
+        st.info("No split of this run has kNN correctness.")
+        return
+    st.plotly_chart(knn_bucket_figure(session.path, session.files, session.norm_column, buckets), key="buckets-figure")
+    with st.expander("Bucket table"):
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+@st.cache_resource(show_spinner="Bootstrapping the correlations with the human labels…", max_entries=8)
+def human_correlation_table(path: str, files: FileStamp, head: str) -> pd.DataFrame:
+    """Spearman correlations of ``head``'s norm with every human signal: the run's own table for its primary
+    head, else computed (seeded bootstrap, the run's seed)."""
+    results = loading.open_results(path, files)
+    if head == results.run.get("primary_head"):
+        try:
+            return results.table("human_correlations")
+        except NormprobeError:
+            pass  # an older run without the table: compute it
+    return human_correlations(results.samples, f"norm_{head}", seed=int(results.run["settings"].get("seed", 0)))
+
+
+@st.cache_resource(show_spinner="Bucketing the human labels…", max_entries=32)
+def human_label_figures(path: str, files: FileStamp, head: str, buckets: Buckets) -> list[go.Figure]:
+    samples = loading.open_results(path, files).samples
+    curves = human_curves(samples, f"norm_{head}", n_buckets=buckets.n, scaling=buckets.scaling, min_count=buckets.min_count)
+    return human_figures(curves, human_correlation_table(path, files, head))
 
 
 def human_label_section(session: Session, buckets: Buckets) -> None:
-    samples = session.samples
-    if not signal_columns(samples):
+    if not signal_columns(session.samples):
         return
     st.subheader(f"Human labels per ‖{session.head}‖ bucket (paper Fig. 4, middle and right)")
-    curves = human_curves(samples, session.norm_column, n_buckets=buckets.n, scaling=buckets.scaling, min_count=buckets.min_count)
-    seed = int(session.run.get("settings", {}).get("seed", 0))
-    correlations = loading.human_correlation_table(session.path, session.files, session.norm_column, seed)
-    for i, fig in enumerate(human_figures(curves, correlations)):
+    for i, fig in enumerate(human_label_figures(session.path, session.files, session.head, buckets)):
         st.plotly_chart(fig, key=f"human-figure-{i}")
-    st.dataframe(correlations, hide_index=True, width="stretch")
+    st.dataframe(human_correlation_table(session.path, session.files, session.head), hide_index=True, width="stretch")
+
+
+@st.cache_resource(show_spinner="Computing ROC curves…", max_entries=8)
+def roc(path: str, files: FileStamp) -> tuple[pd.DataFrame, go.Figure | None]:
+    """Metrics of every OOD set and scorer (:func:`~normprobe.analyses.ood.evaluate_ood`) and their ROC figure."""
+    results = loading.open_results(path, files)
+    metrics, points = evaluate_ood(results.samples, results.scorers)
+    return metrics, (roc_figure(points, metrics) if not points.empty else None)
 
 
 def roc_section(session: Session) -> None:
@@ -91,14 +137,14 @@ def roc_section(session: Session) -> None:
         return
     st.subheader("ROC curves per OOD set and scorer")
     try:
-        metrics, roc = loading.ood_evaluation(session.path, session.files)
+        metrics, figure = roc(session.path, session.files)
     except NormprobeError as err:
         st.warning(f"No ROC curves: {err}")
         return
-    if roc.empty:
+    if figure is None:
         st.info("This run has no OOD scores.")
         return
-    st.plotly_chart(roc_figure(roc, metrics), key="roc-figure")
+    st.plotly_chart(figure, key="roc-figure")
     st.dataframe(metrics, hide_index=True, width="stretch")
 
 
