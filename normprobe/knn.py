@@ -22,6 +22,7 @@ and :func:`kth_neighbor_distance` keep nothing per query beyond their result.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
@@ -40,6 +41,12 @@ DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30
 # Bank blocks never shrink below this many queries' worth of rows: a GEMM with a thin left
 # operand runs far below peak, so for a huge bank we split the bank rather than the queries.
 _MIN_QUERY_BLOCK = 256
+
+# glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages on every
+# call, and page faults on half a gigabyte of temporaries cost as much as the GEMM; taller
+# query blocks than this bound measured 30 % slower. The similarity buffer itself is allocated
+# once per search and may be larger.
+_TEMPORARY_BYTES = 24 << 20
 
 
 class Neighbors(NamedTuple):
@@ -84,9 +91,7 @@ def _normalize(block: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
     bad = ~torch.isfinite(norms)
     if bool(bad.any()):
         row = offset + int(bad.nonzero()[0, 0])
-        raise NormprobeError(
-            f"{name}: row {row} contains NaN or Inf (or values too large for float32)"
-        )
+        raise NormprobeError(f"{name}: row {row} contains NaN or Inf (or values too large for float32)")
     zero = norms == 0
     if bool(zero.any()):
         row = offset + int(zero.nonzero()[0, 0])
@@ -99,34 +104,114 @@ def normalize_embeddings(x: ArrayLike, name: str = "embeddings") -> torch.Tensor
     return _normalize(as_embeddings(x, name), name).contiguous()
 
 
-def _topk_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact row-wise top-``k`` (sorted) of a similarity block.
+@functools.cache
+def _numpy_blas_is_faster() -> bool:
+    """Whether CPU similarity GEMMs should go through numpy's OpenBLAS rather than torch's MKL.
 
-    ``torch.topk`` on the CPU costs several ns per element, which for a wide block is more than
-    the GEMM that produced it. So, when the block is wide, its columns are split into ``G``
-    strided groups of ``m`` and only the ``k`` groups with the largest maxima are searched: every
-    one of the row's top-``k`` values lies in one of them (a group holding the j-th largest value
-    has a maximum at least that large, and at most j - 1 other groups can exceed it). This touches
-    the block once (a vectorised max) and runs top-k over ``G + k*m`` instead of ``n`` values;
-    ``m ~ sqrt(n / k)`` minimises that. The result is exact; only tie order may differ.
+    MKL dispatches a slow code path on non-Intel CPUs; on an AMD EPYC we measured OpenBLAS
+    (numpy's BLAS) 1.5x faster than ``torch.mm`` for these float32 products. The choice depends
+    only on the machine (CPU vendor and the two BLAS builds), never on timing, so results are
+    reproducible run to run.
+    """
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]  # type: ignore[index]
+        with open("/proc/cpuinfo") as f:
+            vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except (OSError, KeyError, TypeError):
+        return False
+    return "openblas" in str(blas).lower() and vendor not in ("", "GenuineIntel")
+
+
+def _similarities(queries: torch.Tensor, bank: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = queries @ bank.T`` for normalised float32 blocks, with the faster BLAS."""
+    if out.device.type == "cpu" and _numpy_blas_is_faster():
+        np.matmul(queries.numpy(), bank.numpy().T, out=out.numpy())
+    else:
+        torch.mm(queries, bank.T, out=out)
+
+
+def _group_shape(n: int, k: int) -> tuple[int, int] | None:
+    """``(m, lanes)`` for the grouped top-k of a row of ``n`` (see :func:`_topk_rows`), or None.
+
+    A block of ``m * lanes`` columns holds ``lanes`` groups of ``m`` members each. Picks the
+    shape that minimises the top-k work ``n / m`` (group maxima) + ``k * m`` (candidates) +
+    leftover columns; ``m`` near ``sqrt(n / k)`` balances the first two.
+    """
+    best: tuple[int, int, int] | None = None
+    for lanes in (32, 64, 128):  # multiples of the SIMD width: the max runs vectorised
+        for m in range(2, 65):
+            blocks = n // (m * lanes)
+            if blocks * lanes < 4 * k:  # too few groups to be worth it
+                continue
+            cost = blocks * lanes + k * m + (n - blocks * m * lanes)
+            if best is None or cost < best[0]:
+                best = (cost, m, lanes)
+    return None if best is None or best[0] > n // 2 else (best[1], best[2])
+
+
+def _select(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Column positions of the ``k`` largest values of each row, in no particular order.
+
+    On the CPU, numpy's SIMD introselect (``np.partition``) finds each row's k-th largest value
+    several times faster than ``torch.topk``; the k positions at or above it are then read off
+    a mask. Rows where the k-th value is tied (more than k positions qualify) are redone with
+    ``torch.topk``, which breaks the tie.
+    """
+    q, n = values.shape
+    if values.device.type != "cpu" or k == n:
+        return torch.topk(values, k, dim=1, sorted=False).indices
+    a = values.numpy()
+    kth = np.partition(a, n - k, axis=1)[:, n - k : n - k + 1]
+    mask = a >= kth
+    tied = np.flatnonzero(np.count_nonzero(mask, axis=1) != k)
+    mask[tied] = False
+    out = torch.empty(q, k, dtype=torch.int64)
+    good = np.ones(q, dtype=bool)
+    good[tied] = False
+    out[torch.from_numpy(good)] = torch.from_numpy(mask).nonzero()[:, 1].view(-1, k)
+    if tied.size:
+        rows = torch.from_numpy(tied)
+        out[rows] = torch.topk(values[rows], k, dim=1, sorted=False).indices
+    return out
+
+
+def _topk_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact row-wise top-``k`` (values, column indices; unsorted) of a similarity block.
+
+    Selecting over all ``n`` columns costs several ns per element, about as much as the GEMM
+    that produced the block. So, when the block is wide, its columns are split into groups of
+    ``m`` and only the ``k`` groups with the largest maxima are searched: every one of the
+    row's top-k values lies in one of them (a group holding the j-th largest value has a
+    maximum at least that large, and at most j - 1 other groups can exceed it). This reads the
+    block once (a vectorised max) and selects among ``n / m + k * m`` instead of ``n`` values.
+    The result is exact; only which of several tied values is kept may differ.
+
+    Layout: each run of ``m * lanes`` columns is ``m`` consecutive slices of ``lanes`` columns,
+    and group ``(run, lane)`` takes column ``lane`` of every slice. The max over a group is then
+    an elementwise max of ``m`` contiguous slices (fast), and a group's members lie within a
+    few hundred bytes of each other, so gathering the candidates stays within a page.
     """
     q, n = sims.shape
-    m = int(math.sqrt(n / k))
-    groups = n // m if m >= 2 else 0
-    if groups < 4 * k:
-        return torch.topk(sims, k, dim=1)
-    head = groups * m
-    # Column g + groups * i belongs to group g: a strided grouping, so that runs of similar
-    # (adjacent) bank points spread over many groups, and the max is a fast outer reduction.
-    group_max = sims[:, :head].view(q, m, groups).amax(dim=1)
-    top_groups = torch.topk(group_max, k, dim=1, sorted=False).indices
-    steps = torch.arange(m, device=sims.device).mul_(groups)
-    cols = (top_groups.unsqueeze(1) + steps.view(1, m, 1)).view(q, m * k)
-    if head < n:  # the < m leftover columns are always candidates
+    shape = _group_shape(n, k)
+    if shape is None:
+        cols = _select(sims, k)
+        return sims.gather(1, cols), cols
+    m, lanes = shape
+    runs = n // (m * lanes)
+    head = runs * m * lanes
+    group_max = sims[:, :head].view(q, runs, m, lanes).amax(dim=2).view(q, runs * lanes)
+    top = _select(group_max, k)
+    first = top // lanes * (m * lanes) + top % lanes  # column of each group's first member
+    steps = torch.arange(0, m * lanes, lanes, device=sims.device)
+    cols = (first.unsqueeze(2) + steps).view(q, k * m)
+    if head < n:  # leftover columns are always candidates
         tail = torch.arange(head, n, device=sims.device).expand(q, n - head)
         cols = torch.cat([cols, tail], dim=1)
-    vals, pos = torch.topk(sims.gather(1, cols), k, dim=1)
-    return vals, cols.gather(1, pos)
+    pool = sims.gather(1, cols)
+    pos = _select(pool, k)
+    return pool.gather(1, pos), cols.gather(1, pos)
 
 
 class CosineIndex:
@@ -178,23 +263,25 @@ class CosineIndex:
     def search(self, queries: ArrayLike | None, k: int) -> Neighbors:
         """The ``k`` most similar bank points of every query (``None``: leave-one-out)."""
         sims, idx = [], []
-        for _, block in self.iter_search(queries, k):
+        for _, block in self.iter_search(queries, k, sort=True):
             sims.append(block.similarities)
             idx.append(block.indices)
         return Neighbors(torch.cat(sims), torch.cat(idx))
 
-    def iter_search(self, queries: ArrayLike | None, k: int) -> Iterator[tuple[int, Neighbors]]:
+    def iter_search(
+        self, queries: ArrayLike | None, k: int, *, sort: bool = True
+    ) -> Iterator[tuple[int, Neighbors]]:
         """Yield ``(first_query_row, Neighbors)`` for consecutive query blocks.
 
-        Lets callers reduce each block (vote, keep one column) so that nothing of size
-        ``n_queries * k`` is ever held.
+        Lets callers reduce each block (vote, keep the k-th similarity) so that nothing of size
+        ``n_queries * k`` is ever held. ``sort=False`` skips ordering each row's neighbours
+        (the torch backend then returns them in no particular order) for callers that do not
+        need it.
         """
         leave_one_out = queries is None
         q = self.bank if leave_one_out else as_embeddings(queries, "queries")
         if q.shape[1] != self.dim:
-            raise NormprobeError(
-                f"queries have dimension {q.shape[1]} but the bank has dimension {self.dim}"
-            )
+            raise NormprobeError(f"queries have dimension {q.shape[1]} but the bank has dimension {self.dim}")
         available = self.n_bank - 1 if leave_one_out else self.n_bank
         if not 1 <= k <= available:
             what = "bank size - 1 (leave-one-out)" if leave_one_out else "bank size"
@@ -202,16 +289,28 @@ class CosineIndex:
         if self.backend == "faiss":
             yield from self._iter_faiss(q, k, leave_one_out)
         else:
-            yield from self._iter_torch(q, k, leave_one_out)
+            yield from self._iter_torch(q, k, leave_one_out, sort)
 
     def _block_sizes(self, n_queries: int, k: int) -> tuple[int, int]:
-        """Query and bank block sizes whose working set fits the memory budget."""
+        """Query and bank block sizes: within the memory budget, and with per-block
+        temporaries small enough to be recycled by the allocator (see ``_TEMPORARY_BYTES``)."""
         budget = self.memory_budget_bytes
 
+        def widths(bank_block: int) -> tuple[int, int]:
+            """Per query row: (candidates selected from, group maxima) of :func:`_topk_rows`."""
+            kk = min(k, bank_block)
+            shape = _group_shape(bank_block, kk)
+            if shape is None:
+                return bank_block, 0
+            m, lanes = shape
+            groups = bank_block // (m * lanes) * lanes
+            return kk * m + bank_block - groups * m, groups
+
         def row_bytes(bank_block: int) -> int:
-            # the float32 similarity row, plus the grouped top-k candidates (value + index,
-            # about 2 * sqrt(n * k) of them), the group maxima and the running merge
-            return 4 * bank_block + 12 * (4 * k + 3 * int(math.sqrt(bank_block * k)))
+            # the similarity row; candidate values, int64 columns, numpy's partition copy and
+            # mask; the same for the group maxima; the running merge of 2k values and indices
+            pool, groups = widths(bank_block)
+            return 4 * bank_block + 17 * pool + 13 * groups + 24 * min(k, bank_block)
 
         bank_block = self.n_bank
         rows = min(n_queries, _MIN_QUERY_BLOCK)
@@ -219,11 +318,14 @@ class CosineIndex:
             # Split the bank so that a reasonably tall query block still fits; never below a
             # few k wide, where the per-block merge would dominate.
             bank_block = min(self.n_bank, max(8 * k, 4096, (budget // rows) // 5))
-        query_block = max(1, min(n_queries, budget // row_bytes(bank_block)))
+        by_budget = budget // row_bytes(bank_block)
+        # the largest temporary is the int64 candidate-column matrix
+        by_temporaries = max(_MIN_QUERY_BLOCK, _TEMPORARY_BYTES // (8 * widths(bank_block)[0]))
+        query_block = max(1, min(n_queries, by_budget, by_temporaries))
         return query_block, bank_block
 
     def _iter_torch(
-        self, q: torch.Tensor, k: int, leave_one_out: bool
+        self, q: torch.Tensor, k: int, leave_one_out: bool, sort: bool
     ) -> Iterator[tuple[int, Neighbors]]:
         n_q = q.shape[0]
         qb, bb = self._block_sizes(n_q, k)
@@ -240,7 +342,7 @@ class CosineIndex:
             for b0 in range(0, self.n_bank, bb):
                 b1 = min(b0 + bb, self.n_bank)
                 sims = buffer[: (q1 - q0) * (b1 - b0)].view(q1 - q0, b1 - b0)
-                torch.mm(qn, self.bank[b0:b1].T, out=sims)
+                _similarities(qn, self.bank[b0:b1], sims)
                 if leave_one_out and q0 < b1 and b0 < q1:
                     # entries where query row == bank row lie on one diagonal of the block
                     sims.diagonal(q0 - b0).fill_(-math.inf)
@@ -248,15 +350,18 @@ class CosineIndex:
                 if b0:
                     idx += b0
                 if best is not None:
-                    vals, pos = torch.topk(torch.cat([best[0], vals], 1), k, dim=1)
-                    idx = torch.cat([best[1], idx], 1).gather(1, pos)
+                    vals, idx = torch.cat([best[0], vals], 1), torch.cat([best[1], idx], 1)
+                    pos = _select(vals, k)
+                    vals, idx = vals.gather(1, pos), idx.gather(1, pos)
                 best = (vals, idx)
             assert best is not None
-            yield q0, Neighbors(*best)
+            vals, idx = best
+            if sort:
+                vals, order = torch.sort(vals, dim=1, descending=True)
+                idx = idx.gather(1, order)
+            yield q0, Neighbors(vals, idx)
 
-    def _iter_faiss(
-        self, q: torch.Tensor, k: int, leave_one_out: bool
-    ) -> Iterator[tuple[int, Neighbors]]:
+    def _iter_faiss(self, q: torch.Tensor, k: int, leave_one_out: bool) -> Iterator[tuple[int, Neighbors]]:
         n_q = q.shape[0]
         extra = 1 if leave_one_out else 0
         # faiss allocates its own result arrays; blocks only bound those and the query copy.
@@ -323,7 +428,8 @@ def kth_neighbor_distance(
 
 def index_kth_distance(index: CosineIndex, queries: ArrayLike | None, k: int) -> torch.Tensor:
     """:func:`kth_neighbor_distance` against an already built :class:`CosineIndex`."""
-    out = [1.0 - block.similarities[:, k - 1] for _, block in index.iter_search(queries, k)]
+    # the k-th largest similarity is the smallest of the top k: no need to sort them
+    out = [1.0 - block.similarities.amin(dim=1) for _, block in index.iter_search(queries, k, sort=False)]
     return torch.cat(out)
 
 
@@ -390,7 +496,7 @@ class KNNClassifier:
         """Predicted labels, shape ``(n_queries,)`` (``None``: leave-one-out on the bank)."""
         index, classes, codes = self._fitted()
         out = np.empty(index.n_bank if queries is None else len(queries), dtype=np.int64)
-        for q0, block in index.iter_search(queries, self.k):
+        for q0, block in index.iter_search(queries, self.k, sort=False):
             # float64 votes: near-tied classes must not be decided by float32 rounding.
             weights = torch.exp(block.similarities.double() / self.temperature)
             votes = torch.zeros(weights.shape[0], len(classes), dtype=torch.float64, device=weights.device)

@@ -57,7 +57,9 @@ class Scorer:
         if labels is not None:
             y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
             if y.ndim != 1 or y.shape[0] != x.shape[0]:
-                raise NormprobeError(f"labels: expected shape ({x.shape[0]},) to match the embeddings, got {y.shape}")
+                raise NormprobeError(
+                    f"labels: expected shape ({x.shape[0]},) to match the embeddings, got {y.shape}"
+                )
         self._fit(x, y)
         self.dim_, self.n_fit_ = int(x.shape[1]), int(x.shape[0])
         return self
@@ -141,24 +143,27 @@ class KNNDistanceScorer(Scorer):
     def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> None:
         # k + 1 points are needed so that leave-one-out scoring of the training set works too
         if x.shape[0] < self.k + 1:
-            raise NormprobeError(f"k={self.k} needs at least k + 1 = {self.k + 1} ID-train samples, got {x.shape[0]}")
+            raise NormprobeError(
+                f"k={self.k} needs at least k + 1 = {self.k + 1} ID-train samples, got {x.shape[0]}"
+            )
         self.index_ = CosineIndex(x, backend=self.backend, memory_budget_bytes=self.memory_budget_bytes)
 
-    def _kth_similarity(self, queries: torch.Tensor | None, k: int, column: int) -> np.ndarray:
-        out = [block.similarities[:, column] for _, block in self.index_.iter_search(queries, k)]
-        return torch.cat(out).double().cpu().numpy()
+    def _kth_similarity(self, queries: torch.Tensor | None, k: int) -> np.ndarray:
+        """The k-th largest cosine similarity of each query: the smallest of its top k."""
+        blocks = self.index_.iter_search(queries, k, sort=False)
+        return torch.cat([block.similarities.amin(dim=1) for _, block in blocks]).double().cpu().numpy()
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
-        return self._kth_similarity(x, self.k, self.k - 1) - 1.0
+        return self._kth_similarity(x, self.k) - 1.0
 
     def _score_fit(self) -> np.ndarray:
-        return self._kth_similarity(None, self.k, self.k - 1) - 1.0
+        return self._kth_similarity(None, self.k) - 1.0
 
     def _score_fit_rows(self, rows: np.ndarray) -> np.ndarray:
         """Leave-one-out scores of some training rows: each row's nearest neighbour is itself
         (cosine 1), so its k-th neighbour among the others is the (k+1)-th overall."""
         queries = self.index_.bank[torch.from_numpy(rows).to(self.index_.device)]
-        return self._kth_similarity(queries, self.k + 1, self.k) - 1.0
+        return self._kth_similarity(queries, self.k + 1) - 1.0
 
 
 class MahalanobisScorer(Scorer):
@@ -209,7 +214,9 @@ class MahalanobisScorer(Scorer):
         eigvals = eigvals.clamp_min(0.0)  # round-off can make null eigenvalues slightly negative
         trace = float(eigvals.sum())
         if not trace > 0:
-            raise NormprobeError("the ID-train embeddings have zero within-class variance; Mahalanobis is undefined")
+            raise NormprobeError(
+                "the ID-train embeddings have zero within-class variance; Mahalanobis is undefined"
+            )
         # whitening W with W W^T = (Sigma + eps I)^-1: distances become Euclidean after z -> z W
         self.whitener_ = eigvecs / torch.sqrt(eigvals + self.ridge * trace / d)
         self.white_means_ = means @ self.whitener_

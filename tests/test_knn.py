@@ -10,14 +10,24 @@ import pytest
 import torch
 
 from normprobe.errors import NormprobeError
-from normprobe.knn import CosineIndex, KNNClassifier, Neighbors, _topk_rows, cosine_topk, kth_neighbor_distance
+from normprobe.knn import (
+    CosineIndex,
+    KNNClassifier,
+    Neighbors,
+    _group_shape,
+    _topk_rows,
+    cosine_topk,
+    kth_neighbor_distance,
+)
 
 MIB = 1 << 20
 SMALL_BUDGET = 4 * MIB
-"""Small enough to split a 4500-point bank into two column blocks and the queries into ~170-row blocks (k=10)."""
+"""Small enough to split a 4500-point bank into two column blocks and the queries into ~180-row blocks."""
 
 
-def clustered(n: int, dim: int, n_classes: int, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def clustered(
+    n: int, dim: int, n_classes: int, seed: int, noise: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian classes around centres shared by every seed, so queries match their bank."""
     centres = np.random.default_rng(1234).standard_normal((n_classes, dim))
     rng = np.random.default_rng(seed)
@@ -58,15 +68,16 @@ def test_cosine_topk_matches_brute_force() -> None:
 
 def test_grouped_topk_is_exact_even_when_neighbours_are_adjacent() -> None:
     # wide enough for the grouped path; sorting each row puts all of its top-k in adjacent
-    # columns, the worst case for a grouping, and a column of duplicates adds ties
+    # columns, the worst case for a grouping, and 100 equal values tie at the k-th place
     gen = torch.Generator().manual_seed(0)
     sims = torch.rand(64, 30_000, generator=gen)
     adversarial = torch.sort(sims, dim=1).values
     adversarial[:, 100:200] = 0.999
+    assert _group_shape(30_000, 40) is not None
     for block in (sims, adversarial):
         vals, idx = _topk_rows(block, 40)
         ref = torch.topk(block, 40, dim=1).values
-        assert torch.equal(vals, ref)
+        assert torch.equal(torch.sort(vals, dim=1, descending=True).values, ref)
         assert torch.equal(block.gather(1, idx), vals)
         assert all(len(set(row.tolist())) == 40 for row in idx)
 
@@ -76,7 +87,7 @@ def test_chunked_equals_unchunked() -> None:
     queries, _ = clustered(300, 8, 5, seed=3)
     small = CosineIndex(bank, memory_budget_bytes=SMALL_BUDGET)
     qb, bb = small._block_sizes(len(queries), 10)
-    assert (qb, bb) == (173, 4096)
+    assert qb < len(queries) and bb < len(bank)
     full = CosineIndex(bank)
     assert full._block_sizes(len(queries), 10) == (300, 4500)
     sims = exact_sims(queries, bank)
@@ -147,7 +158,9 @@ def test_labels_keep_their_values_and_inputs_may_be_torch() -> None:
     clf = KNNClassifier(k=10).fit(torch.from_numpy(bank).double(), names)
     pred = clf.predict(torch.from_numpy(bank[:20]))
     assert pred.dtype == names.dtype and set(pred) <= {"cat", "dog", "emu"}
-    np.testing.assert_array_equal(pred, KNNClassifier(k=10).fit(bank, y).predict(bank[:20]).choose(["cat", "dog", "emu"]))
+    np.testing.assert_array_equal(
+        pred, KNNClassifier(k=10).fit(bank, y).predict(bank[:20]).choose(["cat", "dog", "emu"])
+    )
     neighbours = clf.kneighbors(bank[:5])
     assert neighbours.similarities.shape == (5, 10)
 

@@ -13,7 +13,9 @@ from normprobe import metrics
 from normprobe.errors import NormprobeError
 
 
-def scored_sets(seed: int, n_id: int = 700, n_ood: int = 300, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def scored_sets(
+    seed: int, n_id: int = 700, n_ood: int = 300, ties: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     s_id = rng.normal(1.0, 1.0, n_id)
     s_ood = rng.normal(0.0, 1.0, n_ood)

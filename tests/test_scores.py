@@ -53,8 +53,12 @@ def test_norm_scorer() -> None:
     train, _ = gaussian_classes(50, 4, seed=0)
     test, _ = gaussian_classes(10, 4, seed=1)
     scorer = NormScorer().fit(train)
-    np.testing.assert_allclose(scorer.score_samples(test), np.linalg.norm(test.astype(np.float64), axis=1), rtol=1e-6)
-    np.testing.assert_allclose(scorer.score_samples(None), np.linalg.norm(train.astype(np.float64), axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        scorer.score_samples(test), np.linalg.norm(test.astype(np.float64), axis=1), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        scorer.score_samples(None), np.linalg.norm(train.astype(np.float64), axis=1), rtol=1e-6
+    )
     assert scorer.score_samples(torch.from_numpy(test)).dtype == np.float64
 
 
@@ -93,15 +97,21 @@ def test_mahalanobis_is_lee_et_al(class_conditional: bool) -> None:
     test, _ = gaussian_classes(50, 6, seed=5)
     labels = y if class_conditional else None
     scorer = MahalanobisScorer(ridge=1e-12).fit(train, labels)
-    np.testing.assert_allclose(scorer.score_samples(test), mahalanobis_by_hand(train, labels, test), rtol=1e-6)
-    np.testing.assert_allclose(scorer.score_samples(None), mahalanobis_by_hand(train, labels, train), rtol=1e-6)
+    np.testing.assert_allclose(
+        scorer.score_samples(test), mahalanobis_by_hand(train, labels, test), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        scorer.score_samples(None), mahalanobis_by_hand(train, labels, train), rtol=1e-6
+    )
 
 
 def test_mahalanobis_is_scale_invariant_and_stable_when_rank_deficient() -> None:
     train, y = gaussian_classes(300, 6, seed=6)
     test, _ = gaussian_classes(20, 6, seed=7)
     base = MahalanobisScorer().fit(train, y).score_samples(test)
-    np.testing.assert_allclose(MahalanobisScorer().fit(1000 * train, y).score_samples(1000 * test), base, rtol=1e-5)
+    np.testing.assert_allclose(
+        MahalanobisScorer().fit(1000 * train, y).score_samples(1000 * test), base, rtol=1e-5
+    )
     # more dimensions than samples, plus a dead dimension: a singular covariance
     wide, y_wide = gaussian_classes(20, 64, seed=8)
     wide[:, 0] = 0.0
