@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+from PIL import Image
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
-from PIL import Image
 
 from normprobe.analyses.buckets import SELF_VOTE_NOTE
 from normprobe.data import ImageSet

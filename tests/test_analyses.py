@@ -169,7 +169,7 @@ def test_scores_fit_on_train_and_leave_train_points_out() -> None:
     train = {"z": rng.normal(size=(40, 8)).astype(np.float32), "feats": rng.normal(size=(40, 4)).astype(np.float32) + 3}
     labels = np.repeat([0, 1], 20)
     other = {"z": train["z"][:5].copy(), "feats": train["feats"][:5].copy()}  # the same points, queried as new data
-    scores = fit_and_score(train=train, train_labels=labels, others=[other], heads=("feats", "z"), primary="z",
+    scores, _ = fit_and_score(train=train, train_labels=labels, others=[other], heads=("feats", "z"), primary="z",
                            scorers=("norm", "knn", "mahalanobis"), ood_k=1)
     assert set(scores) == {"norm", "knn", "mahalanobis", "norm@feats"}
     assert all(len(v) == 45 for v in scores.values())

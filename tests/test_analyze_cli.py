@@ -61,6 +61,9 @@ def test_second_run_is_served_from_the_cache(shared: tuple[Path, Path, Path, str
     again, first = read_results(tmp_path / "again"), read_results(first_out)
     assert all(again.run["timings"]["embeddings_from_cache"].values())
     assert not any(first.run["timings"]["embeddings_from_cache"].values())
+    # the leave-one-out kNN and the scores are cached as well, keyed by the embeddings and settings
+    assert again.run["timings"]["knn_from_cache"] and again.run["timings"]["scores_from_cache"]
+    assert not first.run["timings"]["knn_from_cache"] and not first.run["timings"]["scores_from_cache"]
     assert "embeddings: 4 of 4 sets from the cache" in stdout
     pd.testing.assert_frame_equal(again.samples, first.samples)
     assert not (tmp_path / "again" / "report.html").exists()

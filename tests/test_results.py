@@ -13,7 +13,14 @@ from analyze_helpers import shared_analysis
 
 from normprobe.errors import NormprobeError
 from normprobe.results import (
-    CHECKPOINT_KEYS, DATASET_KEYS, RUN_KEYS, SETTINGS_KEYS, SUMMARY_KEYS, Results, check_output_dir, read_results,
+    CHECKPOINT_KEYS,
+    DATASET_KEYS,
+    RUN_KEYS,
+    SETTINGS_KEYS,
+    SUMMARY_KEYS,
+    Results,
+    check_output_dir,
+    read_results,
     write_results,
 )
 

@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 
 from normprobe import metrics, scores
+from normprobe.cache import EmbeddingCache
+from normprobe.data.hashing import fingerprint
 from normprobe.errors import NormprobeError
 
 ROC_POINTS = 201
@@ -48,25 +50,44 @@ def fit_and_score(
     scorers: Sequence[str],
     ood_k: int,
     device: torch.device | None = None,
-) -> dict[str, np.ndarray]:
+    cache: EmbeddingCache | None = None,
+    keys: Sequence[dict[str, str]] | None = None,
+) -> tuple[dict[str, np.ndarray], bool]:
     """Score every row (ID-train first, then each of ``others`` in order) with every scorer.
 
-    Returns ``{column name: scores}`` concatenated in row order. Scorers are fitted on ``train``
-    (placed on ``device``, default the CPU, where the scoring then runs); ID-train rows are scored
-    with the point itself left out where the scorer uses neighbours.
+    Returns ``({column name: scores}, all_from_cache)``, scores concatenated in row order. Scorers
+    are fitted on ``train`` (placed on ``device``, default the CPU, where the scoring then runs);
+    ID-train rows are scored with the point itself left out where the scorer uses neighbours.
+    With a ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
+    ``others``), each set's scores are cached, and a scorer is fitted only if some are missing.
     """
     plan = [(name, primary) for name in scorers]
     if "norm" in scorers:
         plan += [("norm", head) for head in heads if head != primary]
+    sets = [train, *others]
     out: dict[str, np.ndarray] = {}
+    all_cached = True
     for name, head in plan:
-        scorer = scores.make_scorer(name, k=ood_k).fit(torch.as_tensor(train[head], device=device), train_labels)
-        parts = [scorer.score_samples(None)] + [scorer.score_samples(torch.as_tensor(o[head], device=device)) for o in others]
-        values = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+        scorer: scores.Scorer | None = None
+        parts = []
+        for i, embeddings in enumerate(sets):
+            key = None
+            if cache is not None and keys is not None:
+                key = fingerprint("analyze-score/1", name, str(ood_k), keys[0][head], keys[i][head], "loo" if i == 0 else "")
+            values = cache.get(key) if key is not None else None
+            if values is None:
+                if scorer is None:
+                    scorer = scores.make_scorer(name, k=ood_k).fit(torch.as_tensor(train[head], device=device), train_labels)
+                values = scorer.score_samples(None if i == 0 else torch.as_tensor(embeddings[head], device=device))
+                if key is not None:
+                    cache.put(key, values)
+                all_cached = False
+            parts.append(np.asarray(values, dtype=np.float64))
+        values = np.concatenate(parts)
         if not np.isfinite(values).all():
             raise NormprobeError(f"scorer {name} on head {head} produced NaN or infinite scores")
         out[column_name(name, head, primary)] = values
-    return out
+    return out, all_cached
 
 
 def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, n_points: int = ROC_POINTS) -> tuple[np.ndarray, np.ndarray]:

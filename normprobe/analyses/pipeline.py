@@ -9,6 +9,11 @@ and the datasets (ID train and test splits, every OOD set); embed each through t
 classification on the primary head (ID-test against ID-train, ID-train by leave-one-out); OOD
 scorers fitted on ID-train; then the analyses (norm summaries, norm buckets vs kNN accuracy,
 OOD metrics, exemplars, human labels) and the results folder (Contract 2).
+
+The kNN predictions and the per-set scores are cached too (same cache, keyed by the embeddings'
+cache keys and the settings that shape them), because on a 50,000-image training set the
+leave-one-out searches cost minutes while everything else costs seconds: a re-run, or a run
+that only adds an OOD set, recomputes just what changed.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from normprobe.analyses.settings import AnalysisSettings
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder, load_encoder
 from normprobe.data import ImageSet, resolve_data_root
+from normprobe.data.hashing import fingerprint
 from normprobe.device import pick_device
-from normprobe.embed import extract
+from normprobe.embed import cache_key, extract
 from normprobe.errors import NormprobeError
 from normprobe.report import Section, analysis_report, table_html
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
@@ -53,6 +59,9 @@ class AnalysedSet:
     embeddings: dict[str, np.ndarray]
     from_cache: bool
     embed_seconds: float
+    cache_keys: dict[str, str]
+    """The embedding cache key of each head: the identity of these embeddings, also used to key
+    results computed from them (kNN predictions, scores)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -152,9 +161,21 @@ def _embed(
             notes.append(f"images resized from {h}x{w} to {loaded.preprocess.input_size[0]}x{loaded.preprocess.input_size[1]} "
                          "(bilinear, antialiased)")
         # np.array copies: cached embeddings are read-only memory maps, which torch will not wrap
+        keys = {h: cache_key(loaded, imageset, h, settings.precision) for h in heads}
         out.append(AnalysedSet(imageset, role, spec, {h: np.array(result.heads[h], dtype=np.float32) for h in heads},
-                               result.from_cache, result.seconds, notes))
+                               result.from_cache, result.seconds, keys, notes))
     return out
+
+
+def cached_array(cache: EmbeddingCache | None, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """``(array, from_cache)``: the cached array under ``key``, else ``compute()`` (then stored)."""
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        return np.array(hit), True
+    value = compute()
+    if cache is not None:
+        cache.put(key, value)
+    return value, False
 
 
 def _samples_frame(sets: list[AnalysedSet], heads: tuple[str, ...], primary: str) -> pd.DataFrame:
@@ -262,19 +283,23 @@ def run_analysis(
 
     tick = time.perf_counter()
     device = pick_device(settings.device)
+    cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
     samples = _samples_frame(sets, heads, primary)
-    train_pred, test_pred = knn_predictions(
-        sets[0].embeddings[primary], sets[0].imageset.labels, sets[1].embeddings[primary],
+    train, test = sets[0], sets[1]
+    knn_key = fingerprint("analyze-knn/1", train.cache_keys[primary], test.cache_keys[primary], str(settings.k),
+                          repr(settings.temperature))
+    predictions, timings["knn_from_cache"] = cached_array(cache, knn_key, lambda: np.concatenate(knn_predictions(
+        train.embeddings[primary], train.imageset.labels, test.embeddings[primary],
         k=settings.k, temperature=settings.temperature, device=device,
-    )
-    _knn_columns(samples, train_pred, test_pred)
+    )))
+    _knn_columns(samples, predictions[: len(train.imageset)], predictions[len(train.imageset) :])
     timings["knn_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    scores = fit_and_score(
-        train=sets[0].embeddings, train_labels=sets[0].imageset.labels,
+    scores, timings["scores_from_cache"] = fit_and_score(
+        train=train.embeddings, train_labels=train.imageset.labels,
         others=[s.embeddings for s in sets[1:]], heads=heads, primary=primary, scorers=settings.scorers,
-        ood_k=settings.ood_k, device=device,
+        ood_k=settings.ood_k, device=device, cache=cache, keys=[s.cache_keys for s in sets],
     )
     for name, values in scores.items():
         samples[f"score_{name}"] = values

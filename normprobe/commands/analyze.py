@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from typing import TYPE_CHECKING
 
 from normprobe.analyses.settings import DEFAULT_SCORERS, AnalysisSettings, split_ood_specs
