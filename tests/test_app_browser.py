@@ -28,8 +28,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 STARTUP_SECONDS = 90
-IMAGES_MS = 90_000
-"""Playwright waits (ms): the first grid also pays for opening the dataset on a shared, busy CPU."""
+IMAGES_MS = 120_000
+"""Playwright waits (ms): the first page also pays for the app's imports and opening the dataset, on a shared CPU."""
 PER_ROW = 8
 """The exemplar grids' default number of images per row."""
 
@@ -55,9 +55,10 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None
 
 
 @pytest.fixture
-def app_url(analyzed_results: Path, tmp_path: Path) -> Iterator[str]:
+def app_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's browser with `apt-get install -y chromium`")
+    analyzed_results: Path = request.getfixturevalue("analyzed_results")  # only when the test can run
     port = _free_port()
     log = tmp_path / "streamlit.log"
     command = [
@@ -96,10 +97,15 @@ def _decoded_sources(page, container: str, count: int, other_than: list[str] | N
     return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.src)")
 
 
-def _captions(page, container: str) -> list[str]:
-    captions = page.locator(f".st-key-{container} [data-testid=stCaptionContainer]").all_inner_texts()
-    assert len(captions) == PER_ROW, captions
-    return [c.strip() for c in captions]
+def _wait_for_captions(page, container: str, prefix: str) -> None:
+    """Until the container's ``PER_ROW`` captions all start with ``prefix`` (the class name)."""
+    page.wait_for_function(
+        """([sel, count, prefix]) => {
+            const texts = [...document.querySelectorAll(sel)].map(c => c.innerText.trim());
+            return texts.length === count && texts.every(t => t.startsWith(prefix));
+        }""",
+        arg=[f".st-key-{container} [data-testid=stCaptionContainer]", PER_ROW, prefix],
+    )
 
 
 def test_exemplar_grid_shows_decoded_images_and_follows_the_class(app_url: str, tmp_path: Path) -> None:
@@ -109,22 +115,23 @@ def test_exemplar_grid_shows_decoded_images_and_follows_the_class(app_url: str, 
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            page.goto(app_url)
-            page.get_by_role("tab", name="Exemplars").click()
+            page.set_default_timeout(IMAGES_MS)
+            page.goto(f"{app_url}/?section=Exemplars")  # the open section is part of the URL
             first = _decoded_sources(page, "exemplars-highest", PER_ROW)
+            assert page.get_by_role("tab", name="Exemplars").get_attribute("aria-selected") == "true"
             sizes = page.eval_on_selector_all(
                 ".st-key-exemplars-highest img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])"
             )
             assert all(w >= 32 and h >= 32 for w, h in sizes), sizes
             assert len(set(first)) == PER_ROW  # eight different pictures, not one repeated
-            assert all(c.startswith("airplane · ") for c in _captions(page, "exemplars-highest"))
+            _wait_for_captions(page, "exemplars-highest", "airplane · ")
             _decoded_sources(page, "exemplars-lowest", PER_ROW)
 
             page.locator(".st-key-exemplar-class").click()
             page.get_by_role("option", name="automobile (1)").click()
             second = _decoded_sources(page, "exemplars-highest", PER_ROW, other_than=first)
             assert not set(second) & set(first)
-            assert all(c.startswith("automobile · ") for c in _captions(page, "exemplars-highest"))
+            _wait_for_captions(page, "exemplars-highest", "automobile · ")
 
             shot = tmp_path / "explorer_exemplars.png"
             page.screenshot(path=str(shot), full_page=True)
