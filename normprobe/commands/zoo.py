@@ -27,7 +27,7 @@ def _row(name: str, card: dict) -> list[str]:
         name + (" (default)" if name == DEFAULT_MODEL else ""),
         card.get("method", "?"),
         card.get("backbone", "?"),
-        "cut-init c=%s" % card["cut"] if card.get("cut") else "default init",
+        card.get("init", "?"),
         str(card.get("epochs", "?")),
         f"{100 * card['knn_accuracy']['feats']:.1f}%" if "knn_accuracy" in card else "?",
         f"{100 * card['knn_accuracy']['z']:.1f}%" if "knn_accuracy" in card else "?",
