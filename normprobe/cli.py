@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embed",
     "datasets",
     "zoo",
+    "simulate",
 )
 
 EPILOG = """\
