@@ -13,13 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from normprobe.analyses.pipeline import run_analysis
-from normprobe.analyses.settings import AnalysisSettings
-from normprobe.commands.analyze import format_summary
-from normprobe.data import load_manifest
 from normprobe.data.root import DATA_ROOT_ENV
-from normprobe.data.sample import SAMPLE_ROOT
 from normprobe.zoo import DEFAULT_MODEL, zoo_entry
+
+# The analysis stack (torch, pandas, scipy) is imported in `run`, so `normprobe --help` stays fast.
+SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample"  # normprobe.data.sample.SAMPLE_ROOT, without importing torch
 
 DEMO_OOD = ("cifar100", "tinyimagenet", "mnist")
 
@@ -40,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _has_cifar10(root: Path) -> bool:
+    from normprobe.data.manifest import load_manifest
+
     manifest = load_manifest("cifar10")
     return (root / manifest.mirror["train"]["file"]).is_file() or (root / manifest.upstream["folder"]).is_dir()
 
@@ -55,6 +55,10 @@ def choose_data_root(explicit: str | None) -> tuple[Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from normprobe.analyses.pipeline import run_analysis
+    from normprobe.analyses.settings import AnalysisSettings
+    from normprobe.commands.analyze import format_summary
+
     entry = zoo_entry(args.model)
     root, why = choose_data_root(args.data_root)
     if not args.quiet:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from normprobe.data.hashing import fingerprint
 from normprobe.data.readers import ImageReader
+
+if TYPE_CHECKING:  # torch is imported where images are decoded, so `import normprobe.data` stays light
+    import torch
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class ImageSet:
 
     def images(self, positions: np.ndarray | slice | None = None) -> torch.Tensor:
         """uint8 ``N×H×W×3`` images at the given positions of this set (all when None)."""
+        import torch
+
         rows = self.rows if positions is None else self.rows[positions]
         return torch.from_numpy(self.reader.read(np.atleast_1d(rows)))
 

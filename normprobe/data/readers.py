@@ -7,13 +7,15 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from normprobe.data.convert import decode_image_bytes, gray_to_rgb
 from normprobe.errors import NormprobeError
+
+if TYPE_CHECKING:  # torch is imported on first decode, so `import normprobe.data` stays light
+    import torch
 
 
 class ImageReader(Protocol):
@@ -36,6 +38,7 @@ def _libjpeg_turbo_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
     since torchvision 0.29 (its image I/O moves to TorchCodec); when the op goes away, Pillow decodes.
     """
     try:
+        import torch
         from torchvision.io import ImageReadMode  # imported on first use: torchvision is slow to import
 
         op = torch.ops.image.decode_jpeg
@@ -103,6 +106,8 @@ class EncodedReader:
         decode = _libjpeg_turbo_decoder()
         if decode is None:
             return None
+        import torch
+
         try:
             return [decode(torch.from_numpy(self._data[a:b])) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
         except RuntimeError:  # a JPEG libjpeg-turbo refuses: Pillow gets the batch
@@ -121,6 +126,8 @@ class EncodedReader:
             return out
         decoded = self._decode_jpeg_batch(rows)
         if decoded is not None:
+            import torch
+
             for row, image in zip(rows, decoded, strict=True):
                 self._check_size(int(row), tuple(image.shape[1:]))
             torch.from_numpy(out).copy_(torch.stack(decoded).permute(0, 2, 3, 1))
