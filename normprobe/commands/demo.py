@@ -13,11 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from normprobe.data.manifest import load_manifest
 from normprobe.data.root import DATA_ROOT_ENV
+from normprobe.data.sample import SAMPLE_ROOT
 from normprobe.zoo import DEFAULT_MODEL, zoo_entry
-
-# The analysis stack (torch, pandas, scipy) is imported in `run`, so `normprobe --help` stays fast.
-SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample"  # normprobe.data.sample.SAMPLE_ROOT, without importing torch
 
 DEMO_OOD = ("cifar100", "tinyimagenet", "mnist")
 
@@ -38,8 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _has_cifar10(root: Path) -> bool:
-    from normprobe.data.manifest import load_manifest
-
     manifest = load_manifest("cifar10")
     return (root / manifest.mirror["train"]["file"]).is_file() or (root / manifest.upstream["folder"]).is_dir()
 
@@ -55,6 +52,7 @@ def choose_data_root(explicit: str | None) -> tuple[Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The analysis stack (torch, pandas, scipy) is imported here, so `normprobe --help` stays fast.
     from normprobe.analyses.pipeline import run_analysis
     from normprobe.analyses.settings import AnalysisSettings
     from normprobe.commands.analyze import format_summary
