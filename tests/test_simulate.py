@@ -216,7 +216,9 @@ def test_cli_writes_tables_figure_and_config(tmp_path, capsys):
         and record["config"]["angle_count"] == 8
     )
     page = (tmp_path / "bound.html").read_text()
-    assert '<script src="https://cdn.plot.ly' not in page and len(page) > 1_000_000  # plotly.js inlined: opens offline
+    assert (
+        '<script src="https://cdn.plot.ly' not in page and len(page) > 1_000_000
+    )  # plotly.js inlined: opens offline
 
 
 def test_cli_norms_prints_table_one(capsys):

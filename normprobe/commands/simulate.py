@@ -46,6 +46,43 @@ examples:
   normprobe simulate latent-classes --repeats 8 --epochs 40 --out sims/
 """
 
+NORMS_DESCRIPTION = """\
+Sample random positive pairs on the unit sphere, scale both points of every pair to norm r, and run
+plain gradient ascent on the embeddings themselves until the mean cosine similarity exceeds
+1 - tolerance (paper Section 4.1, Appendix B.1). Theorem 3.4 predicts steps ~ r^2 (Figure 2a).
+The same from the --initial-norms with the objective cos - lambda ||z||^2 gives the paper's Table 1:
+moderate weight decay converges faster, too much collapses the norms and never converges.
+
+The learning rate is per pair: 0.02 equals the authors' step of 10 on the mean over 500 pairs. The
+paper's text does not give its lambda values; the defaults show none, two moderate ones and one that
+collapses.
+"""
+
+ANGLES_DESCRIPTION = """\
+Steer each positive towards its anchor's antipode (t > 0) or onto the anchor (t < 0) to set the mean
+initial angle between positives, then count the gradient steps until they align (Figure 2a's angle
+axis; the opposite-halves effect of Appendix C.2). Near-antipodal pairs are slower, by a bounded
+factor; compare with the unbounded r^2 of `normprobe simulate norms`.
+"""
+
+BOUND_DESCRIPTION = """\
+Place pairs of equal norm rho at angle phi in a random plane, take one autograd gradient-ascent step of
+size gamma on both points, and compare the change of cosine similarity with the exact change
+cos(phi - 2 alpha) - cos(phi), where tan(alpha) = gamma sin(phi) / rho^2, and with Theorem 3.4's bound
+2 gamma sin^2(phi) / rho^2 (derived in normprobe/simulate/bound.py). The derivation says the bound holds
+for phi <= pi/2 at every step size, and at obtuse angles only when tan(alpha) >= |cot(phi)|.
+"""
+
+LATENT_CLASSES_DESCRIPTION = """\
+Latent classes on the sphere, mapped to observations by a random matrix; a 2-layer ReLU network trained
+with supervised InfoNCE and plain SGD (paper Section 4.2, Appendix B.2). Reports the embedding norm
+against the cosine distance to the nearest neighbour (Figure 2b) and, with class probabilities
+proportional to imbalance_ratio^c (~1/16, 1/8, 1/4, 1/2), the mean norm per class over epochs
+(Figure 2c). Every repeat draws new centers, map and initial weights and trains a balanced and an
+imbalanced network from the same weights, so norm_ratio isolates the effect of class frequency. All
+networks train together in batched matrix products.
+"""
+
 # Help for every config field, keyed by field name; fields shared by several configs share a text.
 FIELD_HELP = {
     "seed": "random seed; the same seed gives the same numbers",
@@ -75,7 +112,7 @@ FIELD_HELP = {
     "epochs": "passes over the dataset",
     "imbalance_ratio": "each class is this many times as frequent as the previous one (2: ~1/16, 1/8, 1/4, 1/2)",
 }
-FIELD_HELP["tolerance"] += " (bound: float slack allowed above the bound)"
+FIELD_HELP["slack"] = "rounding slack: a measured change up to bound + slack counts as within the bound"
 
 
 @dataclass(frozen=True)
@@ -90,6 +127,7 @@ class Outputs:
 @dataclass(frozen=True)
 class Simulation:
     summary: str
+    description: str
     config_type: type
     run: Callable[[Any, Any], Outputs]
 
@@ -186,17 +224,25 @@ def _simulations() -> dict[str, Simulation]:
     return {
         "norms": Simulation(
             "steps to align positive pairs vs embedding norm, with and without weight decay",
+            NORMS_DESCRIPTION,
             NormsConfig,
             _norms,
         ),
         "angles": Simulation(
-            "steps to align positive pairs vs the mean angle between them", AnglesConfig, _angles
+            "steps to align positive pairs vs the mean angle between them",
+            ANGLES_DESCRIPTION,
+            AnglesConfig,
+            _angles,
         ),
         "bound": Simulation(
-            "Theorem 3.4's one-step bound checked over norms, angles and learning rates", BoundConfig, _bound
+            "Theorem 3.4's one-step bound checked over norms, angles and learning rates",
+            BOUND_DESCRIPTION,
+            BoundConfig,
+            _bound,
         ),
         "latent-classes": Simulation(
             "supervised InfoNCE on latent classes: norm vs density and class frequency",
+            LATENT_CLASSES_DESCRIPTION,
             LatentClassesConfig,
             _latent_classes,
         ),
@@ -238,7 +284,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         child = simulations.add_parser(
             name,
             help=simulation.summary,
-            description=f"{simulation.summary}.\n\n{simulation.config_type.__doc__}",
+            description=simulation.description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_config_options(child, simulation.config_type)

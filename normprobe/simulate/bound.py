@@ -51,7 +51,7 @@ from normprobe.simulate.validation import require
 class BoundConfig:
     """Parameters of ``normprobe simulate bound``: the grid of norms, angles and learning rates.
 
-    Angles run evenly over the open interval (0, pi) (``angle_count`` values); ``tolerance`` absorbs
+    Angles run evenly over the open interval (0, pi) (``angle_count`` values); ``slack`` absorbs
     float64 rounding when deciding whether a measured change exceeds the bound.
     """
 
@@ -60,7 +60,7 @@ class BoundConfig:
     norms: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     angle_count: int = 36
     learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    tolerance: float = 1e-12
+    slack: float = 1e-12
 
     def __post_init__(self) -> None:
         require(self.dim >= 2, f"dim must be at least 2, got {self.dim}")
@@ -70,7 +70,7 @@ class BoundConfig:
             f"learning_rates must be positive, got {self.learning_rates}",
         )
         require(self.angle_count >= 1, f"angle_count must be at least 1, got {self.angle_count}")
-        require(self.tolerance >= 0, f"tolerance must be >= 0, got {self.tolerance}")
+        require(self.slack >= 0, f"slack must be >= 0, got {self.slack}")
 
     def angles(self) -> list[float]:
         return [float(value) for value in np.linspace(0.0, math.pi, self.angle_count + 2)[1:-1]]
@@ -145,7 +145,7 @@ def check_bound(config: BoundConfig, device: torch.device | str = "cpu") -> pd.D
         measured_change=measured,
         exact_change=exact_change(norm, angle, learning_rate),
         bound=bound,
-        bound_holds=measured <= bound + config.tolerance,
+        bound_holds=measured <= bound + config.slack,
         should_hold=bound_should_hold(angle, alpha),
         angle_regime=np.where(angle <= math.pi / 2, "acute (phi <= pi/2)", "obtuse (phi > pi/2)"),
         step_regime=np.where(2.0 * alpha > angle, "overshoot (2 alpha > phi)", "no overshoot"),
