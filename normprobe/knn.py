@@ -58,8 +58,11 @@ class Neighbors(NamedTuple):
     """``(n_queries, k)`` int64 row indices into the bank."""
 
 
-def as_embeddings(x: ArrayLike, name: str = "embeddings") -> torch.Tensor:
-    """Return ``x`` as a 2-D float32 torch tensor (no copy when it already is one).
+def as_embeddings(
+    x: ArrayLike, name: str = "embeddings", dtype: torch.dtype | None = torch.float32
+) -> torch.Tensor:
+    """Return ``x`` as a 2-D torch tensor of ``dtype`` (no copy when it already is one;
+    ``dtype=None`` keeps the input's, so that a large query set is converted block by block).
 
     Raises :class:`NormprobeError` for anything that is not a non-empty 2-D real array.
     Finiteness is checked later, row block by row block, via the norms (see :func:`_normalize`).
@@ -78,7 +81,7 @@ def as_embeddings(x: ArrayLike, name: str = "embeddings") -> torch.Tensor:
         raise NormprobeError(f"{name}: expected shape (n_samples, dim), got {tuple(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise NormprobeError(f"{name}: empty array of shape {tuple(t.shape)}")
-    return t.to(torch.float32)
+    return t if dtype is None else t.to(dtype)
 
 
 def _normalize(block: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
@@ -194,7 +197,8 @@ def _topk_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     few hundred bytes of each other, so gathering the candidates stays within a page.
     """
     q, n = sims.shape
-    shape = _group_shape(n, k)
+    # torch.topk on a GPU (radix select) is already far cheaper than the GEMM
+    shape = _group_shape(n, k) if sims.device.type == "cpu" else None
     if shape is None:
         cols = _select(sims, k)
         return sims.gather(1, cols), cols
@@ -204,11 +208,10 @@ def _topk_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     group_max = sims[:, :head].view(q, runs, m, lanes).amax(dim=2).view(q, runs * lanes)
     top = _select(group_max, k)
     first = top // lanes * (m * lanes) + top % lanes  # column of each group's first member
-    steps = torch.arange(0, m * lanes, lanes, device=sims.device)
-    cols = (first.unsqueeze(2) + steps).view(q, k * m)
-    if head < n:  # leftover columns are always candidates
-        tail = torch.arange(head, n, device=sims.device).expand(q, n - head)
-        cols = torch.cat([cols, tail], dim=1)
+    steps = torch.arange(0, m * lanes, lanes)
+    cols = torch.empty(q, k * m + n - head, dtype=torch.int64)
+    torch.add(first.unsqueeze(2), steps, out=cols[:, : k * m].view(q, k, m))
+    cols[:, k * m :] = torch.arange(head, n)  # leftover columns are always candidates
     pool = sims.gather(1, cols)
     pos = _select(pool, k)
     return pool.gather(1, pos), cols.gather(1, pos)
@@ -279,7 +282,7 @@ class CosineIndex:
         need it.
         """
         leave_one_out = queries is None
-        q = self.bank if leave_one_out else as_embeddings(queries, "queries")
+        q = self.bank if leave_one_out else as_embeddings(queries, "queries", dtype=None)
         if q.shape[1] != self.dim:
             raise NormprobeError(f"queries have dimension {q.shape[1]} but the bank has dimension {self.dim}")
         available = self.n_bank - 1 if leave_one_out else self.n_bank
@@ -337,7 +340,7 @@ class CosineIndex:
             if leave_one_out:
                 qn = self.bank[q0:q1]
             else:
-                qn = _normalize(q[q0:q1].to(self.device, non_blocking=True), "queries", q0)
+                qn = _normalize(q[q0:q1].to(self.device, torch.float32), "queries", q0)
             best: tuple[torch.Tensor, torch.Tensor] | None = None
             for b0 in range(0, self.n_bank, bb):
                 b1 = min(b0 + bb, self.n_bank)
@@ -371,7 +374,7 @@ class CosineIndex:
             if leave_one_out:
                 qn = self.bank[q0:q1].cpu()
             else:
-                qn = _normalize(q[q0:q1].cpu(), "queries", q0)
+                qn = _normalize(q[q0:q1].to("cpu", torch.float32), "queries", q0)
             assert self._faiss_index is not None
             sims_np, idx_np = self._faiss_index.search(qn.contiguous().numpy(), k + extra)
             sims, idx = torch.from_numpy(sims_np), torch.from_numpy(idx_np)
