@@ -14,8 +14,9 @@ distance, a negative Mahalanobis distance. The metrics take the scores of the in
   the ID samples (accept = score >= threshold; the strictest threshold reaching that TPR);
 * ``roc_curve``: the (FPR, TPR) points behind ``auroc``.
 
-``spearman`` (rank correlation, e.g. norm vs kNN correctness) and ``bootstrap_ci`` (seeded
-percentile intervals for any of these) complete the module.
+``spearman`` (rank correlation, e.g. norm vs kNN correctness), ``bootstrap_spearman`` (its seeded,
+vectorised, tie-exact bootstrap: the one used for every Spearman interval in normprobe) and
+``bootstrap_ci`` (seeded percentile intervals for the other metrics) complete the module.
 
 Average precision is scikit-learn's ``average_precision_score``: sum over distinct thresholds of
 (R_n - R_{n-1}) * P_n, tied scores forming one threshold. All functions are tie-correct and
@@ -25,11 +26,11 @@ vectorised (sorting, no Python loops over samples).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import special
+from scipy import sparse, special
 
 from normprobe.errors import NormprobeError
 
@@ -131,8 +132,8 @@ def spearman(
 ) -> SpearmanResult:
     """Spearman rank correlation: the Pearson correlation of the average ranks (ties handled).
 
-    With ``n_boot > 0`` also a seeded percentile bootstrap interval over paired resamples of
-    the rows (see :func:`bootstrap_ci`).
+    With ``n_boot > 0`` also a seeded percentile interval over ``n_boot`` paired resamples of the
+    rows, from :func:`bootstrap_spearman` (resamples on which rho is undefined are dropped).
     """
     a, b = _scores(x, "x"), _scores(y, "y")
     if a.size != b.size:
@@ -146,12 +147,86 @@ def spearman(
     else:
         t = rho * math.sqrt(dof / ((1.0 - rho) * (1.0 + rho)))
         p_value = float(2.0 * special.stdtr(dof, -abs(t)))
+    if not 0.0 < confidence < 1.0:
+        raise NormprobeError(f"confidence must be in (0, 1), got {confidence}")
     low = high = math.nan
     if n_boot > 0 and not math.isnan(rho):
-        _, low, high = bootstrap_ci(
-            _spearman_rho, a, b, paired=True, n_resamples=n_boot, confidence=confidence, seed=seed
-        )
+        boots = bootstrap_spearman(a, [b], n_boot=n_boot, seed=seed)[0]
+        if np.isfinite(boots).any():  # resamples where x or y is constant give NaN and are dropped
+            alpha = (1.0 - confidence) / 2.0
+            low, high = (float(v) for v in np.nanquantile(boots, [alpha, 1.0 - alpha]))
     return SpearmanResult(rho, p_value, low, high)
+
+
+class _TieGroups:
+    """Groups of equal values of one variable, for ranking weighted resamples without materialising them.
+
+    An item in a group of tied values with total weight ``W``, preceded by ``B`` weighted items, has
+    average rank ``B + (W + 1) / 2``: what ranking the materialised resample would give.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        unique, codes = np.unique(values, return_inverse=True)
+        self.n_groups = len(unique)
+        self.codes = codes.reshape(-1)
+        # Sparse group-membership matrix (groups x items): per-group sums of any per-item quantity.
+        self.members = sparse.csr_matrix(
+            (np.ones(len(values)), (self.codes, np.arange(len(values)))), shape=(self.n_groups, len(values))
+        )
+
+    def group_sums(self, per_item: np.ndarray) -> np.ndarray:
+        """``(b, n)`` per-item values -> ``(b, n_groups)`` sums over each group."""
+        return np.asarray(self.members @ per_item.T).T
+
+    def group_ranks(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(total weight, average rank) of each group in each resample, both ``(b, n_groups)``."""
+        group_weight = self.group_sums(weights)
+        return group_weight, np.cumsum(group_weight, axis=1) - (group_weight - 1) / 2.0
+
+
+def bootstrap_spearman(
+    x: np.ndarray, ys: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0, block: int = 32
+) -> np.ndarray:
+    """Spearman's rho between ``x`` and each of ``ys`` over ``n_boot`` bootstrap resamples of the rows (seeded).
+
+    Returns ``(len(ys), n_boot)``; every ``y`` sees the same resamples. Each resample is a vector of
+    multiplicities; tie-averaged ranks and the weighted Pearson correlation of the ranks give exactly
+    the rho of ``scipy.stats.spearmanr`` on the materialised resample, a block of resamples at a
+    time, with sums over tie groups as sparse products. A resample in which a variable is constant
+    gives NaN.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    by_x = np.argsort(x, kind="stable")  # rows sorted by x: x's group sums become a cumulative sum
+    x_sorted = x[by_x]
+    x_distinct = bool(np.all(np.diff(x_sorted) > 0))
+    x_groups = None if x_distinct else _TieGroups(x_sorted)
+    y_groups = [_TieGroups(np.asarray(y, dtype=np.float64)[by_x]) for y in ys]
+    rng = np.random.default_rng(seed)
+    rhos = np.empty((len(ys), n_boot))
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+        # multiplicities of the rows in their given order (so the resamples do not depend on how x sorts),
+        # then permuted into x order
+        weights = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)[:, by_x].astype(np.float64)
+        if x_groups is None:
+            rx = np.cumsum(weights, axis=1) - (weights - 1) / 2.0
+        else:
+            _, x_rank = x_groups.group_ranks(weights)
+            rx = x_rank[:, x_groups.codes]
+        dx = rx - (weights * rx).sum(axis=1, keepdims=True) / n
+        wdx = weights * dx
+        var_x = (wdx * dx).sum(axis=1)
+        for i, groups in enumerate(y_groups):
+            # sum_i w_i dx_i dy_i = sum_g dy_g * (sum over group g of w_i dx_i): y's ranks stay per group.
+            weight_g, rank_g = groups.group_ranks(weights)
+            dy_g = rank_g - (weight_g * rank_g).sum(axis=1, keepdims=True) / n
+            var = var_x * (weight_g * dy_g * dy_g).sum(axis=1)
+            cov = (groups.group_sums(wdx) * dy_g).sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rhos[i, start : start + b] = np.where(var > 0, cov / np.sqrt(var), np.nan)
+    return rhos
 
 
 def roc_curve(scores_id: object, scores_ood: object) -> tuple[np.ndarray, np.ndarray]:
@@ -199,9 +274,9 @@ def bootstrap_ci(
 
     ``paired=False`` resamples each sample independently (stratified bootstrap, e.g.
     ``bootstrap_ci(auroc, scores_id, scores_ood)``); ``paired=True`` resamples the same indices
-    in all samples, which must have equal length (e.g. ``spearman(..., n_boot=1000)`` uses it
-    that way). Seeded: the same call gives the same interval. Resamples on which the
-    statistic is NaN (e.g. a constant resample for ``spearman``) are dropped.
+    in all samples, which must have equal length (for Spearman's rho use the vectorised
+    :func:`bootstrap_spearman` instead). Seeded: the same call gives the same interval. Resamples on
+    which the statistic is NaN are dropped.
     """
     if not samples:
         raise NormprobeError("bootstrap_ci needs at least one sample")

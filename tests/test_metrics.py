@@ -112,6 +112,25 @@ def test_spearman_bootstrap_interval() -> None:
     assert 0.5 < a.ci_low and a.ci_high < 0.8  # rho ~ 0.68 for this construction
 
 
+def test_bootstrap_spearman_equals_scipy_on_materialised_resamples() -> None:
+    rng = np.random.default_rng(1)
+    n = 60
+    x_tied = np.round(rng.random(n), 1)  # many ties in x
+    x_distinct = rng.random(n)
+    y_binary = (rng.random(n) < 0.6).astype(float)
+    y_levels = rng.integers(0, 4, n).astype(float)
+    for x in (x_tied, x_distinct):
+        boots = metrics.bootstrap_spearman(x, [y_binary, y_levels], n_boot=7, seed=3, block=3)
+        # the same draws of row indices, materialised
+        draw_rng = np.random.default_rng(3)
+        draws = np.concatenate([draw_rng.integers(0, n, size=(min(3, 7 - s), n)) for s in range(0, 7, 3)])
+        for b, rows in enumerate(draws):
+            for i, y in enumerate((y_binary, y_levels)):
+                assert boots[i, b] == pytest.approx(stats.spearmanr(x[rows], y[rows]).statistic, abs=1e-12)
+    again = metrics.bootstrap_spearman(x_distinct, [y_binary], n_boot=7, seed=3, block=3)
+    np.testing.assert_array_equal(again[0], boots[0])
+
+
 def test_bootstrap_ci() -> None:
     s_id, s_ood = scored_sets(5, n_id=200, n_ood=100)
     ci = metrics.bootstrap_ci(metrics.auroc, s_id, s_ood, n_resamples=400, seed=1)

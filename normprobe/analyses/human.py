@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import stats
 
 from normprobe.analyses.buckets import CURVE_COLUMNS, bucket_curve
 from normprobe.data import load_labels, load_manifest, manifest_names, resolve_data_root
 from normprobe.errors import NormprobeError
+from normprobe.metrics import bootstrap_spearman
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -272,77 +273,6 @@ def human_curves(
     if not frames:
         return pd.DataFrame(columns=list(CURVE_COLUMNS_HUMAN))
     return pd.concat(frames, ignore_index=True)
-
-
-class _TieGroups:
-    """Groups of equal values of one variable, for ranking weighted resamples without materialising them.
-
-    An item in a group of tied values with total weight ``W``, preceded by ``B`` weighted items, has
-    average rank ``B + (W + 1) / 2``: what ranking the materialised resample would give.
-    """
-
-    def __init__(self, values: np.ndarray) -> None:
-        unique, codes = np.unique(values, return_inverse=True)
-        self.n_groups = len(unique)
-        self.codes = codes.reshape(-1)
-        # Sparse group-membership matrix (groups x items): per-group sums of any per-item quantity.
-        self.members = sparse.csr_matrix(
-            (np.ones(len(values)), (self.codes, np.arange(len(values)))), shape=(self.n_groups, len(values))
-        )
-
-    def group_sums(self, per_item: np.ndarray) -> np.ndarray:
-        """``(b, n)`` per-item values -> ``(b, n_groups)`` sums over each group."""
-        return np.asarray(self.members @ per_item.T).T
-
-    def group_ranks(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(total weight, average rank) of each group in each resample, both ``(b, n_groups)``."""
-        group_weight = self.group_sums(weights)
-        return group_weight, np.cumsum(group_weight, axis=1) - (group_weight - 1) / 2.0
-
-
-def bootstrap_spearman(
-    x: np.ndarray, ys: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0, block: int = 32
-) -> np.ndarray:
-    """Spearman's rho between ``x`` and each of ``ys`` over ``n_boot`` bootstrap resamples of the rows (seeded).
-
-    Returns ``(len(ys), n_boot)``; every ``y`` sees the same resamples. Each resample is a vector of
-    multiplicities; tie-averaged ranks and the weighted Pearson correlation of the ranks give exactly
-    the rho of ``scipy.stats.spearmanr`` on the materialised resample, a block of resamples at a
-    time, with sums over tie groups as sparse products. A resample in which a variable is constant
-    gives NaN.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    n = len(x)
-    by_x = np.argsort(x, kind="stable")  # rows sorted by x: x's group sums become a cumulative sum
-    x_sorted = x[by_x]
-    x_distinct = bool(np.all(np.diff(x_sorted) > 0))
-    x_groups = None if x_distinct else _TieGroups(x_sorted)
-    y_groups = [_TieGroups(np.asarray(y, dtype=np.float64)[by_x]) for y in ys]
-    rng = np.random.default_rng(seed)
-    rhos = np.empty((len(ys), n_boot))
-    for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        # multiplicities of the rows in their given order (so the resamples do not depend on how x sorts),
-        # then permuted into x order
-        weights = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)[:, by_x].astype(np.float64)
-        if x_groups is None:
-            rx = np.cumsum(weights, axis=1) - (weights - 1) / 2.0
-        else:
-            _, x_rank = x_groups.group_ranks(weights)
-            rx = x_rank[:, x_groups.codes]
-        dx = rx - (weights * rx).sum(axis=1, keepdims=True) / n
-        wdx = weights * dx
-        var_x = (wdx * dx).sum(axis=1)
-        for i, groups in enumerate(y_groups):
-            # sum_i w_i dx_i dy_i = sum_g dy_g * (sum over group g of w_i dx_i): y's ranks stay per group.
-            weight_g, rank_g = groups.group_ranks(weights)
-            dy_g = rank_g - (weight_g * rank_g).sum(axis=1, keepdims=True) / n
-            var = var_x * (weight_g * dy_g * dy_g).sum(axis=1)
-            cov = (groups.group_sums(wdx) * dy_g).sum(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rhos[i, start : start + b] = np.where(var > 0, cov / np.sqrt(var), np.nan)
-    return rhos
 
 
 def human_correlations(
