@@ -42,6 +42,10 @@ def test_run_json_has_every_key(results: Results) -> None:
     assert run["heads"] == ["feats", "z"] and run["primary_head"] == "z"
     assert run["checkpoint"]["adapter"] == "normprobe" and len(run["checkpoint"]["sha256"]) == 64
     assert run["settings"]["k"] == 10 and run["settings"]["max_train"] == 160 and run["settings"]["bucket_scaling"] == "max"
+    # human-label curves hide buckets under the paper's 50 samples; the kNN bucket curves keep --min-bucket-count
+    assert run["settings"]["human_min_bucket_count"] == 50 and run["settings"]["min_bucket_count"] == 3  # as given
+    human_curves = results.table("human_curves")
+    assert (human_curves["shown"].astype(bool) == (human_curves["count"] >= 50)).all()
     assert set(run["summary"]["knn_accuracy"]) == {"id-test", "id-train-loo"}
     assert set(run["summary"]["ood"]) == {"cifar100/test", "mnist/test"}
     for per_scorer in run["summary"]["ood"].values():

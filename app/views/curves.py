@@ -21,6 +21,7 @@ from app.session import Session
 from normprobe.analyses.buckets import SCALINGS, bucket_curve
 from normprobe.analyses.human import human_correlations, human_curves, human_figures, signal_columns
 from normprobe.analyses.ood import evaluate_ood
+from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT
 from normprobe.errors import NormprobeError
 from normprobe.report import bucket_figure, roc_figure
 
@@ -34,21 +35,29 @@ class Buckets:
     n: int
     scaling: str
     min_count: int
+    """Buckets of the kNN curves with fewer samples are hidden."""
+    human_min_count: int
+    """Buckets of the human-label curves with fewer samples are hidden (the paper: 50)."""
 
 
 def bucket_controls(settings: dict[str, Any]) -> Buckets:
     st.caption("Norm buckets of the kNN and human-label curves below; the defaults are the run's settings.")
     scaling = settings.get("bucket_scaling", "max")
-    left, middle, right = st.columns(3)
+    left, middle, right, human = st.columns(4)
     n = left.number_input("Buckets", 2, 200, int(settings.get("buckets", 20)), key="buckets-n")
     scaling = middle.selectbox(
         "Scaling", SCALINGS, index=SCALINGS.index(scaling) if scaling in SCALINGS else 0, key="buckets-scaling",
         format_func=lambda s: f"{s}: {SCALING_AXES[s]}",
     )
     min_count = right.number_input(
-        "Hide buckets with fewer samples than", 0, 100_000, int(settings.get("min_bucket_count", 10)), key="buckets-min"
+        "Hide kNN buckets with fewer samples than", 0, 100_000, int(settings.get("min_bucket_count", 10)), key="buckets-min"
     )
-    return Buckets(int(n), str(scaling), int(min_count))
+    # a run.json from before this setting has none: the paper's 50
+    human_min_count = human.number_input(
+        "Hide human-label buckets with fewer samples than", 0, 100_000,
+        int(settings.get("human_min_bucket_count", HUMAN_MIN_BUCKET_COUNT)), key="buckets-human-min",
+    )
+    return Buckets(int(n), str(scaling), int(min_count), int(human_min_count))
 
 
 @st.cache_resource(show_spinner="Bucketing…", max_entries=32)
@@ -111,7 +120,8 @@ def human_correlation_table(path: str, files: FileStamp, head: str) -> pd.DataFr
 @st.cache_resource(show_spinner="Bucketing the human labels…", max_entries=32)
 def human_label_figures(path: str, files: FileStamp, head: str, buckets: Buckets) -> list[go.Figure]:
     samples = loading.open_results(path, files).samples
-    curves = human_curves(samples, f"norm_{head}", n_buckets=buckets.n, scaling=buckets.scaling, min_count=buckets.min_count)
+    curves = human_curves(samples, f"norm_{head}", n_buckets=buckets.n, scaling=buckets.scaling,
+                          min_count=buckets.human_min_count)
     return human_figures(curves, human_correlation_table(path, files, head))
 
 

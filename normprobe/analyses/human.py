@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from normprobe.analyses.buckets import CURVE_COLUMNS, bucket_curve
+from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT
 from normprobe.data import load_labels, load_manifest, manifest_names, resolve_data_root
 from normprobe.errors import NormprobeError
 from normprobe.metrics import bootstrap_spearman
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 PREFIX = "human_"
-MIN_BUCKET_COUNT = 50
-"""Buckets with fewer samples are hidden, as in the paper's Figure 4."""
 
 ROLE_SPLITS = {"id-train": "train", "id-test": "test"}
 """The image split each analysis role holds; a label set applies to the role holding its split."""
@@ -250,7 +249,7 @@ def human_curves(
     *,
     n_buckets: int = 20,
     scaling: str = "max",
-    min_count: int = MIN_BUCKET_COUNT,
+    min_count: int = HUMAN_MIN_BUCKET_COUNT,
 ) -> pd.DataFrame:
     """Each human signal per norm bucket: the paper's Figure 4 (middle: accuracy, right: entropy).
 

@@ -238,7 +238,7 @@ def _human(samples: pd.DataFrame, sets: list[AnalysedSet], primary: str, setting
     for column in extra.columns:
         samples[column] = extra[column].array
     curves = human.human_curves(samples, f"norm_{primary}", n_buckets=settings.buckets, scaling=settings.bucket_scaling,
-                                min_count=settings.min_bucket_count)
+                                min_count=settings.human_min_bucket_count)
     correlations = human.human_correlations(samples, f"norm_{primary}", seed=settings.seed)
     return curves, correlations, notes
 
@@ -328,7 +328,7 @@ def run_analysis(
     report_html = None
     if settings.report:
         tick = time.perf_counter()
-        extra = [_human_section(human_curves, human_corr)] if not human_curves.empty else []
+        extra = [_human_section(human_curves, human_corr, settings)] if not human_curves.empty else []
         report_html = analysis_report(run, samples, tables, roc, {s.key: s.imageset for s in sets}, extra)
         timings["report_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - began
@@ -338,12 +338,13 @@ def run_analysis(
     return read_results(out_path)
 
 
-def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame) -> Section:
+def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame, settings: AnalysisSettings) -> Section:
     figures = human.human_figures(curves, correlations)
     return Section(
         "Human labels",
         "Human annotations against the embedding norm (paper Figure 4, middle and right): larger norms should go "
-        "with more accurate and more consistent human labels. Spearman correlations with bootstrap intervals below.",
+        "with more accurate and more consistent human labels; buckets with fewer than "
+        f"{settings.human_min_bucket_count} samples are hidden. Spearman correlations with bootstrap intervals below.",
         figures={f"fig-human-{i}": fig for i, fig in enumerate(figures)},
         html=table_html(correlations, "{:.4f}"),
     )
@@ -416,8 +417,8 @@ def _run_record(
         "primary_head": primary,
         "settings": {
             **{k: options[k] for k in ("k", "temperature", "ood_k", "buckets", "bucket_scaling", "min_bucket_count",
-                                       "seed", "precision", "batch_size", "max_train", "max_per_split", "human",
-                                       "exemplars_per_class")},
+                                       "human_min_bucket_count", "seed", "precision", "batch_size", "max_train",
+                                       "max_per_split", "human", "exemplars_per_class")},
             "scorers": list(settings.scorers),
             "device": str(pick_device(settings.device)),
             "knn": "cosine, weighted vote exp(sim/T); ID-train by leave-one-out",

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from normprobe.errors import NormprobeError
 
 DEFAULT_SCORERS = ("norm", "knn", "mahalanobis", "norm+knn")
+HUMAN_MIN_BUCKET_COUNT = 50
+"""Human-label curves hide buckets with fewer samples, as in the paper's Figure 4."""
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,9 @@ class AnalysisSettings:
     ``head`` is the primary head (kNN, scorers, buckets; default ``z`` when the encoder has a
     projector, else ``feats``); ``heads`` are the heads embedded (default: all), each getting a
     ``norm_<head>`` column and a norm scorer. ``max_train`` / ``max_per_split`` keep the first N
-    samples (deterministic) of ID-train / of every other set, for quick runs.
+    samples (deterministic) of ID-train / of every other set, for quick runs. ``min_bucket_count``
+    hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
+    curves (50, as in the paper).
     """
 
     id_dataset: str = "cifar10"
@@ -30,6 +34,7 @@ class AnalysisSettings:
     buckets: int = 20
     bucket_scaling: str = "max"
     min_bucket_count: int = 10
+    human_min_bucket_count: int = HUMAN_MIN_BUCKET_COUNT
     scorers: tuple[str, ...] = DEFAULT_SCORERS
     human: str = "auto"
     exemplars_per_class: int = 4
@@ -57,8 +62,9 @@ class AnalysisSettings:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not self.temperature > 0:
             raise NormprobeError(f"--temperature must be > 0, got {self.temperature}")
-        if self.min_bucket_count < 0:
-            raise NormprobeError(f"--min-bucket-count must be >= 0, got {self.min_bucket_count}")
+        for name, value in (("min_bucket_count", self.min_bucket_count), ("human_min_bucket_count", self.human_min_bucket_count)):
+            if value < 0:
+                raise NormprobeError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         from normprobe.analyses.buckets import SCALINGS
         from normprobe.analyses.ood import scorer_names
         from normprobe.embed import PRECISIONS

@@ -74,7 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="norm scaling before bucketing: max (paper: norm / max), minmax, or quantile "
                           f"(equal-count buckets) (default: {d.bucket_scaling})")
     analysis.add_argument("--min-bucket-count", type=int, default=d.min_bucket_count,
-                          help=f"hide buckets with fewer samples (default: {d.min_bucket_count})")
+                          help=f"hide kNN-accuracy buckets with fewer samples (default: {d.min_bucket_count})")
+    analysis.add_argument("--human-min-bucket-count", type=int, default=d.human_min_bucket_count,
+                          help="hide human-label buckets with fewer samples (paper Fig. 4: 50; "
+                          f"default: {d.human_min_bucket_count})")
     analysis.add_argument("--scorers", default=",".join(d.scorers), metavar="LIST",
                           help=f"OOD scorers, comma list (default: {','.join(DEFAULT_SCORERS)})")
     analysis.add_argument("--seed", type=int, default=d.seed, help=f"seed of the bootstrap intervals (default: {d.seed})")
@@ -98,6 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         buckets=args.buckets,
         bucket_scaling=args.bucket_scaling,
         min_bucket_count=args.min_bucket_count,
+        human_min_bucket_count=args.human_min_bucket_count,
         scorers=tuple(s.strip() for s in args.scorers.split(",") if s.strip()),
         human=args.human,
         max_train=args.max_train,
