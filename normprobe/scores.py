@@ -296,13 +296,16 @@ SCORERS: dict[str, type[Scorer]] = {
 """Scorer classes by registry name."""
 
 _USES_K = (KNNDistanceScorer, NormKNNScorer)
+SEEDED: tuple[type[Scorer], ...] = (NormKNNScorer,)
+"""Scorers whose fit draws random numbers (norm+knn: the subset behind its kNN statistics)."""
 
 
-def make_scorer(name: str, *, k: int = 50, **params: Any) -> Scorer:
+def make_scorer(name: str, *, k: int = 50, seed: int = 0, **params: Any) -> Scorer:
     """A new scorer by registry name.
 
-    ``k`` is the neighbour count of the kNN-based scorers and is ignored by the others, so one
-    call site can build every scorer from the same settings; other ``params`` go to the class.
+    ``k`` is the neighbour count of the kNN-based scorers and ``seed`` the seed of the
+    :data:`SEEDED` ones; each is ignored by the others, so one call site can build every scorer
+    from the same settings. Other ``params`` go to the class.
     """
     try:
         cls = SCORERS[name]
@@ -310,6 +313,8 @@ def make_scorer(name: str, *, k: int = 50, **params: Any) -> Scorer:
         raise NormprobeError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORERS)}") from None
     if issubclass(cls, _USES_K):
         params["k"] = k
+    if issubclass(cls, SEEDED):
+        params["seed"] = seed
     try:
         return cls(**params)
     except TypeError as exc:

@@ -49,6 +49,7 @@ def fit_and_score(
     primary: str,
     scorers: Sequence[str],
     ood_k: int,
+    seed: int = 0,
     device: torch.device | None = None,
     cache: EmbeddingCache | None = None,
     keys: Sequence[dict[str, str]] | None = None,
@@ -56,7 +57,7 @@ def fit_and_score(
     """Score every row (ID-train first, then each of ``others`` in order) with every scorer.
 
     Returns ``({column name: scores}, all_from_cache)``, scores concatenated in row order. Scorers
-    are fitted on ``train`` (placed on ``device``, default the CPU, where the scoring then runs);
+    are built with ``k=ood_k`` and ``seed`` (the run's seed; norm+knn subsamples with it) and fitted on ``train`` (placed on ``device``, default the CPU, where the scoring then runs);
     ID-train rows are scored with the point itself left out where the scorer uses neighbours.
     With a ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
     ``others``), each set's scores are cached, and a scorer is fitted only if some are missing.
@@ -73,11 +74,13 @@ def fit_and_score(
         for i, embeddings in enumerate(sets):
             key = None
             if cache is not None and keys is not None:
-                key = fingerprint("analyze-score/1", name, str(ood_k), keys[0][head], keys[i][head], "loo" if i == 0 else "")
+                seeded = ("seed", str(seed)) if issubclass(scores.SCORERS[name], scores.SEEDED) else ()
+                key = fingerprint("analyze-score/1", name, str(ood_k), keys[0][head], keys[i][head], "loo" if i == 0 else "",
+                                  *seeded)
             values = cache.get(key) if key is not None else None
             if values is None:
                 if scorer is None:
-                    scorer = scores.make_scorer(name, k=ood_k).fit(torch.as_tensor(train[head], device=device), train_labels)
+                    scorer = scores.make_scorer(name, k=ood_k, seed=seed).fit(torch.as_tensor(train[head], device=device), train_labels)
                 values = scorer.score_samples(None if i == 0 else torch.as_tensor(embeddings[head], device=device))
                 if key is not None:
                     cache.put(key, values)

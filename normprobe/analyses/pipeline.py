@@ -299,7 +299,7 @@ def run_analysis(
     scores, timings["scores_from_cache"] = fit_and_score(
         train=train.embeddings, train_labels=train.imageset.labels,
         others=[s.embeddings for s in sets[1:]], heads=heads, primary=primary, scorers=settings.scorers,
-        ood_k=settings.ood_k, device=device, cache=cache, keys=[s.cache_keys for s in sets],
+        ood_k=settings.ood_k, seed=settings.seed, device=device, cache=cache, keys=[s.cache_keys for s in sets],
     )
     for name, values in scores.items():
         samples[f"score_{name}"] = values
