@@ -124,6 +124,13 @@ def test_empty_split_nan_embeddings_and_bad_output_paths(shared: tuple[Path, Pat
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folders left behind
 
 
+def test_bad_human_label_set_fails_before_the_checkpoint_is_read(tmp_path: Path) -> None:
+    # the checkpoint does not exist: the --human error proves the label sets are checked first
+    message = _fails(*analyze_args(tmp_path / "absent.pt", tmp_path / "out", tmp_path / "cache", "--quiet", "--human", "cifar100n"))
+    assert "describes cifar100 train images" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_explains_the_options() -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli("analyze", "--help")

@@ -266,6 +266,7 @@ def run_analysis(
     timings: dict[str, Any] = {}
     out_path = check_output_dir(out, force)
     check_datasets(settings)
+    human.check_label_sets(settings.id_dataset, settings.human, settings.data_root)  # a bad --human fails before embedding
 
     tick = time.perf_counter()
     path = resolve_checkpoint(checkpoint)
