@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from normprobe import __version__
 from normprobe.errors import NormprobeError
+
+if TYPE_CHECKING:  # pandas, torch and the simulations load in run(): `normprobe --help` stays fast
+    import pandas as pd
 
 DESCRIPTION = """\
 The simulations of Draganov et al., "On the Importance of Embedding Norms in Self-Supervised
@@ -216,10 +217,7 @@ def _latent_classes(config: Any, device: Any) -> Outputs:
 
 
 def _simulations() -> dict[str, Simulation]:
-    from normprobe.simulate.angles import AnglesConfig
-    from normprobe.simulate.bound import BoundConfig
-    from normprobe.simulate.latent_classes import LatentClassesConfig
-    from normprobe.simulate.norms import NormsConfig
+    from normprobe.simulate.configs import AnglesConfig, BoundConfig, LatentClassesConfig, NormsConfig
 
     return {
         "norms": Simulation(
@@ -308,6 +306,7 @@ def _output_folder(out: str) -> Path:
 
 
 def _write(folder: Path, name: str, config: Any, outputs: Outputs, seconds: float) -> list[Path]:
+    import pandas as pd
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -336,6 +335,7 @@ def _write(folder: Path, name: str, config: Any, outputs: Outputs, seconds: floa
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
     import torch
 
     from normprobe.device import pick_device

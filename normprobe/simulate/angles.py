@@ -9,60 +9,12 @@ convergence without bound; compare with :mod:`normprobe.simulate.norms`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import pandas as pd
 import torch
 
+from normprobe.simulate.configs import AnglesConfig
 from normprobe.simulate.descent import align_pairs, steps_or_nan
 from normprobe.simulate.sphere import mean_angle, random_positive_pairs, steer_partners
-from normprobe.simulate.validation import require
-
-
-@dataclass(frozen=True)
-class AnglesConfig:
-    """Parameters of ``normprobe simulate angles``; defaults follow the paper's Appendix B.1.
-
-    The interpolation values ``t`` run evenly over [-max_interpolation, max_interpolation]
-    (``interpolation_count`` values); see :func:`normprobe.simulate.sphere.steer_partners`.
-    """
-
-    seed: int = 0
-    pairs: int = 500
-    dim: int = 20
-    norm: float = 1.0
-    learning_rate: float = 0.02
-    tolerance: float = 1e-3
-    max_steps: int = 20_000
-    patience: int = 500
-    interpolation_count: int = 49
-    max_interpolation: float = 0.96
-
-    def __post_init__(self) -> None:
-        require(
-            self.pairs >= 1 and self.dim >= 2,
-            f"need at least 1 pair in at least 2 dimensions, got {self.pairs} pairs in {self.dim}",
-        )
-        require(self.norm > 0 and self.learning_rate > 0, "norm and learning_rate must be positive")
-        require(0 < self.tolerance < 2, f"tolerance must lie in (0, 2), got {self.tolerance}")
-        require(self.max_steps >= 1 and self.patience >= 1, "max_steps and patience must be at least 1")
-        require(
-            self.interpolation_count >= 2,
-            f"interpolation_count must be at least 2, got {self.interpolation_count}",
-        )
-        require(
-            0 < self.max_interpolation < 1,
-            f"max_interpolation must lie in (0, 1), got {self.max_interpolation}",
-        )
-
-    def interpolations(self) -> list[float]:
-        return [
-            float(value)
-            for value in np.linspace(
-                -self.max_interpolation, self.max_interpolation, self.interpolation_count
-            )
-        ]
 
 
 def steps_versus_angle(config: AnglesConfig, device: torch.device | str = "cpu") -> pd.DataFrame:

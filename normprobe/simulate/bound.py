@@ -37,43 +37,13 @@ compares the measured change with the exact change of step 3 and with the bound 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from normprobe.simulate.configs import BoundConfig
 from normprobe.simulate.sphere import random_unit_vectors
-from normprobe.simulate.validation import require
-
-
-@dataclass(frozen=True)
-class BoundConfig:
-    """Parameters of ``normprobe simulate bound``: the grid of norms, angles and learning rates.
-
-    Angles run evenly over the open interval (0, pi) (``angle_count`` values); ``slack`` absorbs
-    float64 rounding when deciding whether a measured change exceeds the bound.
-    """
-
-    seed: int = 0
-    dim: int = 20
-    norms: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    angle_count: int = 36
-    learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    slack: float = 1e-12
-
-    def __post_init__(self) -> None:
-        require(self.dim >= 2, f"dim must be at least 2, got {self.dim}")
-        require(len(self.norms) > 0 and min(self.norms) > 0, f"norms must be positive, got {self.norms}")
-        require(
-            len(self.learning_rates) > 0 and min(self.learning_rates) > 0,
-            f"learning_rates must be positive, got {self.learning_rates}",
-        )
-        require(self.angle_count >= 1, f"angle_count must be at least 1, got {self.angle_count}")
-        require(self.slack >= 0, f"slack must be >= 0, got {self.slack}")
-
-    def angles(self) -> list[float]:
-        return [float(value) for value in np.linspace(0.0, math.pi, self.angle_count + 2)[1:-1]]
 
 
 def turning_angle(norm: np.ndarray, angle: np.ndarray, learning_rate: np.ndarray) -> np.ndarray:

@@ -24,51 +24,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from normprobe.simulate.configs import LatentClassesConfig
 from normprobe.simulate.latent_data import LatentGeometry, class_probabilities, sample_dataset
 from normprobe.simulate.stacked_mlp import StackedMLP
-from normprobe.simulate.validation import require
-
-
-@dataclass(frozen=True)
-class LatentClassesConfig:
-    """Parameters of ``normprobe simulate latent-classes``.
-
-    Class count, samples per class, batch size and the 2-layer ReLU network follow Appendix B.2; the
-    paper's text does not give the dimensions, spread, temperature, learning rate or epochs, so
-    those are chosen to train in seconds on a CPU. Optimisation is plain SGD, the setting of the
-    paper's theory. One run's per-class norms wander with its geometry and SGD noise by tens of
-    percent, as much as the frequency effect itself, hence 16 repeats (trained together, see
-    :mod:`normprobe.simulate.stacked_mlp`) by default.
-    """
-
-    seed: int = 0
-    repeats: int = 16
-    classes: int = 4
-    samples_per_class: int = 1000
-    latent_dim: int = 16
-    input_dim: int = 64
-    spread: float = 0.3
-    hidden_dim: int = 64
-    temperature: float = 0.5
-    learning_rate: float = 2.0
-    batch_size: int = 128
-    epochs: int = 10
-    imbalance_ratio: float = 2.0
-
-    def __post_init__(self) -> None:
-        require(self.repeats >= 1 and self.epochs >= 1, "repeats and epochs must be at least 1")
-        require(
-            self.classes >= 2 and self.samples_per_class >= 2, "need at least 2 classes of at least 2 samples"
-        )
-        require(
-            min(self.latent_dim, self.input_dim, self.hidden_dim, self.batch_size) >= 1,
-            "dimensions and batch_size must be at least 1",
-        )
-        require(self.spread >= 0, f"spread must be >= 0, got {self.spread}")
-        require(
-            self.temperature > 0 and self.learning_rate > 0, "temperature and learning_rate must be positive"
-        )
-        require(self.imbalance_ratio > 0, f"imbalance_ratio must be positive, got {self.imbalance_ratio}")
 
 
 @dataclass(frozen=True)

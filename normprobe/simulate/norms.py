@@ -16,57 +16,13 @@ the three regimes under this learning rate: no decay, two moderate strengths, an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
+from normprobe.simulate.configs import NormsConfig
 from normprobe.simulate.descent import align_pairs, steps_or_nan
 from normprobe.simulate.sphere import random_positive_pairs
-from normprobe.simulate.validation import require
-
-
-def _paper_norm_grid() -> tuple[float, ...]:
-    # Figure 2(a): quarter steps below 1, unit steps from 1 to 10.
-    return (0.25, 0.5, 0.75) + tuple(float(norm) for norm in range(1, 11))
-
-
-@dataclass(frozen=True)
-class NormsConfig:
-    """Parameters of ``normprobe simulate norms``; the defaults follow the paper's Section 4.1 / B.1.
-
-    ``learning_rate`` is per pair: 0.02 equals the authors' gradient descent on the mean over 500 pairs
-    with learning rate 10 (see :mod:`normprobe.simulate.descent`).
-    """
-
-    seed: int = 0
-    pairs: int = 500
-    dim: int = 20
-    learning_rate: float = 0.02
-    tolerance: float = 1e-3
-    max_steps: int = 20_000
-    patience: int = 500
-    norms: tuple[float, ...] = field(default_factory=_paper_norm_grid)
-    initial_norms: tuple[float, ...] = (1.0, 4.0, 7.0)
-    weight_decays: tuple[float, ...] = (0.0, 0.01, 0.1, 10.0)
-
-    def __post_init__(self) -> None:
-        require(
-            self.pairs >= 1 and self.dim >= 2,
-            f"need at least 1 pair in at least 2 dimensions, got {self.pairs} pairs in {self.dim}",
-        )
-        require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
-        require(0 < self.tolerance < 2, f"tolerance must lie in (0, 2), got {self.tolerance}")
-        require(self.max_steps >= 1 and self.patience >= 1, "max_steps and patience must be at least 1")
-        require(len(self.norms) > 0 and min(self.norms) > 0, f"norms must be positive, got {self.norms}")
-        require(
-            len(self.initial_norms) > 0 and min(self.initial_norms) > 0,
-            f"initial_norms must be positive, got {self.initial_norms}",
-        )
-        require(
-            len(self.weight_decays) > 0 and min(self.weight_decays) >= 0,
-            f"weight_decays must be >= 0, got {self.weight_decays}",
-        )
 
 
 def _align_at_norms(
