@@ -141,6 +141,8 @@ def write_results(
     _validate_samples(samples, run, str(out / SAMPLES_FILE))
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        # mkdtemp makes the folder private (0700); results are for sharing: the mode mkdir would give
+        staging.chmod(0o777 & ~_umask())
         (staging / RUN_FILE).write_text(json.dumps(jsonable(run), indent=2, allow_nan=False) + "\n")
         samples.to_parquet(staging / SAMPLES_FILE, index=False)
         (staging / TABLES_DIR).mkdir()
@@ -153,6 +155,13 @@ def write_results(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

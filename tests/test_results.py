@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -152,9 +154,18 @@ def test_output_folder_rules(results: Results, tmp_path: Path) -> None:
 
 def test_write_is_atomic_and_force_replaces(results: Results, tmp_path: Path) -> None:
     out = tmp_path / "res"
-    write_results(out, results.run, results.samples, {"t": pd.DataFrame({"a": [1]})}, "<html></html>")
+    previous_umask = os.umask(0o022)
+    try:
+        write_results(out, results.run, results.samples, {"t": pd.DataFrame({"a": [1]})}, "<html></html>")
+    finally:
+        os.umask(previous_umask)
     assert read_results(out).samples.equals(results.samples)
     assert (out / "tables" / "t.csv").is_file() and (out / "report.html").is_file()
+    # under umask 022 others can read the results: the folders are 0755, the files 0644 (not mkdtemp's 0700)
+    for path in (out, out / "tables"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+    for path in (out / "run.json", out / "samples.parquet", out / "tables" / "t.csv", out / "report.html"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
     class Boom(pd.DataFrame):
         def to_csv(self, *args, **kwargs):  # type: ignore[override]
