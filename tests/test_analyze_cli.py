@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,12 @@ def test_help_explains_the_options() -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli("analyze", "--help")
     assert exit_info.value.code == 0
+
+
+def test_building_the_cli_imports_no_heavy_stack() -> None:
+    # every command module is imported for `normprobe --help`; torch, pandas and scipy load in run()
+    code = "import sys, normprobe.cli as c; c.build_parser(); print([m for m in ('torch', 'pandas', 'scipy') if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_data_root_is_recorded(shared: tuple[Path, Path, Path, str]) -> None:
