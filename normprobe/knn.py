@@ -10,7 +10,8 @@ Conventions
 * Embeddings may be numpy arrays or torch tensors of shape ``(n, d)``; they are cast to float32.
   The work runs on the bank's device (a CUDA bank runs on CUDA); query blocks are moved there.
 * Neighbour results (:class:`Neighbors`) are torch tensors on that device, similarities sorted in
-  decreasing order; class predictions are numpy arrays of the original label values.
+  decreasing order (``iter_search(..., sort=False)`` skips the sort); class predictions are
+  numpy arrays of the original label values.
 * ``queries=None`` means *leave-one-out*: the queries are the bank itself and no bank point is
   ever its own neighbour (the scikit-learn ``kneighbors(X=None)`` convention).
 
@@ -18,11 +19,13 @@ Memory is bounded by ``memory_budget_bytes`` whatever the problem size: queries 
 blocks, the bank in column blocks, with a running top-k merge. Only the normalised bank (one
 contiguous float32 matrix) and the per-block working buffers are held; :meth:`KNNClassifier.predict`
 and :func:`kth_neighbor_distance` keep nothing per query beyond their result.
+
+Speed: the similarities of a query block are one GEMM into a reused buffer, which is the floor;
+the exact top-k on the CPU avoids a full selection over every row (see :func:`_topk_rows`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
@@ -38,19 +41,19 @@ ArrayLike = np.ndarray | torch.Tensor
 DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30
 """Working memory for similarity blocks (1 GiB); the inputs and returned results come on top."""
 
-# Bank blocks never shrink below this many queries' worth of rows: a GEMM with a thin left
-# operand runs far below peak, so for a huge bank we split the bank rather than the queries.
+# Query blocks are at least this tall when the budget allows (a GEMM with a thin left operand
+# runs far below peak): for a huge bank we split the bank rather than shrink the query block.
 _MIN_QUERY_BLOCK = 256
 
 # glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages on every
-# call, and page faults on half a gigabyte of temporaries cost as much as the GEMM; taller
-# query blocks than this bound measured 30 % slower. The similarity buffer itself is allocated
-# once per search and may be larger.
+# call, and page faults on hundreds of megabytes of temporaries per block cost as much as the
+# selection itself; so query blocks keep their largest temporary below this bound. The
+# similarity buffer itself is allocated once per search and may be larger.
 _TEMPORARY_BYTES = 24 << 20
 
 
 class Neighbors(NamedTuple):
-    """The ``k`` nearest bank points of each query, most similar first."""
+    """The ``k`` nearest bank points of each query, most similar first (unless unsorted on request)."""
 
     similarities: torch.Tensor
     """``(n_queries, k)`` float32 cosine similarities, decreasing along each row."""
@@ -105,34 +108,6 @@ def _normalize(block: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
 def normalize_embeddings(x: ArrayLike, name: str = "embeddings") -> torch.Tensor:
     """Validated, L2-normalised, contiguous float32 copy of ``x`` (on ``x``'s device)."""
     return _normalize(as_embeddings(x, name), name).contiguous()
-
-
-@functools.cache
-def _numpy_blas_is_faster() -> bool:
-    """Whether CPU similarity GEMMs should go through numpy's OpenBLAS rather than torch's MKL.
-
-    MKL dispatches a slow code path on non-Intel CPUs; on an AMD EPYC we measured OpenBLAS
-    (numpy's BLAS) 1.5x faster than ``torch.mm`` for these float32 products. The choice depends
-    only on the machine (CPU vendor and the two BLAS builds), never on timing, so results are
-    reproducible run to run.
-    """
-    if not torch.backends.mkl.is_available():
-        return False
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]  # type: ignore[index]
-        with open("/proc/cpuinfo") as f:
-            vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except (OSError, KeyError, TypeError):
-        return False
-    return "openblas" in str(blas).lower() and vendor not in ("", "GenuineIntel")
-
-
-def _similarities(queries: torch.Tensor, bank: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = queries @ bank.T`` for normalised float32 blocks, with the faster BLAS."""
-    if out.device.type == "cpu" and _numpy_blas_is_faster():
-        np.matmul(queries.numpy(), bank.numpy().T, out=out.numpy())
-    else:
-        torch.mm(queries, bank.T, out=out)
 
 
 def _group_shape(n: int, k: int) -> tuple[int, int] | None:
@@ -194,7 +169,7 @@ def _topk_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     Layout: each run of ``m * lanes`` columns is ``m`` consecutive slices of ``lanes`` columns,
     and group ``(run, lane)`` takes column ``lane`` of every slice. The max over a group is then
     an elementwise max of ``m`` contiguous slices (fast), and a group's members lie within a
-    few hundred bytes of each other, so gathering the candidates stays within a page.
+    few KiB of each other, so gathering the candidates touches few pages.
     """
     q, n = sims.shape
     # torch.topk on a GPU (radix select) is already far cheaper than the GEMM
@@ -345,7 +320,7 @@ class CosineIndex:
             for b0 in range(0, self.n_bank, bb):
                 b1 = min(b0 + bb, self.n_bank)
                 sims = buffer[: (q1 - q0) * (b1 - b0)].view(q1 - q0, b1 - b0)
-                _similarities(qn, self.bank[b0:b1], sims)
+                torch.mm(qn, self.bank[b0:b1].T, out=sims)
                 if leave_one_out and q0 < b1 and b0 < q1:
                     # entries where query row == bank row lie on one diagonal of the block
                     sims.diagonal(q0 - b0).fill_(-math.inf)

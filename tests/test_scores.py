@@ -41,7 +41,9 @@ def test_registry() -> None:
     assert list(SCORERS) == ["norm", "knn", "mahalanobis", "norm+knn"]
     assert isinstance(make_scorer("knn", k=7), KNNDistanceScorer) and make_scorer("knn", k=7).k == 7
     assert make_scorer("norm+knn", k=3).knn.k == 3
-    assert make_scorer("norm+knn", seed=5).seed == 5 and isinstance(make_scorer("norm", seed=5), NormScorer)  # seed: seeded ones only
+    assert make_scorer("norm+knn", seed=5).seed == 5 and isinstance(
+        make_scorer("norm", seed=5), NormScorer
+    )  # seed: seeded ones only
     assert isinstance(make_scorer("norm", k=7), NormScorer)  # k is ignored where unused
     assert make_scorer("mahalanobis", ridge=1e-3).ridge == 1e-3
     with pytest.raises(NormprobeError, match="unknown scorer 'odin'; choose one of: norm, knn"):
