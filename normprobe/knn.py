@@ -73,7 +73,8 @@ def as_embeddings(
     if isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise NormprobeError(f"{name}: expected a real-valued array, got dtype {x.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        # Cached embeddings arrive as read-only memory maps, which torch refuses to wrap without a warning.
+        t = torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else np.array(x))
     elif isinstance(x, torch.Tensor):
         if x.is_complex() or x.dtype == torch.bool:
             raise NormprobeError(f"{name}: expected a real-valued tensor, got dtype {x.dtype}")
