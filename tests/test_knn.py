@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from normprobe.device import pick_device
 from normprobe.errors import NormprobeError
 from normprobe.knn import (
     CosineIndex,
@@ -192,10 +193,11 @@ def test_missing_faiss_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 def test_runs_on_the_bank_device() -> None:
     bank, y = clustered(1000, 16, 4, seed=12)
     queries, _ = clustered(100, 16, 4, seed=13)
-    gpu = CosineIndex(torch.from_numpy(bank).cuda()).search(torch.from_numpy(queries), 10)
+    device = pick_device("cuda")
+    gpu = CosineIndex(torch.from_numpy(bank).to(device)).search(torch.from_numpy(queries), 10)
     assert gpu.indices.is_cuda
     assert_valid_topk(gpu, exact_sims(queries, bank), 10)
-    clf = KNNClassifier(k=10).fit(torch.from_numpy(bank).cuda(), y)
+    clf = KNNClassifier(k=10).fit(torch.from_numpy(bank).to(device), y)
     np.testing.assert_array_equal(clf.predict(queries), KNNClassifier(k=10).fit(bank, y).predict(queries))
 
 
