@@ -47,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
