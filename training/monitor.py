@@ -1,7 +1,7 @@
 """Per-epoch monitor: weighted kNN accuracy (k=200, T=0.1, on L2-normalised embeddings, as in the
 paper's Appendix C.1) of every head on the test split, and the mean embedding norm of every head on
-train and test. Embeddings come from :func:`normprobe.embed.extract_arrays`, the kNN from
-:class:`normprobe.knn.KNNClassifier`, so training reports what ``normprobe analyze`` would."""
+train and test. Embeddings come from :func:`normprobe.embed.extract_arrays`, the numbers from
+:func:`normprobe.analyses.accuracy.knn_accuracy_and_norms` (as the zoo cards report them)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from normprobe.analyses.accuracy import knn_accuracy_and_norms
 from normprobe.data import ImageSet
 from normprobe.data.readers import ArrayReader
 from normprobe.embed import extract_arrays
-from normprobe.knn import KNNClassifier
 from normprobe.models import Encoder
 from normprobe.preprocess import Preprocess
 
@@ -40,10 +40,5 @@ def evaluate(
     kw = {"batch_size": batch_size, "device": device, "precision": precision, "progress": progress}
     train = extract_arrays(encoder, preprocess, bank, heads, **kw)
     queries = extract_arrays(encoder, preprocess, test, heads, **kw)
-    metrics: dict[str, float] = {}
-    for head in heads:
-        clf = KNNClassifier(k=min(k, len(bank)), temperature=temperature).fit(train[head], bank.labels)
-        metrics[f"{prefix}knn_{head}"] = float((clf.predict(queries[head]) == test.labels).mean())
-        metrics[f"{prefix}norm_train_{head}"] = float(np.linalg.norm(train[head], axis=1).mean())
-        metrics[f"{prefix}norm_test_{head}"] = float(np.linalg.norm(queries[head], axis=1).mean())
-    return metrics
+    summary = knn_accuracy_and_norms(train, bank.labels, queries, test.labels, k=min(k, len(bank)), temperature=temperature)
+    return {f"{prefix}{stat}_{head}": value for head, stats in summary.items() for stat, value in stats.items()}

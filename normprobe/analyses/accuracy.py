@@ -9,6 +9,8 @@ itself (see :data:`normprobe.analyses.buckets.SELF_VOTE_NOTE`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -35,3 +37,27 @@ def knn_predictions(
     bank = torch.as_tensor(train, device=device)
     classifier = KNNClassifier(k=k, temperature=temperature).fit(bank, train_labels)
     return classifier.predict(None), classifier.predict(test)
+
+
+def knn_accuracy_and_norms(
+    train: Mapping[str, np.ndarray],
+    train_labels: np.ndarray,
+    test: Mapping[str, np.ndarray],
+    test_labels: np.ndarray,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> dict[str, dict[str, float]]:
+    """Per head: ``{"knn": test accuracy against the train bank, "norm_train": mean norm, "norm_test": mean norm}``.
+
+    The numbers the training monitor logs each epoch and a zoo card reports.
+    """
+    summary: dict[str, dict[str, float]] = {}
+    for head, bank in train.items():
+        classifier = KNNClassifier(k=k, temperature=temperature).fit(np.asarray(bank), train_labels)
+        summary[head] = {
+            "knn": float((classifier.predict(np.asarray(test[head])) == test_labels).mean()),
+            "norm_train": float(np.linalg.norm(bank, axis=1).mean()),
+            "norm_test": float(np.linalg.norm(test[head], axis=1).mean()),
+        }
+    return summary

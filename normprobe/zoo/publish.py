@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from normprobe import data
+from normprobe.analyses.accuracy import knn_accuracy_and_norms
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import load_encoder
 from normprobe.checkpoints.fileio import atomic_torch_save, read_torch_file, sha256_of
 from normprobe.embed import extract
-from normprobe.knn import KNNClassifier
 from normprobe.zoo import ZOO_ROOT
 
 KNN_K, KNN_T = 200, 0.1
@@ -45,12 +45,12 @@ def measure(checkpoint: Path, data_root: str | None, cache: EmbeddingCache) -> d
     train, test = data.load("cifar10", "train", data_root), data.load("cifar10", "test", data_root)
     emb_train = extract(loaded, train, cache=cache).heads
     emb_test = extract(loaded, test, cache=cache).heads
-    result: dict[str, Any] = {"knn_accuracy": {}, "mean_norms": {}, "mean_norms_test": {}}
-    for head in loaded.heads:
-        clf = KNNClassifier(k=KNN_K, temperature=KNN_T).fit(np.asarray(emb_train[head]), train.labels)
-        result["knn_accuracy"][head] = float((clf.predict(np.asarray(emb_test[head])) == test.labels).mean())
-        result["mean_norms"][head] = float(np.linalg.norm(emb_train[head], axis=1).mean())
-        result["mean_norms_test"][head] = float(np.linalg.norm(emb_test[head], axis=1).mean())
+    summary = knn_accuracy_and_norms(emb_train, train.labels, emb_test, test.labels, k=KNN_K, temperature=KNN_T)
+    result: dict[str, Any] = {
+        "knn_accuracy": {h: s["knn"] for h, s in summary.items()},
+        "mean_norms": {h: s["norm_train"] for h, s in summary.items()},
+        "mean_norms_test": {h: s["norm_test"] for h, s in summary.items()},
+    }
     result["embeddings_test"] = {h: np.asarray(v) for h, v in emb_test.items()}
     return result
 
