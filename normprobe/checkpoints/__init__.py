@@ -15,10 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from normprobe.checkpoints.arch import parse_arch
-from normprobe.checkpoints.fileio import read_torch_file, sha256_of
+from normprobe.checkpoints.fileio import read_torch_file
 from normprobe.checkpoints.loaded import LoadedEncoder
 from normprobe.checkpoints.native import FORMAT, save_checkpoint
 from normprobe.checkpoints.registry import ADAPTERS, adapter_by_name
+from normprobe.data.hashing import file_sha256
 from normprobe.errors import NormprobeError
 
 __all__ = ["FORMAT", "ADAPTERS", "LoadedEncoder", "load_encoder", "save_checkpoint"]
@@ -59,4 +60,4 @@ def load_encoder(path: str | Path, arch: str | None = None, adapter: str | None 
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     heads = tuple(meta.pop("heads", None) or getattr(module, "heads", ("feats",)))
-    return LoadedEncoder(module, preprocess, heads, chosen.name, method, sha256_of(path), source, meta)
+    return LoadedEncoder(module, preprocess, heads, chosen.name, method, file_sha256(path), source, meta)

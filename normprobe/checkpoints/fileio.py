@@ -7,7 +7,6 @@ the same folder, then ``os.replace``) so an interrupted save never leaves a half
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import zipfile
@@ -18,14 +17,6 @@ import torch
 
 from normprobe.checkpoints.sniff import unpickling_failure
 from normprobe.errors import NormprobeError
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_torch_file(path: Path) -> Any:

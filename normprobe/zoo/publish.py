@@ -22,7 +22,8 @@ from normprobe import data
 from normprobe.analyses.accuracy import knn_accuracy_and_norms
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import load_encoder
-from normprobe.checkpoints.fileio import atomic_torch_save, read_torch_file, sha256_of
+from normprobe.checkpoints.fileio import atomic_torch_save, read_torch_file
+from normprobe.data.hashing import file_sha256
 from normprobe.embed import extract
 from normprobe.zoo import ZOO_ROOT
 
@@ -146,8 +147,8 @@ def publish(source: Path, name: str, command: str, data_root: str | None, dest: 
         "history_columns": columns,
         "history": history,
         "size_bytes": target.stat().st_size,
-        "sha256": sha256_of(target),
-        "source_sha256": sha256_of(source),
+        "sha256": file_sha256(target),
+        "source_sha256": file_sha256(source),
     }
     (dest / f"{name}.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     (dest / f"{name}.md").write_text(render_card(card))
