@@ -7,10 +7,11 @@ file + ``os.replace``), so a crash never leaves a truncated entry; reads are mem
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from normprobe.atomic import atomic_write
 
 CACHE_ENV = "NORMPROBE_CACHE"
 
@@ -40,13 +41,8 @@ class EmbeddingCache:
             return None
 
     def put(self, key: str, array: np.ndarray) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
                 np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(self._path(key), save)

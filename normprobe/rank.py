@@ -23,15 +23,13 @@ normprobe`` binds :func:`rank` eagerly and must stay light.
 from __future__ import annotations
 
 import html
-import os
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from normprobe.atomic import atomic_write
 from normprobe.errors import NormprobeError
 
 if TYPE_CHECKING:
@@ -261,18 +259,6 @@ def rank(
 # --------------------------------------------------------------------------- outputs
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary sibling, then rename it onto ``path``: never a half-written file."""
-    # A fresh name opened normally (not mkstemp's 0600 file), so the result gets the usual permissions.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_table_path(path: str | Path) -> Path:
     """The output table path, checked before any work: a ``.csv`` or ``.parquet`` file in an existing folder."""
     path = Path(path).expanduser()
@@ -289,9 +275,9 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the ranked table as CSV or Parquet (by suffix), atomically."""
     path = check_table_path(path)
     if path.suffix.lower() == ".csv":
-        _atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
     else:
-        _atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
+        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
     return path
 
 
@@ -411,7 +397,7 @@ def sheet_paths(table_path: Path) -> tuple[Path, Path]:
 def write_contact_sheets(ranking: Ranking, table_path: Path, top: int) -> tuple[Path, Path]:
     png_path, html_path = sheet_paths(table_path)
     sheet = contact_sheet_png(ranking, top)
-    _atomic_write(png_path, lambda tmp: sheet.save(tmp, format="PNG"))
+    atomic_write(png_path, lambda tmp: sheet.save(tmp, format="PNG"))
     page = contact_sheet_html(ranking, top)
-    _atomic_write(html_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    atomic_write(html_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return png_path, html_path

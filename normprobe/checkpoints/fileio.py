@@ -7,14 +7,13 @@ the same folder, then ``os.replace``) so an interrupted save never leaves a half
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from normprobe.atomic import atomic_write
 from normprobe.checkpoints.sniff import unpickling_failure
 from normprobe.errors import NormprobeError
 
@@ -33,24 +32,5 @@ def read_torch_file(path: Path) -> Any:
         raise NormprobeError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {str(err).splitlines()[0][:200]}") from err
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; a checkpoint gets the permissions an ordinary write would give it.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))

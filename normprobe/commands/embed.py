@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from normprobe import __version__
+from normprobe.atomic import atomic_write
 from normprobe.errors import NormprobeError
 
 FORMATS = (".npz", ".parquet")
@@ -83,20 +82,6 @@ def _parse_heads(spec: str | None) -> tuple[str, ...] | None:
     if not heads:
         raise NormprobeError(f"--heads {spec!r} names no head")
     return heads
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_npz(path: Path, heads: dict[str, np.ndarray], index: np.ndarray, labels: np.ndarray, ids: np.ndarray, config: dict[str, Any]) -> None:
