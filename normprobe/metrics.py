@@ -69,8 +69,8 @@ def auroc(scores_id: object, scores_ood: object) -> float:
     return float(u / (n_id * n_ood))
 
 
-def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
-    """AP of ``pos`` (positives) against ``neg``, larger score = more positive."""
+def _threshold_counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tp, fp)``: positives and negatives accepted (score >= t) at each distinct threshold t, highest first."""
     scores = np.concatenate([pos, neg])
     is_pos = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
     order = np.argsort(-scores, kind="stable")
@@ -78,7 +78,13 @@ def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
     # a threshold ends at the last element of each run of tied scores
     last = np.flatnonzero(np.concatenate([scores[1:] != scores[:-1], [True]]))
     tp = np.cumsum(is_pos)[last]
-    precision = tp / (last + 1)
+    return tp, last + 1 - tp
+
+
+def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AP of ``pos`` (positives) against ``neg``, larger score = more positive."""
+    tp, fp = _threshold_counts(pos, neg)
+    precision = tp / (tp + fp)
     recall_step = np.diff(np.concatenate([[0.0], tp])) / pos.size
     return float(np.sum(recall_step * precision))
 
@@ -236,13 +242,7 @@ def roc_curve(scores_id: object, scores_ood: object) -> tuple[np.ndarray, np.nda
     both arrays are non-decreasing.
     """
     s_id, s_ood = _scores(scores_id, "scores_id"), _scores(scores_ood, "scores_ood")
-    scores = np.concatenate([s_id, s_ood])
-    is_id = np.concatenate([np.ones(s_id.size), np.zeros(s_ood.size)])
-    order = np.argsort(-scores, kind="stable")
-    scores, is_id = scores[order], is_id[order]
-    last = np.flatnonzero(np.concatenate([scores[1:] != scores[:-1], [True]]))
-    tp = np.cumsum(is_id)[last]
-    fp = last + 1 - tp
+    tp, fp = _threshold_counts(s_id, s_ood)
     return np.concatenate([[0.0], fp / s_ood.size]), np.concatenate([[0.0], tp / s_id.size])
 
 
