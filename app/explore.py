@@ -88,7 +88,11 @@ def rank_window(frame_by_rank: pd.DataFrame, start: int, size: int) -> pd.DataFr
 
 def class_names(samples: pd.DataFrame) -> dict[int, str]:
     """label -> label name for the known labels of the table (``-1``, unknown, is left out)."""
-    known = samples.loc[(samples["label"] >= 0).to_numpy(), ["label", "label_name"]].drop_duplicates("label").sort_values("label")
+    known = (
+        samples.loc[(samples["label"] >= 0).to_numpy(), ["label", "label_name"]]
+        .drop_duplicates("label")
+        .sort_values("label")
+    )
     return {int(k): str(v) for k, v in zip(known["label"], known["label_name"], strict=True)}
 
 

@@ -42,11 +42,17 @@ def sidebar() -> tuple[str, str]:
     st.sidebar.title("normprobe explorer")
     default = st.query_params.get("results") or results_argument(sys.argv[1:])
     path = st.sidebar.text_input(
-        "Results folder", value=default, key="results-dir", placeholder="results/",
+        "Results folder",
+        value=default,
+        key="results-dir",
+        placeholder="results/",
         help="A folder written by `normprobe analyze ... --out DIR` (run.json + samples.parquet).",
     )
     data_root = st.sidebar.text_input(
-        "Data root for images", value="", key="data-root", placeholder="the run's, else $NORMPROBE_DATA",
+        "Data root for images",
+        value="",
+        key="data-root",
+        placeholder="the run's, else $NORMPROBE_DATA",
         help="Where the analysed datasets' images are; leave empty to use the data root the run recorded.",
     )
     return path.strip(), data_root
@@ -56,8 +62,10 @@ def main() -> None:
     st.set_page_config(page_title="normprobe explorer", page_icon=":material/insights:", layout="wide")
     path, data_root = sidebar()
     if not path:
-        st.info("Enter a results folder of `normprobe analyze` in the sidebar, or start the app with "
-                "`streamlit run app/main.py -- --results DIR`.")
+        st.info(
+            "Enter a results folder of `normprobe analyze` in the sidebar, or start the app with "
+            "`streamlit run app/main.py -- --results DIR`."
+        )
         return
     folder = loading.resolve(path)
     files = loading.stamp(folder)
@@ -69,12 +77,19 @@ def main() -> None:
     heads = explore.heads(results.samples)
     primary = results.run.get("primary_head")
     head = st.sidebar.selectbox(
-        "Norm of head", heads, index=heads.index(primary) if primary in heads else 0, key="head",
+        "Norm of head",
+        heads,
+        index=heads.index(primary) if primary in heads else 0,
+        key="head",
         help="The embedding whose norm ranks the samples in the exemplar and unfamiliar views.",
     )
     st.sidebar.caption(f"{len(results.samples):,} samples · {path}")
     session = Session(
-        path=folder, files=files, results=results, head=head, data_root=data_root,
+        path=folder,
+        files=files,
+        results=results,
+        head=head,
+        data_root=data_root,
         id_classes=explore.id_classes(results.samples),
     )
     tabs = st.tabs(list(SECTIONS), key="section", bind="query-params")

@@ -49,13 +49,19 @@ from typing import Any
 
 import numpy as np
 
-TUNED_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736", "NORMPROBE_NO_REEXEC": "1"}
+TUNED_ENV = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736",
+    "NORMPROBE_NO_REEXEC": "1",
+}
 
 
 def model_spec() -> dict[str, Any]:
     from normprobe.models.heads import simclr_projector
 
-    return {"backbone": {"name": "resnet18", "stem": "cifar", "width": 64}, "projector": simclr_projector(512)}
+    return {
+        "backbone": {"name": "resnet18", "stem": "cifar", "width": 64},
+        "projector": simclr_projector(512),
+    }
 
 
 def build_model():  # noqa: ANN201 - a torch module
@@ -101,7 +107,8 @@ def worker_ceiling(params: dict[str, Any]) -> dict[str, Any]:
     shapes: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
     hooks = [
         m.register_forward_hook(lambda mod, inp, out: shapes.append((mod, tuple(inp[0].shape))))
-        for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
     ]
     batch = params["batch_size"]
     with torch.inference_mode():
@@ -168,8 +175,11 @@ def worker_research(params: dict[str, Any]) -> dict[str, Any]:
     model = build_model()
     with torch.no_grad():
         model(torch.zeros(params["batch_size"], 3, 32, 32))  # warm-up, as for every configuration
+
     def one_pass() -> None:
-        loader = DataLoader(JpegDataset(), batch_size=params["batch_size"], shuffle=False, num_workers=params["workers"])
+        loader = DataLoader(
+            JpegDataset(), batch_size=params["batch_size"], shuffle=False, num_workers=params["workers"]
+        )
         feats, zs = [], []
         with torch.no_grad():
             for x, _y in loader:
@@ -179,7 +189,12 @@ def worker_research(params: dict[str, Any]) -> dict[str, Any]:
         np.concatenate(feats), np.concatenate(zs)
 
     runs = [_timed(one_pass) for _ in range(params["repeats"])]
-    return {"seconds": [w for w, _ in runs], "cpu_seconds": [c for _, c in runs], "images": len(jpegs), "threads": torch.get_num_threads()}
+    return {
+        "seconds": [w for w, _ in runs],
+        "cpu_seconds": [c for _, c in runs],
+        "images": len(jpegs),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def worker_normprobe(params: dict[str, Any]) -> dict[str, Any]:
@@ -201,8 +216,15 @@ def worker_normprobe(params: dict[str, Any]) -> dict[str, Any]:
         faults_before, cpu_before = _minflt(), _cpu_seconds()
         start = time.perf_counter()
         arrays = extract_arrays(
-            model, Preprocess((32, 32)), imageset, ("feats", "z"), batch_size=params["batch_size"], device="cpu",
-            precision=params["precision"], progress=False, prefetch=params["prefetch"],
+            model,
+            Preprocess((32, 32)),
+            imageset,
+            ("feats", "z"),
+            batch_size=params["batch_size"],
+            device="cpu",
+            precision=params["precision"],
+            progress=False,
+            prefetch=params["prefetch"],
         )
         times.append(time.perf_counter() - start)
         cpu_times.append(_cpu_seconds() - cpu_before)
@@ -211,7 +233,13 @@ def worker_normprobe(params: dict[str, Any]) -> dict[str, Any]:
         for head, values in arrays.items():
             np.save(Path(params["save"]) / f"{head}.npy", values)
         np.save(Path(params["save"]) / "labels.npy", imageset.labels)
-    return {"seconds": times, "cpu_seconds": cpu_times, "images": len(imageset), "page_faults_per_pass": faults, "threads": torch.get_num_threads()}
+    return {
+        "seconds": times,
+        "cpu_seconds": cpu_times,
+        "images": len(imageset),
+        "page_faults_per_pass": faults,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def worker_decode(params: dict[str, Any]) -> dict[str, Any]:
@@ -232,11 +260,18 @@ def worker_decode(params: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         pil = np.empty((len(rows), 32, 32, 3), np.uint8)
         with ThreadPoolExecutor(_decode_threads()) as pool:
-            for i, image in enumerate(pool.map(lambda r: decode_image_bytes(reader._bytes(int(r)).tobytes()), rows, chunksize=256)):
+            for i, image in enumerate(
+                pool.map(lambda r: decode_image_bytes(reader._bytes(int(r)).tobytes()), rows, chunksize=256)
+            ):
                 pil[i] = image
         pillow_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        ours = np.concatenate([reader.read(rows[i : i + params["batch_size"]]) for i in range(0, len(rows), params["batch_size"])])
+        ours = np.concatenate(
+            [
+                reader.read(rows[i : i + params["batch_size"]])
+                for i in range(0, len(rows), params["batch_size"])
+            ]
+        )
         ours_times.append(time.perf_counter() - start)
     return {
         "images": len(rows),
@@ -247,7 +282,12 @@ def worker_decode(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-WORKERS = {"ceiling": worker_ceiling, "research": worker_research, "normprobe": worker_normprobe, "decode": worker_decode}
+WORKERS = {
+    "ceiling": worker_ceiling,
+    "research": worker_research,
+    "normprobe": worker_normprobe,
+    "decode": worker_decode,
+}
 
 
 # ----------------------------------------------------------------------------------- driver
@@ -260,7 +300,9 @@ def run_worker(kind: str, params: dict[str, Any], tuned: bool) -> dict[str, Any]
         env.update(TUNED_ENV)
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", kind, "--params", json.dumps(params)],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(f"worker {kind} failed:\n{proc.stderr[-3000:]}")
@@ -303,14 +345,27 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-root", default=None, help="data root (default: $NORMPROBE_DATA)")
-    parser.add_argument("--images", type=int, default=10000, help="first N CIFAR-10 test images (default: all 10,000)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2, help="passes per configuration; the best is reported")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers of the research pipeline")
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--images", type=int, default=10000, help="first N CIFAR-10 test images (default: all 10,000)"
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="passes per configuration; the best is reported"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="DataLoader workers of the research pipeline",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
         help="torch threads in every configuration (default: torch's, one per core); 1 gives steady ratios when other "
         "programs load the machine, since idle OpenMP threads then spin at barriers",
     )
@@ -332,7 +387,13 @@ def main() -> None:
 
     from normprobe.device import bf16_is_native
 
-    common = {"data_root": args.data_root, "images": args.images, "batch_size": args.batch_size, "repeats": args.repeats, "threads": args.threads}
+    common = {
+        "data_root": args.data_root,
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "threads": args.threads,
+    }
     gflop = model_gflop_per_image()
     began = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract-"))
@@ -344,20 +405,40 @@ def main() -> None:
     ceilings = [run_worker("ceiling", {**common, "conv_repeats": 3}, tuned=True)]
     configs = [
         ("research (DataLoader + PIL, fp32, glibc default)", "research", {"workers": args.workers}, False),
-        ("normprobe fp32", "normprobe", {"precision": "fp32", "prefetch": True, "save": str(tmp / "fp32")}, True),
-        ("normprobe fp32, glibc default allocator", "normprobe", {"precision": "fp32", "prefetch": True}, False),
+        (
+            "normprobe fp32",
+            "normprobe",
+            {"precision": "fp32", "prefetch": True, "save": str(tmp / "fp32")},
+            True,
+        ),
+        (
+            "normprobe fp32, glibc default allocator",
+            "normprobe",
+            {"precision": "fp32", "prefetch": True},
+            False,
+        ),
         ("normprobe fp32, no decode prefetch", "normprobe", {"precision": "fp32", "prefetch": False}, True),
-        ("normprobe bf16", "normprobe", {"precision": "bf16", "prefetch": True, "save": str(tmp / "bf16")}, True),
+        (
+            "normprobe bf16",
+            "normprobe",
+            {"precision": "bf16", "prefetch": True, "save": str(tmp / "bf16")},
+            True,
+        ),
     ]
     rows: list[dict[str, Any]] = []
     for label, kind, extra, tuned in configs:
         log(label)
         result = run_worker(kind, {**common, **extra}, tuned)
         best = min(result["seconds"])
-        rows.append({
-            "config": label, **result, "best_seconds": best, "images_per_s": result["images"] / best,
-            "images_per_cpu_s": result["images"] / min(result["cpu_seconds"]),
-        })
+        rows.append(
+            {
+                "config": label,
+                **result,
+                "best_seconds": best,
+                "images_per_s": result["images"] / best,
+                "images_per_cpu_s": result["images"] / min(result["cpu_seconds"]),
+            }
+        )
     log("ceiling (end)")
     ceilings.append(run_worker("ceiling", {**common, "conv_repeats": 3}, tuned=True))
     ceiling = max(c["conv3x3_gflops"] for c in ceilings)
@@ -376,51 +457,82 @@ def main() -> None:
 
     report = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": args.threads or torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": bf16_is_native(torch.device("cpu")), "load_average_at_end": os.getloadavg(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": args.threads or torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": bf16_is_native(torch.device("cpu")),
+            "load_average_at_end": os.getloadavg(),
         },
-        "model": {"spec": "resnet18 cifar stem width 64 + simclr projector (random weights)", "gflop_per_image": gflop},
+        "model": {
+            "spec": "resnet18 cifar stem width 64 + simclr projector (random weights)",
+            "gflop_per_image": gflop,
+        },
         "data": f"cifar10 test mirror (JPEG), first {research['images']} images",
         "ceiling": {"runs": ceilings, "conv3x3_gflops": ceiling, "conv3x3_gflop_per_cpu_s": ceiling_cpu},
         "configs": rows,
         "ratios": {
             "normprobe_fp32_vs_research": fp32["images_per_s"] / research["images_per_s"],
             "bf16_vs_fp32": bf16["images_per_s"] / fp32["images_per_s"],
-            "tuned_allocator_vs_glibc_default": fp32["images_per_s"] / by["normprobe fp32, glibc default allocator"]["images_per_s"],
-            "prefetch_vs_none": fp32["images_per_s"] / by["normprobe fp32, no decode prefetch"]["images_per_s"],
+            "tuned_allocator_vs_glibc_default": fp32["images_per_s"]
+            / by["normprobe fp32, glibc default allocator"]["images_per_s"],
+            "prefetch_vs_none": fp32["images_per_s"]
+            / by["normprobe fp32, no decode prefetch"]["images_per_s"],
         },
         "bf16_quality": quality,
         "decode": decode,
         "wall_seconds": time.perf_counter() - began,
     }
 
-    print(f"\nmodel: ResNet-18 CIFAR stem w64 + SimCLR projector, {gflop:.3f} GFLOP/image; data: {report['data']}")
-    print(f"machine: {report['machine']['cores']} cores, {report['machine']['cpu_capability']}, native bf16: "
-          f"{report['machine']['native_bf16']}, torch {torch.__version__} ({report['machine']['torch_threads']} threads)")
-    print(f"ceiling: model's 3x3 convs alone {ceiling:.1f} GFLOP/s (start {ceilings[0]['conv3x3_gflops']:.1f}, "
-          f"end {ceilings[1]['conv3x3_gflops']:.1f}), {ceiling_cpu:.1f} GFLOP per CPU-second; "
-          f"torch.mm fp32 {max(c['mm_fp32_gflops'] for c in ceilings):.1f} GFLOP/s\n")
-    header = (f"{'configuration':<48} {'img/s':>8} {'GFLOP/s':>8} {'of ceiling':>10} {'vs research':>11} "
-              f"{'img/CPU-s':>10} {'of ceiling (CPU-s)':>18} {'faults/pass':>12}")
+    print(
+        f"\nmodel: ResNet-18 CIFAR stem w64 + SimCLR projector, {gflop:.3f} GFLOP/image; data: {report['data']}"
+    )
+    print(
+        f"machine: {report['machine']['cores']} cores, {report['machine']['cpu_capability']}, native bf16: "
+        f"{report['machine']['native_bf16']}, torch {torch.__version__} ({report['machine']['torch_threads']} threads)"
+    )
+    print(
+        f"ceiling: model's 3x3 convs alone {ceiling:.1f} GFLOP/s (start {ceilings[0]['conv3x3_gflops']:.1f}, "
+        f"end {ceilings[1]['conv3x3_gflops']:.1f}), {ceiling_cpu:.1f} GFLOP per CPU-second; "
+        f"torch.mm fp32 {max(c['mm_fp32_gflops'] for c in ceilings):.1f} GFLOP/s\n"
+    )
+    header = (
+        f"{'configuration':<48} {'img/s':>8} {'GFLOP/s':>8} {'of ceiling':>10} {'vs research':>11} "
+        f"{'img/CPU-s':>10} {'of ceiling (CPU-s)':>18} {'faults/pass':>12}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         faults = min(row["page_faults_per_pass"]) if "page_faults_per_pass" in row else None
-        print(f"{row['config']:<48} {row['images_per_s']:8.1f} {row['gflops']:8.1f} {row['fraction_of_ceiling']:10.2f} "
-              f"{row['images_per_s'] / research['images_per_s']:10.2f}x {row['images_per_cpu_s']:10.1f} "
-              f"{row['fraction_of_ceiling_cpu_time']:18.2f} {faults if faults is not None else '-':>12}")
+        print(
+            f"{row['config']:<48} {row['images_per_s']:8.1f} {row['gflops']:8.1f} {row['fraction_of_ceiling']:10.2f} "
+            f"{row['images_per_s'] / research['images_per_s']:10.2f}x {row['images_per_cpu_s']:10.1f} "
+            f"{row['fraction_of_ceiling_cpu_time']:18.2f} {faults if faults is not None else '-':>12}"
+        )
     print()
     for head, q in quality.items():
-        knn = (f"kNN LOO acc fp32 {q['knn_loo_accuracy_fp32']:.4f} / bf16 {q['knn_loo_accuracy_bf16']:.4f} "
-               f"(agreement {q['knn_prediction_agreement']:.4f})") if "knn_loo_k" in q else q["knn"]
-        print(f"bf16 vs fp32, {head}: relative L2 {q['relative_l2']:.4%}, mean norm change {q['mean_norm_change']:+.4%}, "
-              f"norm rank corr {q['norm_rank_spearman']:.5f}; {knn}")
+        knn = (
+            (
+                f"kNN LOO acc fp32 {q['knn_loo_accuracy_fp32']:.4f} / bf16 {q['knn_loo_accuracy_bf16']:.4f} "
+                f"(agreement {q['knn_prediction_agreement']:.4f})"
+            )
+            if "knn_loo_k" in q
+            else q["knn"]
+        )
+        print(
+            f"bf16 vs fp32, {head}: relative L2 {q['relative_l2']:.4%}, mean norm change {q['mean_norm_change']:+.4%}, "
+            f"norm rank corr {q['norm_rank_spearman']:.5f}; {knn}"
+        )
     if decode:
-        print(f"\ndecode {decode['images']} train JPEGs: Pillow thread pool {decode['pillow_threadpool_s']:.2f} s, "
-              f"normprobe batched (torchvision) {decode['normprobe_batched_s']:.2f} s "
-              f"({decode['pillow_threadpool_s'] / decode['normprobe_batched_s']:.1f}x), bit-identical: {decode['bit_identical']}")
-    print(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (shared machine: timings are noisy)")
+        print(
+            f"\ndecode {decode['images']} train JPEGs: Pillow thread pool {decode['pillow_threadpool_s']:.2f} s, "
+            f"normprobe batched (torchvision) {decode['normprobe_batched_s']:.2f} s "
+            f"({decode['pillow_threadpool_s'] / decode['normprobe_batched_s']:.1f}x), bit-identical: {decode['bit_identical']}"
+        )
+    print(
+        f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (shared machine: timings are noisy)"
+    )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")

@@ -36,8 +36,11 @@ METHOD_SETS = {
     "simsiam": ["method_options.proj_dim=512", "method_options.pred_hidden=128", "accumulate=1"],
     "byol": ["method_options.proj_hidden=512", "method_options.out_dim=128"],
     "mocov2": ["method_options.proj_hidden=512", "method_options.out_dim=128"],
-    "mocov3": ['backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 4, depth: 6}',
-               "method_options.mlp_hidden=512", "method_options.out_dim=128"],
+    "mocov3": [
+        'backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 4, depth: 6}',
+        "method_options.mlp_hidden=512",
+        "method_options.out_dim=128",
+    ],
 }
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
@@ -46,8 +49,16 @@ def _config(args: argparse.Namespace, method: str, out: str):
     from training.config import load_config
 
     sets = [f"backbone.name=resnet{args.depth}", f"backbone.width={args.width}"] if method != "mocov3" else []
-    sets += [*METHOD_SETS[method], f"batch_size={args.batch}", f"dataset.subset={args.batch * (args.steps + 1)}",
-             "monitor.every=0", "progress=false", f"threads={args.threads}", f"precision={args.precision}", f"out_dir={out}"]
+    sets += [
+        *METHOD_SETS[method],
+        f"batch_size={args.batch}",
+        f"dataset.subset={args.batch * (args.steps + 1)}",
+        "monitor.every=0",
+        "progress=false",
+        f"threads={args.threads}",
+        f"precision={args.precision}",
+        f"out_dir={out}",
+    ]
     return load_config(f"{method}_cifar10", sets)
 
 
@@ -82,13 +93,15 @@ class _TwoViews:
         from torchvision import transforms as T
 
         self.images = images
-        self.transform = T.Compose([
-            T.RandomResizedCrop(32, scale=tuple(aug["crop_scale"])),
-            T.RandomHorizontalFlip(aug["flip_p"]),
-            T.RandomApply([T.ColorJitter(*aug["jitter"])], p=aug["jitter_p"]),
-            T.RandomGrayscale(aug["gray_p"]),
-            T.ToTensor(),
-        ])
+        self.transform = T.Compose(
+            [
+                T.RandomResizedCrop(32, scale=tuple(aug["crop_scale"])),
+                T.RandomHorizontalFlip(aug["flip_p"]),
+                T.RandomApply([T.ColorJitter(*aug["jitter"])], p=aug["jitter_p"]),
+                T.RandomGrayscale(aug["gray_p"]),
+                T.ToTensor(),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -114,8 +127,13 @@ def worker_reference(args: argparse.Namespace, method: str) -> dict:
     torch.manual_seed(0)
     model = build_method(config)
     images = load_train_set(config).images().numpy()
-    loader = torch.utils.data.DataLoader(_TwoViews(images, config["augment"]), batch_size=args.batch, shuffle=True,
-                                         num_workers=args.ref_workers, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        _TwoViews(images, config["augment"]),
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.ref_workers,
+        drop_last=True,
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-6)
     times, cpus = [], []
     t0, c0 = time.perf_counter(), _cpu()
@@ -139,8 +157,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
-    parser.add_argument("--ref-workers", type=int, default=0, help="DataLoader worker processes of the reference")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="ours only; the reference is fp32")
+    parser.add_argument(
+        "--ref-workers", type=int, default=0, help="DataLoader worker processes of the reference"
+    )
+    parser.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"), help="ours only; the reference is fp32"
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     parser.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -150,11 +172,28 @@ def main() -> None:
         print(json.dumps(fn(args, args.method)))
         return
 
-    passthrough = ["--depth", str(args.depth), "--width", str(args.width), "--batch", str(args.batch), "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--ref-workers", str(args.ref_workers), "--precision", args.precision]
+    passthrough = [
+        "--depth",
+        str(args.depth),
+        "--width",
+        str(args.width),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--ref-workers",
+        str(args.ref_workers),
+        "--precision",
+        args.precision,
+    ]
     results = []
-    print(f"resnet{args.depth} width {args.width} (mocov3: ViT-tiny depth 6, patch 4), batch {args.batch} x 2 views, "
-          f"{args.threads} thread(s), {args.steps} timed steps; shared machine: timings are noisy", file=sys.stderr)
+    print(
+        f"resnet{args.depth} width {args.width} (mocov3: ViT-tiny depth 6, patch 4), batch {args.batch} x 2 views, "
+        f"{args.threads} thread(s), {args.steps} timed steps; shared machine: timings are noisy",
+        file=sys.stderr,
+    )
     header = f"{'method':8} {'ours img/s':>11} {'ref img/s':>10} {'ratio':>6} {'ours img/CPU-s':>15} {'ref img/CPU-s':>14} {'ratio':>6}"
     print(header)
     for method in args.methods:
@@ -164,8 +203,13 @@ def main() -> None:
             env.pop("GLIBC_TUNABLES", None)
             if side == "ours":
                 env["GLIBC_TUNABLES"] = TUNABLES
-            proc = subprocess.run([sys.executable, __file__, "--worker", side, "--method", method, *passthrough],
-                                  env=env, capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", side, "--method", method, *passthrough],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode:
                 raise SystemExit(f"{method}/{side} failed:\n{proc.stderr[-3000:]}")
             row[side] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -174,10 +218,15 @@ def main() -> None:
         row["speedup_wall"] = ref["s_per_step"] / ours["s_per_step"]
         row["speedup_cpu"] = ref["cpu_per_step"] / ours["cpu_per_step"]
         results.append(row)
-        print(f"{method:8} {rate(ours, 's_per_step'):11.1f} {rate(ref, 's_per_step'):10.1f} {row['speedup_wall']:5.2f}x "
-              f"{rate(ours, 'cpu_per_step'):15.1f} {rate(ref, 'cpu_per_step'):14.1f} {row['speedup_cpu']:5.2f}x", flush=True)
+        print(
+            f"{method:8} {rate(ours, 's_per_step'):11.1f} {rate(ref, 's_per_step'):10.1f} {row['speedup_wall']:5.2f}x "
+            f"{rate(ours, 'cpu_per_step'):15.1f} {rate(ref, 'cpu_per_step'):14.1f} {row['speedup_cpu']:5.2f}x",
+            flush=True,
+        )
     if args.out:
-        args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, "results": results}, indent=2))
+        args.out.write_text(
+            json.dumps({"settings": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

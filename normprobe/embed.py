@@ -80,7 +80,13 @@ def extract_arrays(
     encoder.eval().to(device, memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     outputs: dict[str, np.ndarray] = {}
-    bar = tqdm(total=len(imageset), unit="img", desc=f"embed {imageset.name}/{imageset.split}", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(imageset),
+        unit="img",
+        desc=f"embed {imageset.name}/{imageset.split}",
+        disable=not progress,
+        leave=False,
+    )
     start = 0
     try:
         with torch.inference_mode(), autocast:
@@ -103,7 +109,9 @@ def extract_arrays(
     for head, values in outputs.items():
         if not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).any(axis=1).sum())
-            raise NormprobeError(f"{bad} embedding(s) of head {head!r} on {imageset.name}/{imageset.split} are NaN or Inf")
+            raise NormprobeError(
+                f"{bad} embedding(s) of head {head!r} on {imageset.name}/{imageset.split} are NaN or Inf"
+            )
     return outputs
 
 
@@ -112,8 +120,14 @@ def cache_key(loaded: LoadedEncoder, imageset: ImageSet, head: str, precision: s
     can build different ones from the same file, e.g. another stem padding), data, head, preprocessing
     and precision."""
     return fingerprint(
-        "embed/2", loaded.sha256, loaded.adapter, repr(loaded.encoder), imageset.fingerprint, head,
-        loaded.preprocess.describe(), precision,
+        "embed/2",
+        loaded.sha256,
+        loaded.adapter,
+        repr(loaded.encoder),
+        imageset.fingerprint,
+        head,
+        loaded.preprocess.describe(),
+        precision,
     )
 
 
@@ -139,10 +153,21 @@ def extract(
     began = time.perf_counter()
     keys = {head: cache_key(loaded, imageset, head, precision) for head in heads}
     cached = {head: cache.get(key) for head, key in keys.items()} if cache is not None else {}
-    if cache is not None and all(v is not None and v.ndim == 2 and len(v) == len(imageset) for v in cached.values()):
-        return Embeddings({h: v for h, v in cached.items() if v is not None}, True, time.perf_counter() - began)
+    if cache is not None and all(
+        v is not None and v.ndim == 2 and len(v) == len(imageset) for v in cached.values()
+    ):
+        return Embeddings(
+            {h: v for h, v in cached.items() if v is not None}, True, time.perf_counter() - began
+        )
     arrays = extract_arrays(
-        loaded.encoder, loaded.preprocess, imageset, heads, batch_size=batch_size, device=device, precision=precision, progress=progress
+        loaded.encoder,
+        loaded.preprocess,
+        imageset,
+        heads,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        progress=progress,
     )
     if cache is not None:
         for head, key in keys.items():

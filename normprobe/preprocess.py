@@ -40,7 +40,9 @@ class Preprocess:
         except (KeyError, TypeError, ValueError) as err:
             raise NormprobeError(f"checkpoint preprocess entry is malformed: {spec!r}") from err
         if (mean is None) != (std is None) or (mean is not None and (len(mean) != 3 or len(std) != 3)):  # type: ignore[arg-type]
-            raise NormprobeError(f"checkpoint preprocess needs both mean and std with 3 values each: {spec!r}")
+            raise NormprobeError(
+                f"checkpoint preprocess needs both mean and std with 3 values each: {spec!r}"
+            )
         return cls(size, mean, std)  # type: ignore[arg-type]
 
     def describe(self) -> str:

@@ -48,8 +48,20 @@ TILE = 64
 """Contact-sheet thumbnail size in pixels (small images are enlarged without smoothing)."""
 
 COLUMNS = (
-    "rank", "id", "status", "reason", "label", "label_name", "score_norm", "rank_norm", "score_knn", "rank_knn",
-    "dataset", "split", "index", "position",
+    "rank",
+    "id",
+    "status",
+    "reason",
+    "label",
+    "label_name",
+    "score_norm",
+    "rank_norm",
+    "score_knn",
+    "rank_knn",
+    "dataset",
+    "split",
+    "index",
+    "position",
 )
 
 
@@ -121,8 +133,12 @@ def score_imageset(
     head = resolve_head(loaded, head)
     by = _check_options(by, reference is not None, k)
     if reference is not None and len(reference) < k + 1:
-        raise NormprobeError(f"k = {k} needs at least k + 1 = {k + 1} reference samples, the reference set has {len(reference)}; lower --k")
-    embeddings = extract(loaded, imageset, [head], batch_size=batch_size, device=device, cache=cache, progress=progress)
+        raise NormprobeError(
+            f"k = {k} needs at least k + 1 = {k + 1} reference samples, the reference set has {len(reference)}; lower --k"
+        )
+    embeddings = extract(
+        loaded, imageset, [head], batch_size=batch_size, device=device, cache=cache, progress=progress
+    )
     z = np.asarray(embeddings.heads[head], dtype=np.float32)
     labels = imageset.labels
     known = labels >= 0
@@ -133,7 +149,10 @@ def score_imageset(
             "status": "ok",
             "reason": "",
             "label": pd.array(np.where(known, labels, 0), dtype="Int64"),
-            "label_name": [names[c] if ok and c < len(names) else "" for c, ok in zip(labels.tolist(), known, strict=True)],
+            "label_name": [
+                names[c] if ok and c < len(names) else ""
+                for c, ok in zip(labels.tolist(), known, strict=True)
+            ],
             "score_norm": NormScorer().fit(z).score_samples(None),
             "dataset": imageset.name,
             "split": imageset.split,
@@ -144,21 +163,39 @@ def score_imageset(
     table.loc[~known, "label"] = pd.NA
     table["rank_norm"] = _ranks(table["score_norm"].to_numpy())
     settings: dict[str, Any] = {
-        "checkpoint": loaded.path, "checkpoint_sha256": loaded.sha256, "adapter": loaded.adapter, "head": head,
-        "data": {"name": imageset.name, "split": imageset.split, "n": len(imageset), "source": imageset.source,
-                 "fingerprint": imageset.fingerprint, "notes": list(imageset.notes), "unreadable": len(imageset.skipped)},
-        "preprocess": loaded.preprocess.describe(), "by": by, "score_direction": "larger = more familiar",
+        "checkpoint": loaded.path,
+        "checkpoint_sha256": loaded.sha256,
+        "adapter": loaded.adapter,
+        "head": head,
+        "data": {
+            "name": imageset.name,
+            "split": imageset.split,
+            "n": len(imageset),
+            "source": imageset.source,
+            "fingerprint": imageset.fingerprint,
+            "notes": list(imageset.notes),
+            "unreadable": len(imageset.skipped),
+        },
+        "preprocess": loaded.preprocess.describe(),
+        "by": by,
+        "score_direction": "larger = more familiar",
     }
     if reference is not None:
-        bank = extract(loaded, reference, [head], batch_size=batch_size, device=device, cache=cache, progress=progress)
+        bank = extract(
+            loaded, reference, [head], batch_size=batch_size, device=device, cache=cache, progress=progress
+        )
         scorer = KNNDistanceScorer(k).fit(np.asarray(bank.heads[head], dtype=np.float32))
         # The same set as its own reference: leave-one-out, so no sample is its own nearest neighbour.
         same = reference.fingerprint == imageset.fingerprint
         table["score_knn"] = scorer.score_samples(None if same else z)
         table["rank_knn"] = _ranks(table["score_knn"].to_numpy())
         settings["reference"] = {
-            "name": reference.name, "split": reference.split, "n": len(reference), "source": reference.source,
-            "fingerprint": reference.fingerprint, "leave_one_out": same,
+            "name": reference.name,
+            "split": reference.split,
+            "n": len(reference),
+            "source": reference.source,
+            "fingerprint": reference.fingerprint,
+            "leave_one_out": same,
         }
         settings["k"] = k
     else:
@@ -168,8 +205,13 @@ def score_imageset(
     table = table.sort_values("rank", kind="stable")
     if imageset.skipped:
         unreadable = pd.DataFrame(
-            {"id": [p for p, _ in imageset.skipped], "status": "unreadable", "reason": [r for _, r in imageset.skipped],
-             "dataset": imageset.name, "split": imageset.split}
+            {
+                "id": [p for p, _ in imageset.skipped],
+                "status": "unreadable",
+                "reason": [r for _, r in imageset.skipped],
+                "dataset": imageset.name,
+                "split": imageset.split,
+            }
         )
         table = pd.concat([table, unreadable], ignore_index=True)
     table = table.reset_index(drop=True)
@@ -205,18 +247,30 @@ def run_rank(
     _check_options(by, reference is not None, k)
     if reference_size is not None and reference_size < 1:
         raise NormprobeError(f"--reference-size must be >= 1, got {reference_size}")
-    loaded = checkpoint if isinstance(checkpoint, LoadedEncoder) else load_encoder(resolve_checkpoint(checkpoint))
+    loaded = (
+        checkpoint if isinstance(checkpoint, LoadedEncoder) else load_encoder(resolve_checkpoint(checkpoint))
+    )
     image_size = int(loaded.preprocess.input_size[0])
     imageset = datasets.load_any(str(data), split, data_root, image_size)
     reference_set = None
     if reference is not None:
         reference_set = load_reference(str(reference), data_root, image_size)
         if reference_size is not None and reference_size < len(reference_set):
-            picked = np.sort(np.random.default_rng(seed).choice(len(reference_set), reference_size, replace=False))
+            picked = np.sort(
+                np.random.default_rng(seed).choice(len(reference_set), reference_size, replace=False)
+            )
             reference_set = reference_set.subset(picked, f"random {reference_size} (seed {seed})")
     ranking = score_imageset(
-        loaded, imageset, head=head, reference=reference_set, k=k, by=by, batch_size=batch_size, device=device,
-        cache=EmbeddingCache() if use_cache else None, progress=progress,
+        loaded,
+        imageset,
+        head=head,
+        reference=reference_set,
+        k=k,
+        by=by,
+        batch_size=batch_size,
+        device=device,
+        cache=EmbeddingCache() if use_cache else None,
+        progress=progress,
     )
     if reference_size is not None:
         ranking.settings["reference_size"], ranking.settings["seed"] = reference_size, seed
@@ -251,8 +305,20 @@ def rank(
     Columns: :data:`COLUMNS`; the settings are in ``table.attrs["normprobe"]``.
     """
     return run_rank(
-        checkpoint, data, head=head, reference=reference, k=k, by=by, split=split, reference_size=reference_size,
-        seed=seed, data_root=data_root, batch_size=batch_size, device=device, use_cache=use_cache, progress=progress,
+        checkpoint,
+        data,
+        head=head,
+        reference=reference,
+        k=k,
+        by=by,
+        split=split,
+        reference_size=reference_size,
+        seed=seed,
+        data_root=data_root,
+        batch_size=batch_size,
+        device=device,
+        use_cache=use_cache,
+        progress=progress,
     ).table
 
 
@@ -352,7 +418,9 @@ def contact_sheet_html(ranking: Ranking, top: int = 100) -> str:
         out = []
         for row, image in zip(rows.itertuples(), _tiles(ranking.imageset, rows), strict=True):
             label = "" if pd.isna(row.label) else f" · {row.label_name or row.label}"
-            scores = f"norm {row.score_norm:.4g}" + ("" if np.isnan(row.score_knn) else f" · kNN {row.score_knn:.4g}")
+            scores = f"norm {row.score_norm:.4g}" + (
+                "" if np.isnan(row.score_knn) else f" · kNN {row.score_knn:.4g}"
+            )
             out.append(
                 f'<figure><img src="{png_data_uri(np.asarray(_thumbnail(image)))}" alt="{html.escape(str(row.id))}">'
                 f"<figcaption><b>#{row.rank}</b> {html.escape(str(row.id))}{html.escape(label)}<br>{scores}</figcaption></figure>"

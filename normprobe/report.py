@@ -27,7 +27,18 @@ from plotly.subplots import make_subplots
 from normprobe.analyses.buckets import SELF_VOTE_NOTE
 from normprobe.data import ImageSet
 
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 TEMPLATE = "plotly_white"
 
 
@@ -59,12 +70,18 @@ def norm_histogram_figure(samples: pd.DataFrame, head: str, bins: int = 80) -> g
     edges = np.linspace(max(low - pad, 0.0), high + pad, bins + 1)
     centers = (edges[:-1] + edges[1:]) / 2
     fig = go.Figure()
-    for i, ((dataset, split, role), rows) in enumerate(samples.groupby(["dataset", "split", "role"], sort=False).groups.items()):
+    for i, ((dataset, split, role), rows) in enumerate(
+        samples.groupby(["dataset", "split", "role"], sort=False).groups.items()
+    ):
         values = scaled[np.asarray(rows)]
         density, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges, density=True)
         fig.add_trace(
             go.Scatter(
-                x=centers, y=density, mode="lines", line_shape="hvh", name=f"{dataset}/{split} ({role}, n={len(values)})",
+                x=centers,
+                y=density,
+                mode="lines",
+                line_shape="hvh",
+                name=f"{dataset}/{split} ({role}, n={len(values)})",
                 line={"color": COLORS[i % len(COLORS)], "width": 2},
                 hovertemplate="norm / train mean %{x:.3f}<br>density %{y:.3f}<extra>%{fullData.name}</extra>",
             )
@@ -72,7 +89,10 @@ def norm_histogram_figure(samples: pd.DataFrame, head: str, bins: int = 80) -> g
     fig.add_vline(x=1.0, line_dash="dot", line_color="grey", annotation_text="ID-train mean")
     fig.update_layout(
         title=f"Embedding norms of head {head!r}, divided by the ID-train mean",
-        xaxis_title="‖embedding‖ / mean ‖embedding‖ on ID-train", yaxis_title="density", template=TEMPLATE, height=420,
+        xaxis_title="‖embedding‖ / mean ‖embedding‖ on ID-train",
+        yaxis_title="density",
+        template=TEMPLATE,
+        height=420,
     )
     return fig
 
@@ -85,7 +105,10 @@ def norm_bars_figure(norm_table: pd.DataFrame) -> go.Figure:
         rows = rows.assign(set=rows["dataset"] + "/" + rows["split"])
         fig.add_trace(
             go.Bar(
-                x=rows["set"], y=rows["mean_scaled"], name=f"head {head}", marker_color=COLORS[i % len(COLORS)],
+                x=rows["set"],
+                y=rows["mean_scaled"],
+                name=f"head {head}",
+                marker_color=COLORS[i % len(COLORS)],
                 customdata=np.stack([rows["n"], rows["mean"], rows["role"]], axis=1),
                 hovertemplate="%{x} (%{customdata[2]}, n=%{customdata[0]})<br>mean norm %{customdata[1]:.4g}"
                 "<br>/ ID-train mean: %{y:.3f}<extra>%{fullData.name}</extra>",
@@ -93,8 +116,12 @@ def norm_bars_figure(norm_table: pd.DataFrame) -> go.Figure:
         )
     fig.add_hline(y=1.0, line_dash="dot", line_color="grey")
     fig.update_layout(
-        barmode="group", title="Mean embedding norm per split and OOD set (ID-train = 1)", template=TEMPLATE, height=380,
-        xaxis={"title": "", "categoryorder": "array", "categoryarray": labels}, yaxis_title="mean norm / ID-train mean",
+        barmode="group",
+        title="Mean embedding norm per split and OOD set (ID-train = 1)",
+        template=TEMPLATE,
+        height=380,
+        xaxis={"title": "", "categoryorder": "array", "categoryarray": labels},
+        yaxis_title="mean norm / ID-train mean",
     )
     return fig
 
@@ -110,7 +137,10 @@ def bucket_figure(curves: pd.DataFrame, *, title: str, y_title: str, x_title: st
         rows = rows[rows["shown"].astype(bool)]
         fig.add_trace(
             go.Scatter(
-                x=rows["center"], y=rows["mean"], mode="lines+markers", name=str(series),
+                x=rows["center"],
+                y=rows["mean"],
+                mode="lines+markers",
+                name=str(series),
                 line={"color": COLORS[i % len(COLORS)]},
                 error_y={"type": "data", "array": rows["sem"].fillna(0), "visible": True, "thickness": 1},
                 customdata=np.stack([rows["count"], rows["norm_lower"], rows["norm_upper"]], axis=1),
@@ -128,7 +158,9 @@ def roc_figure(roc: pd.DataFrame, metrics: pd.DataFrame) -> go.Figure:
     scorers = list(dict.fromkeys(roc["scorer"]))
     columns = min(3, len(sets))
     rows_n = -(-len(sets) // columns)
-    fig = make_subplots(rows=rows_n, cols=columns, subplot_titles=sets, horizontal_spacing=0.06, vertical_spacing=0.12)
+    fig = make_subplots(
+        rows=rows_n, cols=columns, subplot_titles=sets, horizontal_spacing=0.06, vertical_spacing=0.12
+    )
     auroc = {(r.ood_set, r.scorer): r.auroc for r in metrics.itertuples()}
     for s, ood_set in enumerate(sets):
         row, col = divmod(s, columns)
@@ -138,22 +170,37 @@ def roc_figure(roc: pd.DataFrame, metrics: pd.DataFrame) -> go.Figure:
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=part["fpr"], y=part["tpr"], mode="lines", name=scorer, legendgroup=scorer, showlegend=s == 0,
+                    x=part["fpr"],
+                    y=part["tpr"],
+                    mode="lines",
+                    name=scorer,
+                    legendgroup=scorer,
+                    showlegend=s == 0,
                     line={"color": COLORS[c % len(COLORS)]},
                     hovertemplate=f"{scorer} on {ood_set} (AUROC {auroc.get((ood_set, scorer), float('nan')):.3f})"
                     "<br>FPR %{x:.3f}, TPR %{y:.3f}<extra></extra>",
                 ),
-                row=row + 1, col=col + 1,
+                row=row + 1,
+                col=col + 1,
             )
         fig.add_trace(
-            go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "lightgrey"}, showlegend=False, hoverinfo="skip"),
-            row=row + 1, col=col + 1,
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                line={"dash": "dot", "color": "lightgrey"},
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            row=row + 1,
+            col=col + 1,
         )
     fig.update_xaxes(title_text="false positive rate (OOD kept as ID)", range=[0, 1])
     fig.update_yaxes(title_text="true positive rate (ID-test kept)", range=[0, 1.01])
     fig.update_layout(
         title="ROC curves: ID-test (positive) vs each OOD set; larger score = more familiar",
-        template=TEMPLATE, height=380 * rows_n + 60,
+        template=TEMPLATE,
+        height=380 * rows_n + 60,
     )
     return fig
 
@@ -242,8 +289,12 @@ def render_report(title: str, header: Sequence[Section], sections: Sequence[Sect
         figures = "".join(
             '<div class="figure">'
             + pio.to_html(
-                fig, full_html=False, include_plotlyjs=False, div_id=fig_id,
-                default_height=f"{int(fig.layout.height or 450)}px", config={"displaylogo": False, "responsive": True},
+                fig,
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=fig_id,
+                default_height=f"{int(fig.layout.height or 450)}px",
+                config={"displaylogo": False, "responsive": True},
             )
             + "</div>"
             for fig_id, fig in section.figures.items()
@@ -254,7 +305,7 @@ def render_report(title: str, header: Sequence[Section], sections: Sequence[Sect
         )
     nav = "".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in (*header, *sections))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
         f"<body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{''.join(parts)}</body></html>\n"
@@ -262,7 +313,12 @@ def render_report(title: str, header: Sequence[Section], sections: Sequence[Sect
 
 
 def settings_rows(settings: Mapping[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame({"setting": list(settings), "value": [", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in settings.values()]})
+    return pd.DataFrame(
+        {
+            "setting": list(settings),
+            "value": [", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in settings.values()],
+        }
+    )
 
 
 # --------------------------------------------------------------------------- the analysis report
@@ -280,8 +336,15 @@ def summary_table(run: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for key, entry in summary["norms"].items():
         role = entry["role"]
-        row: dict[str, Any] = {"set": key, "role": role, "n": entry["n"], f"norm/train ({primary})": entry["heads"][primary]["mean_scaled"]}
-        row["kNN acc"] = knn["id-test"] if role == "id-test" else knn["id-train-loo"] if role == "id-train" else None
+        row: dict[str, Any] = {
+            "set": key,
+            "role": role,
+            "n": entry["n"],
+            f"norm/train ({primary})": entry["heads"][primary]["mean_scaled"],
+        }
+        row["kNN acc"] = (
+            knn["id-test"] if role == "id-test" else knn["id-train-loo"] if role == "id-train" else None
+        )
         for scorer in scorers:
             row[f"AUROC {scorer}"] = summary["ood"].get(key, {}).get(scorer, {}).get("auroc")
         rows.append(row)
@@ -290,26 +353,61 @@ def summary_table(run: Mapping[str, Any]) -> pd.DataFrame:
 
 def _overview_section(run: Mapping[str, Any]) -> Section:
     checkpoint = run["checkpoint"]
-    ckpt = pd.DataFrame({
-        "field": ["path", "sha256", "adapter", "method", "heads (primary)", "preprocess", "normprobe", "created (UTC)", "command"],
-        "value": [checkpoint["path"], checkpoint["sha256"], checkpoint["adapter"], checkpoint["method"],
-                  f"{', '.join(run['heads'])} ({run['primary_head']})", checkpoint["preprocess"].get("description", ""),
-                  run["normprobe_version"], run["created_utc"], " ".join(map(str, run["command"]))],
-    })
-    sets = pd.DataFrame([
-        {"dataset": d["name"], "split": d["split"], "role": d["role"], "n": d["n"], "source": d["source"],
-         "notes": "; ".join(d["notes"]), "fingerprint": d["fingerprint"][:16]}
-        for d in run["datasets"]
-    ])
+    ckpt = pd.DataFrame(
+        {
+            "field": [
+                "path",
+                "sha256",
+                "adapter",
+                "method",
+                "heads (primary)",
+                "preprocess",
+                "normprobe",
+                "created (UTC)",
+                "command",
+            ],
+            "value": [
+                checkpoint["path"],
+                checkpoint["sha256"],
+                checkpoint["adapter"],
+                checkpoint["method"],
+                f"{', '.join(run['heads'])} ({run['primary_head']})",
+                checkpoint["preprocess"].get("description", ""),
+                run["normprobe_version"],
+                run["created_utc"],
+                " ".join(map(str, run["command"])),
+            ],
+        }
+    )
+    sets = pd.DataFrame(
+        [
+            {
+                "dataset": d["name"],
+                "split": d["split"],
+                "role": d["role"],
+                "n": d["n"],
+                "source": d["source"],
+                "notes": "; ".join(d["notes"]),
+                "fingerprint": d["fingerprint"][:16],
+            }
+            for d in run["datasets"]
+        ]
+    )
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in run.get("notes", []))
     return Section(
         "Run",
         f"norm/train: mean norm of the primary head divided by its ID-train mean. kNN acc: ID-test classified against "
         f"ID-train, ID-train by leave-one-out. AUROC: in-distribution ({run['id_dataset']} test) is the positive class; "
         "larger scores mean more familiar.",
-        html="<h3>Summary</h3>" + table_html(summary_table(run), "{:.3f}")
-        + "<h3>Checkpoint</h3>" + table_html(ckpt) + "<h3>Datasets</h3>" + table_html(sets)
-        + "<h3>Settings</h3>" + table_html(settings_rows(run["settings"])) + notes,
+        html="<h3>Summary</h3>"
+        + table_html(summary_table(run), "{:.3f}")
+        + "<h3>Checkpoint</h3>"
+        + table_html(ckpt)
+        + "<h3>Datasets</h3>"
+        + table_html(sets)
+        + "<h3>Settings</h3>"
+        + table_html(settings_rows(run["settings"]))
+        + notes,
     )
 
 
@@ -318,7 +416,8 @@ def _ood_section(run: Mapping[str, Any], ood: pd.DataFrame, roc: pd.DataFrame) -
     return Section(
         "OOD detection",
         "Scorers are fitted on ID-train. Each OOD set is compared with ID-test (the positive class). "
-        "AUROC and AUPR: larger is better; FPR@95TPR: smaller is better.\n\n" + run["summary"]["ood_convention"],
+        "AUROC and AUPR: larger is better; FPR@95TPR: smaller is better.\n\n"
+        + run["summary"]["ood_convention"],
         figures={"fig-roc": roc_figure(roc, ood)},
         html=table_html(shown, "{:.4f}"),
     )
@@ -339,25 +438,36 @@ def analysis_report(
         "Embedding norms",
         f"Norms of the raw (un-normalised) embeddings, divided by the mean norm on ID-train ({run['id_dataset']} train), "
         "as in the paper's Figure 3: the further a set is from the training data, the smaller its norms.",
-        figures={"fig-norm-bars": norm_bars_figure(tables["norms"]),
-                 **{f"fig-norm-hist-{head}": norm_histogram_figure(samples, head) for head in run["heads"]}},
+        figures={
+            "fig-norm-bars": norm_bars_figure(tables["norms"]),
+            **{f"fig-norm-hist-{head}": norm_histogram_figure(samples, head) for head in run["heads"]},
+        },
         html=table_html(tables["norms"], "{:.4g}"),
     )
-    scaling = {"max": "norm / max norm of the set (paper)", "minmax": "(norm - min) / (max - min)",
-               "quantile": "norm quantile within the set"}[settings["bucket_scaling"]]
+    scaling = {
+        "max": "norm / max norm of the set (paper)",
+        "minmax": "(norm - min) / (max - min)",
+        "quantile": "norm quantile within the set",
+    }[settings["bucket_scaling"]]
     buckets = Section(
         "Norm buckets vs kNN accuracy",
         f"Weighted cosine kNN (k={settings['k']}, T={settings['temperature']}) on head {primary!r}, "
         f"{settings['buckets']} buckets of {scaling}; buckets with fewer than {settings['min_bucket_count']} samples are hidden "
         "(paper Figure 4, left).\n\n" + SELF_VOTE_NOTE,
-        figures={"fig-buckets": bucket_figure(
-            tables["buckets"], title=f"kNN accuracy per norm bucket (head {primary})", y_title="kNN accuracy",
-            x_title=f"bucket centre: {scaling}")},
+        figures={
+            "fig-buckets": bucket_figure(
+                tables["buckets"],
+                title=f"kNN accuracy per norm bucket (head {primary})",
+                y_title="kNN accuracy",
+                x_title=f"bucket centre: {scaling}",
+            )
+        },
         html=table_html(tables["spearman"], "{:.4g}"),
     )
     exemplars = tables["exemplars"]
     grids = "".join(
-        f"<h3>{html.escape(key)} ({html.escape(str(part['role'].iloc[0]))})</h3>" + exemplar_grid_html(part, imagesets[key])
+        f"<h3>{html.escape(key)} ({html.escape(str(part['role'].iloc[0]))})</h3>"
+        + exemplar_grid_html(part, imagesets[key])
         for key, part in exemplars.groupby(exemplars["dataset"] + "/" + exemplars["split"], sort=False)
     )
     exemplar_section = Section(

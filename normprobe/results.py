@@ -38,23 +38,55 @@ REPORT_FILE = "report.html"
 
 ROLES = ("id-train", "id-test", "ood")
 RUN_KEYS = (
-    "normprobe_version", "created_utc", "command", "checkpoint", "id_dataset", "datasets", "heads",
-    "primary_head", "settings", "summary", "timings",
+    "normprobe_version",
+    "created_utc",
+    "command",
+    "checkpoint",
+    "id_dataset",
+    "datasets",
+    "heads",
+    "primary_head",
+    "settings",
+    "summary",
+    "timings",
 )
 CHECKPOINT_KEYS = ("path", "sha256", "adapter", "method", "heads", "preprocess")
 DATASET_KEYS = ("name", "split", "role", "n", "fingerprint", "source", "notes", "data_root")
 SETTINGS_KEYS = (
-    "k", "temperature", "ood_k", "buckets", "bucket_scaling", "min_bucket_count", "scorers", "seed",
-    "precision", "batch_size", "device",
+    "k",
+    "temperature",
+    "ood_k",
+    "buckets",
+    "bucket_scaling",
+    "min_bucket_count",
+    "scorers",
+    "seed",
+    "precision",
+    "batch_size",
+    "device",
 )
 SUMMARY_KEYS = ("norms", "knn_accuracy", "spearman", "ood")
-BASE_COLUMNS = ("dataset", "split", "index", "id", "role", "label", "label_name", "norm_scaled", "knn_pred", "knn_correct")
+BASE_COLUMNS = (
+    "dataset",
+    "split",
+    "index",
+    "id",
+    "role",
+    "label",
+    "label_name",
+    "norm_scaled",
+    "knn_pred",
+    "knn_correct",
+)
 
 
 def sample_columns(heads: list[str] | tuple[str, ...], scorers: list[str] | tuple[str, ...]) -> list[str]:
     """The columns every ``samples.parquet`` of a run with these heads and scorers has (``human_*`` may follow)."""
     return [
-        *BASE_COLUMNS[:7], *(f"norm_{h}" for h in heads), *BASE_COLUMNS[7:], *(f"score_{s}" for s in scorers),
+        *BASE_COLUMNS[:7],
+        *(f"norm_{h}" for h in heads),
+        *BASE_COLUMNS[7:],
+        *(f"score_{s}" for s in scorers),
     ]
 
 
@@ -98,9 +130,13 @@ def check_output_dir(out: str | Path, force: bool = False) -> Path:
         raise NormprobeError(f"output path {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not is_results_folder(out):
-            raise NormprobeError(f"output folder {out} is not empty and not a normprobe results folder; choose another --out")
+            raise NormprobeError(
+                f"output folder {out} is not empty and not a normprobe results folder; choose another --out"
+            )
         if not force:
-            raise NormprobeError(f"output folder {out} holds a previous results folder; pass --force to overwrite it")
+            raise NormprobeError(
+                f"output folder {out} holds a previous results folder; pass --force to overwrite it"
+            )
     if not out.parent.exists():
         raise NormprobeError(f"the folder {out.parent} (parent of --out) does not exist")
     return out
@@ -199,7 +235,9 @@ def read_results(path: str | Path) -> Results:
     try:
         samples = pd.read_parquet(samples_path)
     except Exception as err:  # pyarrow raises several types for a damaged file; all mean "unreadable"
-        raise NormprobeError(f"{samples_path}: not a readable Parquet file ({type(err).__name__}: {err})") from err
+        raise NormprobeError(
+            f"{samples_path}: not a readable Parquet file ({type(err).__name__}: {err})"
+        ) from err
     _validate_samples(samples, run, str(samples_path))
     return Results(run, samples, path)
 
@@ -227,7 +265,9 @@ def _validate_run(run: Any, where: str) -> None:
         if entry["role"] not in ROLES:
             raise NormprobeError(f"{where}: dataset role {entry['role']!r} is not one of {', '.join(ROLES)}")
     if not isinstance(run["heads"], list) or run["primary_head"] not in run["heads"]:
-        raise NormprobeError(f"{where}: 'primary_head' {run.get('primary_head')!r} is not among the heads {run.get('heads')}")
+        raise NormprobeError(
+            f"{where}: 'primary_head' {run.get('primary_head')!r} is not among the heads {run.get('heads')}"
+        )
 
 
 def _validate_samples(samples: pd.DataFrame, run: dict[str, Any], where: str) -> None:

@@ -15,7 +15,18 @@ from pathlib import Path
 import torch
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
-SMALL = ["--max-train", "160", "--max-per-split", "60", "--k", "10", "--ood-k", "5", "--min-bucket-count", "3"]
+SMALL = [
+    "--max-train",
+    "160",
+    "--max-per-split",
+    "60",
+    "--k",
+    "10",
+    "--ood-k",
+    "5",
+    "--min-bucket-count",
+    "3",
+]
 
 
 def tiny_checkpoint(path: Path, *, nan: bool = False) -> Path:
@@ -26,7 +37,10 @@ def tiny_checkpoint(path: Path, *, nan: bool = False) -> Path:
     from normprobe.preprocess import Preprocess
 
     torch.manual_seed(0)
-    spec = {"backbone": {"name": "resnet18", "stem": "cifar", "width": 8}, "projector": simclr_projector(64, 128, 32)}
+    spec = {
+        "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
+        "projector": simclr_projector(64, 128, 32),
+    }
     state = build_encoder(spec).state_dict()
     if nan:
         state["backbone.conv1.weight"] = torch.full_like(state["backbone.conv1.weight"], float("nan"))
@@ -46,8 +60,20 @@ def cli(*argv: str) -> tuple[int, str, str]:
 
 def analyze_args(checkpoint: Path, out: Path, cache: Path, *extra: str) -> list[str]:
     return [
-        "analyze", str(checkpoint), "--ood", "cifar100", "--ood", "mnist", "--data-root", str(DATA_ROOT),
-        "--cache-dir", str(cache), "--out", str(out), *SMALL, *extra,
+        "analyze",
+        str(checkpoint),
+        "--ood",
+        "cifar100",
+        "--ood",
+        "mnist",
+        "--data-root",
+        str(DATA_ROOT),
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        *SMALL,
+        *extra,
     ]
 
 

@@ -27,14 +27,41 @@ def analyzed_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     work = tmp_path_factory.mktemp("analyzed")
     torch.manual_seed(0)
-    spec = {"backbone": {"name": "resnet18", "stem": "cifar", "width": 8}, "projector": simclr_projector(64, 128, 32)}
+    spec = {
+        "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
+        "projector": simclr_projector(64, 128, 32),
+    }
     checkpoint = work / "tiny.pt"
-    save_checkpoint(checkpoint, method="simclr", encoder_spec=spec, preprocess=Preprocess(), state_dict=build_encoder(spec).state_dict())
+    save_checkpoint(
+        checkpoint,
+        method="simclr",
+        encoder_spec=spec,
+        preprocess=Preprocess(),
+        state_dict=build_encoder(spec).state_dict(),
+    )
     out = work / "results"
-    status = main([
-        "analyze", str(checkpoint), "--id", "cifar10", "--ood", "cifar100", "--ood", "mnist",
-        "--max-train", "600", "--max-per-split", "200", "--data-root", str(DATA_ROOT),
-        "--cache-dir", str(work / "cache"), "--out", str(out), "--quiet",
-    ])
+    status = main(
+        [
+            "analyze",
+            str(checkpoint),
+            "--id",
+            "cifar10",
+            "--ood",
+            "cifar100",
+            "--ood",
+            "mnist",
+            "--max-train",
+            "600",
+            "--max-per-split",
+            "200",
+            "--data-root",
+            str(DATA_ROOT),
+            "--cache-dir",
+            str(work / "cache"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert status == 0, f"normprobe analyze exited with {status}"
     return out

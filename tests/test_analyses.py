@@ -18,7 +18,14 @@ def test_max_scaling_buckets_follow_the_paper() -> None:
     # norm / max, buckets [0.05 i, 0.05 (i+1)): exact binary fractions avoid float edge effects
     values = np.array([0.0, 0.25, 0.5, 0.5625, 0.96875, 1.0]) * 8.0
     assert scale_values(values, "max").tolist() == [0.0, 0.25, 0.5, 0.5625, 0.96875, 1.0]
-    assert bucket_index(scale_values(values, "max"), 20).tolist() == [0, 5, 10, 11, 19, 19]  # the max joins the top bucket
+    assert bucket_index(scale_values(values, "max"), 20).tolist() == [
+        0,
+        5,
+        10,
+        11,
+        19,
+        19,
+    ]  # the max joins the top bucket
     assert bucket_index(np.array([0.25, 0.5, 0.75]), 4).tolist() == [1, 2, 3]  # lower edges are inclusive
 
 
@@ -27,10 +34,14 @@ def test_minmax_and_quantile_scaling() -> None:
     assert scale_values(values, "minmax").tolist() == [0.0, 0.25, 0.5, 1.0]
     # mid-rank empirical CDF: ties share one value; equal-count buckets
     assert scale_values(np.array([1.0, 2.0, 2.0, 3.0]), "quantile").tolist() == [0.125, 0.5, 0.5, 0.875]
-    counts = bucket_curve(np.arange(100.0), np.ones(100), n_buckets=4, scaling="quantile", min_count=0)["count"]
+    counts = bucket_curve(np.arange(100.0), np.ones(100), n_buckets=4, scaling="quantile", min_count=0)[
+        "count"
+    ]
     assert counts.tolist() == [25, 25, 25, 25]
     # a reference set fixes the scale for other values (outliers go to the end buckets)
-    assert bucket_index(scale_values(np.array([-1.0, 5.0, 20.0]), "minmax", reference=np.array([0.0, 10.0])), 10).tolist() == [0, 5, 9]
+    assert bucket_index(
+        scale_values(np.array([-1.0, 5.0, 20.0]), "minmax", reference=np.array([0.0, 10.0])), 10
+    ).tolist() == [0, 5, 9]
 
 
 def test_bucket_curve_counts_means_and_hiding() -> None:
@@ -67,13 +78,15 @@ def test_bucket_curve_rejects_nan_values() -> None:
 
 
 def _samples() -> pd.DataFrame:
-    return pd.DataFrame({
-        "dataset": ["c10"] * 4 + ["c10"] * 2 + ["c100"] * 2,
-        "split": ["train"] * 4 + ["test"] * 2 + ["test"] * 2,
-        "role": ["id-train"] * 4 + ["id-test"] * 2 + ["ood"] * 2,
-        "norm_z": [1.0, 2.0, 3.0, 6.0, 2.0, 4.0, 1.0, 2.0],
-        "norm_feats": [10.0] * 4 + [5.0] * 2 + [2.5] * 2,
-    })
+    return pd.DataFrame(
+        {
+            "dataset": ["c10"] * 4 + ["c10"] * 2 + ["c100"] * 2,
+            "split": ["train"] * 4 + ["test"] * 2 + ["test"] * 2,
+            "role": ["id-train"] * 4 + ["id-test"] * 2 + ["ood"] * 2,
+            "norm_z": [1.0, 2.0, 3.0, 6.0, 2.0, 4.0, 1.0, 2.0],
+            "norm_feats": [10.0] * 4 + [5.0] * 2 + [2.5] * 2,
+        }
+    )
 
 
 def test_norm_summary_values_and_train_normalisation() -> None:
@@ -106,8 +119,14 @@ def test_exemplars_highest_and_lowest_per_class() -> None:
     assert low1["position"].tolist() == [5, 4] and low1["rank"].tolist() == [0, 1]
     whole = norm_exemplars(norms, labels, per_group=1, by_class=False)
     assert whole.set_index("extreme")["position"].to_dict() == {"highest": 3, "lowest": 5}
-    described = describe_exemplars(whole, dataset="d", split="s", role="ood", index=np.arange(6) + 100,
-                                   ids=np.array([f"id{i}" for i in range(6)]))
+    described = describe_exemplars(
+        whole,
+        dataset="d",
+        split="s",
+        role="ood",
+        index=np.arange(6) + 100,
+        ids=np.array([f"id{i}" for i in range(6)]),
+    )
     assert described.set_index("extreme")["index"].to_dict() == {"highest": 103, "lowest": 105}
     assert described["id"].tolist() == ["id3", "id5"]
 
@@ -166,14 +185,29 @@ def test_scores_fit_on_train_and_leave_train_points_out() -> None:
     from normprobe.analyses.ood import fit_and_score
 
     rng = np.random.default_rng(0)
-    train = {"z": rng.normal(size=(40, 8)).astype(np.float32), "feats": rng.normal(size=(40, 4)).astype(np.float32) + 3}
+    train = {
+        "z": rng.normal(size=(40, 8)).astype(np.float32),
+        "feats": rng.normal(size=(40, 4)).astype(np.float32) + 3,
+    }
     labels = np.repeat([0, 1], 20)
-    other = {"z": train["z"][:5].copy(), "feats": train["feats"][:5].copy()}  # the same points, queried as new data
-    scores, _ = fit_and_score(train=train, train_labels=labels, others=[other], heads=("feats", "z"), primary="z",
-                           scorers=("norm", "knn", "mahalanobis"), ood_k=1)
+    other = {
+        "z": train["z"][:5].copy(),
+        "feats": train["feats"][:5].copy(),
+    }  # the same points, queried as new data
+    scores, _ = fit_and_score(
+        train=train,
+        train_labels=labels,
+        others=[other],
+        heads=("feats", "z"),
+        primary="z",
+        scorers=("norm", "knn", "mahalanobis"),
+        ood_k=1,
+    )
     assert set(scores) == {"norm", "knn", "mahalanobis", "norm@feats"}
     assert all(len(v) == 45 for v in scores.values())
-    np.testing.assert_allclose(scores["norm"], np.linalg.norm(np.concatenate([train["z"], other["z"]]), axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        scores["norm"], np.linalg.norm(np.concatenate([train["z"], other["z"]]), axis=1), rtol=1e-6
+    )
     np.testing.assert_allclose(scores["norm@feats"][:40], np.linalg.norm(train["feats"], axis=1), rtol=1e-6)
     # queried as new data, a training point finds itself at distance 0 (the top score); as a
     # training row it is left out, so its nearest neighbour is another point
@@ -185,11 +219,13 @@ def test_norm_correctness_spearman_per_role() -> None:
     from normprobe.analyses.ood import norm_correctness_spearman
 
     norms = np.arange(1.0, 21.0)
-    samples = pd.DataFrame({
-        "role": ["id-test"] * 20 + ["id-train"] * 20,
-        "norm_z": np.concatenate([norms, norms]),
-        "knn_correct": pd.array([False] * 10 + [True] * 10 + [True] * 10 + [False] * 10, dtype="boolean"),
-    })
+    samples = pd.DataFrame(
+        {
+            "role": ["id-test"] * 20 + ["id-train"] * 20,
+            "norm_z": np.concatenate([norms, norms]),
+            "knn_correct": pd.array([False] * 10 + [True] * 10 + [True] * 10 + [False] * 10, dtype="boolean"),
+        }
+    )
     table = norm_correctness_spearman(samples, "z", n_boot=50).set_index("role")
     assert table.loc["id-test", "rho"] > 0.8 and table.loc["id-train-loo", "rho"] < -0.8
     assert table.loc["id-test", "ci_low"] <= table.loc["id-test", "rho"] <= table.loc["id-test", "ci_high"]

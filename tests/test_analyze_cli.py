@@ -25,7 +25,14 @@ def test_summary_table_is_printed(shared: tuple[Path, Path, Path, str]) -> None:
     _, out, _, stdout = shared
     lines = stdout.splitlines()
     header = next(line for line in lines if line.lstrip().startswith("set"))
-    for column in ("norm/train (z)", "kNN acc", "AUROC norm", "AUROC knn", "AUROC mahalanobis", "AUROC norm+knn"):
+    for column in (
+        "norm/train (z)",
+        "kNN acc",
+        "AUROC norm",
+        "AUROC knn",
+        "AUROC mahalanobis",
+        "AUROC norm+knn",
+    ):
         assert column in header
     run = json.loads((out / "run.json").read_text())
     train_row = next(line for line in lines if line.lstrip().startswith("cifar10/train"))
@@ -49,16 +56,27 @@ def test_report_has_every_figure_and_is_self_contained(shared: tuple[Path, Path,
     # exemplar grids: one embedded image per exemplar row (4 highest + 4 lowest per class, 8 + 8 per OOD set)
     exemplars = read_results(out).table("exemplars")
     assert body.count('src="data:image/png;base64,') == len(exemplars)
-    assert exemplars.query("dataset == 'cifar10' and split == 'train'").groupby("label").size().tolist() == [8] * 10
+    assert (
+        exemplars.query("dataset == 'cifar10' and split == 'train'").groupby("label").size().tolist()
+        == [8] * 10
+    )
     assert exemplars.query("dataset == 'mnist'").groupby("extreme").size().tolist() == [8, 8]
-    for section in ("Embedding norms", "Norm buckets vs kNN accuracy", "OOD detection", "Exemplars", "Human labels"):
+    for section in (
+        "Embedding norms",
+        "Norm buckets vs kNN accuracy",
+        "OOD detection",
+        "Exemplars",
+        "Human labels",
+    ):
         assert f"<h2>{section}</h2>" in html
     assert "leave-one-out" in html and "voted for itself" in html
 
 
 def test_second_run_is_served_from_the_cache(shared: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
     checkpoint, first_out, cache, _ = shared
-    status, stdout, stderr = cli(*analyze_args(checkpoint, tmp_path / "again", cache, "--quiet", "--no-report"))
+    status, stdout, stderr = cli(
+        *analyze_args(checkpoint, tmp_path / "again", cache, "--quiet", "--no-report")
+    )
     assert status == 0, stderr
     again, first = read_results(tmp_path / "again"), read_results(first_out)
     assert all(again.run["timings"]["embeddings_from_cache"].values())
@@ -73,8 +91,25 @@ def test_second_run_is_served_from_the_cache(shared: tuple[Path, Path, Path, str
 
 def test_quantile_buckets_and_a_second_head(shared: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
     checkpoint, _, cache, _ = shared
-    status, _, stderr = cli(*analyze_args(checkpoint, tmp_path / "q", cache, "--quiet", "--no-report", "--bucket-scaling",
-                                          "quantile", "--buckets", "4", "--head", "feats", "--scorers", "norm,knn", "--human", "none"))
+    status, _, stderr = cli(
+        *analyze_args(
+            checkpoint,
+            tmp_path / "q",
+            cache,
+            "--quiet",
+            "--no-report",
+            "--bucket-scaling",
+            "quantile",
+            "--buckets",
+            "4",
+            "--head",
+            "feats",
+            "--scorers",
+            "norm,knn",
+            "--human",
+            "none",
+        )
+    )
     assert status == 0, stderr
     results = read_results(tmp_path / "q")
     assert results.run["primary_head"] == "feats" and results.run["settings"]["bucket_scaling"] == "quantile"
@@ -82,8 +117,10 @@ def test_quantile_buckets_and_a_second_head(shared: tuple[Path, Path, Path, str]
     assert not any(c.startswith("human_") for c in results.samples.columns)
     counts = results.table("buckets").query("role == 'id-test'")["count"].tolist()
     assert counts == [15, 15, 15, 15]  # equal-count buckets of the 60 ID-test samples
-    np.testing.assert_allclose(results.samples["norm_scaled"].to_numpy(), results.samples["norm_feats"]
-                               / results.samples.query("role == 'id-train'")["norm_feats"].mean())
+    np.testing.assert_allclose(
+        results.samples["norm_scaled"].to_numpy(),
+        results.samples["norm_feats"] / results.samples.query("role == 'id-train'")["norm_feats"].mean(),
+    )
 
 
 def _fails(*argv: str) -> str:
@@ -107,17 +144,23 @@ def _fails(*argv: str) -> str:
         (["--max-per-split", "0"], "--max-per-split must be >= 1"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(shared: tuple[Path, Path, Path, str], tmp_path: Path, extra: list[str], message: str) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    shared: tuple[Path, Path, Path, str], tmp_path: Path, extra: list[str], message: str
+) -> None:
     checkpoint, _, cache, _ = shared
     assert message in _fails(*analyze_args(checkpoint, tmp_path / "out", cache, "--quiet"), *extra)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
-def test_empty_split_nan_embeddings_and_bad_output_paths(shared: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
+def test_empty_split_nan_embeddings_and_bad_output_paths(
+    shared: tuple[Path, Path, Path, str], tmp_path: Path
+) -> None:
     checkpoint, results_dir, cache, _ = shared
     empty = tmp_path / "empty.npz"
     np.savez(empty, images=np.zeros((0, 32, 32, 3), np.uint8))
-    assert "has no images" in _fails(*analyze_args(checkpoint, tmp_path / "o1", cache, "--quiet", "--ood", str(empty)))
+    assert "has no images" in _fails(
+        *analyze_args(checkpoint, tmp_path / "o1", cache, "--quiet", "--ood", str(empty))
+    )
     nan = tiny_checkpoint(tmp_path / "nan.pt", nan=True)
     assert "NaN or Inf" in _fails(*analyze_args(nan, tmp_path / "o2", tmp_path / "cache", "--quiet"))
     (tmp_path / "file.txt").write_text("not a folder")
@@ -128,7 +171,11 @@ def test_empty_split_nan_embeddings_and_bad_output_paths(shared: tuple[Path, Pat
 
 def test_bad_human_label_set_fails_before_the_checkpoint_is_read(tmp_path: Path) -> None:
     # the checkpoint does not exist: the --human error proves the label sets are checked first
-    message = _fails(*analyze_args(tmp_path / "absent.pt", tmp_path / "out", tmp_path / "cache", "--quiet", "--human", "cifar100n"))
+    message = _fails(
+        *analyze_args(
+            tmp_path / "absent.pt", tmp_path / "out", tmp_path / "cache", "--quiet", "--human", "cifar100n"
+        )
+    )
     assert "describes cifar100 train images" in message
     assert not (tmp_path / "out").exists()
 
@@ -142,7 +189,12 @@ def test_help_explains_the_options() -> None:
 def test_building_the_cli_imports_no_heavy_stack() -> None:
     # every command module is imported for `normprobe --help`; torch, pandas and scipy load in run()
     code = "import sys, normprobe.cli as c; c.build_parser(); print([m for m in ('torch', 'pandas', 'scipy') if m in sys.modules])"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "[]"
+    )
 
 
 def test_data_root_is_recorded(shared: tuple[Path, Path, Path, str]) -> None:

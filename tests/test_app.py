@@ -28,23 +28,27 @@ TIMEOUT = 120
 
 @pytest.fixture
 def table() -> pd.DataFrame:
-    return pd.DataFrame({
-        "dataset": ["c100", "c10", "c10", "c10", "c10", "c10", "c100"],
-        "split": ["test", "test", "test", "test", "train", "train", "test"],
-        "index": [7, 3, 1, 9, 0, 5, 2],
-        "role": ["ood", "id-test", "id-test", "id-test", "id-train", "id-train", "ood"],
-        "label": [40, 1, 0, 1, 0, -1, 41],
-        "label_name": ["lamp", "car", "plane", "car", "plane", "", "lion"],
-        "norm_z": [0.5, 2.0, 1.0, 3.0, 4.0, 0.1, 0.2],
-        "knn_pred": [1, 1, 1, 0, 0, 0, 0],
-        "knn_correct": pd.array([None, True, False, False, True, None, None], dtype="boolean"),
-    })
+    return pd.DataFrame(
+        {
+            "dataset": ["c100", "c10", "c10", "c10", "c10", "c10", "c100"],
+            "split": ["test", "test", "test", "test", "train", "train", "test"],
+            "index": [7, 3, 1, 9, 0, 5, 2],
+            "role": ["ood", "id-test", "id-test", "id-test", "id-train", "id-train", "ood"],
+            "label": [40, 1, 0, 1, 0, -1, 41],
+            "label_name": ["lamp", "car", "plane", "car", "plane", "", "lion"],
+            "norm_z": [0.5, 2.0, 1.0, 3.0, 4.0, 0.1, 0.2],
+            "knn_pred": [1, 1, 1, 0, 0, 0, 0],
+            "knn_correct": pd.array([None, True, False, False, True, None, None], dtype="boolean"),
+        }
+    )
 
 
 def test_groups_come_id_train_first_then_id_test_then_ood(table: pd.DataFrame) -> None:
     found = explore.groups(table)
     assert [(g.dataset, g.split, g.role, g.n) for g in found] == [
-        ("c10", "train", "id-train", 2), ("c10", "test", "id-test", 3), ("c100", "test", "ood", 2),
+        ("c10", "train", "id-train", 2),
+        ("c10", "test", "id-test", 3),
+        ("c100", "test", "ood", 2),
     ]
     assert found[1].label == "c10/test (id-test)"
 
@@ -185,7 +189,9 @@ def test_every_section_renders_on_a_real_run(monkeypatch: pytest.MonkeyPatch, an
     assert any("human" in t.lower() for t in charts)
 
 
-def test_exemplars_show_the_chosen_class_by_norm(monkeypatch: pytest.MonkeyPatch, analyzed_results: Path) -> None:
+def test_exemplars_show_the_chosen_class_by_norm(
+    monkeypatch: pytest.MonkeyPatch, analyzed_results: Path
+) -> None:
     app = _app(monkeypatch, analyzed_results, "Exemplars")
     _no_failure(app)
     group = app.selectbox(key="exemplar-group").value
@@ -213,7 +219,9 @@ def test_exemplars_show_the_chosen_class_by_norm(monkeypatch: pytest.MonkeyPatch
     assert lowest_window[0].split(" · ", 1)[1] == _captions(app, "exemplars-lowest")[0]
 
 
-def test_enlarge_opens_a_larger_view_with_the_details(monkeypatch: pytest.MonkeyPatch, analyzed_results: Path) -> None:
+def test_enlarge_opens_a_larger_view_with_the_details(
+    monkeypatch: pytest.MonkeyPatch, analyzed_results: Path
+) -> None:
     app = _app(monkeypatch, analyzed_results, "Exemplars")
     app.button(key="exemplars-highest-zoom-0").click().run()
     _no_failure(app)
@@ -223,7 +231,9 @@ def test_enlarge_opens_a_larger_view_with_the_details(monkeypatch: pytest.Monkey
     assert {"knn_pred", "label_name"} <= set(details["field"])
 
 
-def test_unfamiliar_samples_filter_and_export(monkeypatch: pytest.MonkeyPatch, analyzed_results: Path) -> None:
+def test_unfamiliar_samples_filter_and_export(
+    monkeypatch: pytest.MonkeyPatch, analyzed_results: Path
+) -> None:
     app = _app(monkeypatch, analyzed_results, "Unfamiliar")
     _no_failure(app)
     groups = app.selectbox(key="unfamiliar-group")
@@ -231,7 +241,9 @@ def test_unfamiliar_samples_filter_and_export(monkeypatch: pytest.MonkeyPatch, a
     groups.select_index(test).run()
     app.number_input(key="unfamiliar-n").set_value(20).run()
     table = app.dataframe[0].value
-    assert len(table) == 20 and table["norm_" + app.sidebar.selectbox(key="head").value].is_monotonic_increasing
+    assert (
+        len(table) == 20 and table["norm_" + app.sidebar.selectbox(key="head").value].is_monotonic_increasing
+    )
     assert len(_captions(app, "unfamiliar-grid")) == 20
 
     wanted = app.multiselect(key="unfamiliar-classes").options[3]
@@ -240,18 +252,24 @@ def test_unfamiliar_samples_filter_and_export(monkeypatch: pytest.MonkeyPatch, a
     _no_failure(app)
     table = app.dataframe[0].value
     assert len(table) > 0 and set(table["label_name"]) == {wanted} and not table["knn_correct"].any()
-    assert all(c.split(" · ", 1)[1].startswith(wanted) and c.endswith("✗") for c in _captions(app, "unfamiliar-grid"))
+    assert all(
+        c.split(" · ", 1)[1].startswith(wanted) and c.endswith("✗") for c in _captions(app, "unfamiliar-grid")
+    )
     assert app.get("download_button")
 
 
-def test_a_data_root_without_the_images_is_a_warning(monkeypatch: pytest.MonkeyPatch, analyzed_results: Path, tmp_path: Path) -> None:
+def test_a_data_root_without_the_images_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, analyzed_results: Path, tmp_path: Path
+) -> None:
     app = _app(monkeypatch, analyzed_results, "Exemplars")
     app.sidebar.text_input(key="data-root").input(str(tmp_path)).run()
     assert not app.exception
     assert app.warning and "not available" in app.warning[0].value
 
 
-def test_the_results_folder_can_come_from_the_url(monkeypatch: pytest.MonkeyPatch, analyzed_results: Path) -> None:
+def test_the_results_folder_can_come_from_the_url(
+    monkeypatch: pytest.MonkeyPatch, analyzed_results: Path
+) -> None:
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setattr(sys, "argv", [APP])

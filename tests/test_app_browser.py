@@ -24,8 +24,13 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 STARTUP_SECONDS = 90
 IMAGES_MS = 120_000
@@ -62,10 +67,24 @@ def app_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = tmp_path / "streamlit.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", "app/main.py",
-        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-        "--", "--results", str(analyzed_results),
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app/main.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--results",
+        str(analyzed_results),
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -92,7 +111,8 @@ def _decoded_sources(page, container: str, count: int, other_than: list[str] | N
             return imgs.length === count && imgs.every(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0)
                 && (before === null || imgs.map(i => i.src).join() !== before.join());
         }""",
-        arg=[selector, count, other_than], timeout=IMAGES_MS,
+        arg=[selector, count, other_than],
+        timeout=IMAGES_MS,
     )
     return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.src)")
 

@@ -70,7 +70,10 @@ def test_missing_empty_random_truncated_and_json(tmp_path):
 
 
 def test_unknown_layouts(tmp_path):
-    torch.save({"encoder_q.0.weight": torch.zeros(4, 3, 3, 3), "encoder_q.1.weight": torch.zeros(4)}, tmp_path / "moco.pth")
+    torch.save(
+        {"encoder_q.0.weight": torch.zeros(4, 3, 3, 3), "encoder_q.1.weight": torch.zeros(4)},
+        tmp_path / "moco.pth",
+    )
     message = _refused(tmp_path / "moco.pth", "not a checkpoint format normprobe knows")
     assert "encoder_q.0.weight" in message
     torch.save([torch.zeros(3)], tmp_path / "list.pt")
@@ -108,7 +111,10 @@ def test_malicious_pickles_are_refused_and_never_run(tmp_path):
 
     (tmp_path / "evil.pkl").write_bytes(raw)
     torch.save({"conv1.weight": torch.zeros(1), "x": Payload(marker)}, tmp_path / "evil.pt")
-    torch.save({"pytorch-lightning_version": "2.1.0", "state_dict": {}, "hyper_parameters": Payload(marker)}, tmp_path / "evil.ckpt")
+    torch.save(
+        {"pytorch-lightning_version": "2.1.0", "state_dict": {}, "hyper_parameters": Payload(marker)},
+        tmp_path / "evil.ckpt",
+    )
     (tmp_path / "evil4.pkl").write_bytes(pickle.dumps(Payload(marker), protocol=4))
     for name in ("evil.pkl", "evil.pt", "evil.ckpt", "evil4.pkl"):
         message = _refused(tmp_path / name, "would run code|will not unpickle")
@@ -135,7 +141,9 @@ def test_malicious_payload_inside_torchscript_and_export_archives(tmp_path):
     with zipfile.ZipFile(tmp_path / "good.pt2") as good, zipfile.ZipFile(tmp_path / "evil.pt2", "w") as bad:
         for item in good.infolist():
             data = good.read(item)
-            if item.filename.endswith("sample_inputs/model.pt"):  # torch.export.load falls back to weights_only=False here
+            if item.filename.endswith(
+                "sample_inputs/model.pt"
+            ):  # torch.export.load falls back to weights_only=False here
                 data = buffer.getvalue()
             bad.writestr(item, data)
     _refused(tmp_path / "evil.pt2", "needs code execution")
@@ -146,7 +154,14 @@ def test_lightning_checkpoint_with_python_objects_gets_export_hint(tmp_path):
     import argparse
 
     sd = {f"backbone.{k}": v for k, v in ResNet("resnet18", width=8).state_dict().items()}
-    torch.save({"pytorch-lightning_version": "1.5.10", "state_dict": sd, "hyper_parameters": argparse.Namespace(method="simclr")}, tmp_path / "run.ckpt")
+    torch.save(
+        {
+            "pytorch-lightning_version": "1.5.10",
+            "state_dict": sd,
+            "hyper_parameters": argparse.Namespace(method="simclr"),
+        },
+        tmp_path / "run.ckpt",
+    )
     message = _refused(tmp_path / "run.ckpt", "Lightning checkpoint holding Python objects")
     assert "argparse.Namespace" in message and "run.weights.ckpt" in message
 
@@ -155,16 +170,29 @@ def test_paper_copies_that_disagree(tmp_path):
     """The paper stores each module twice (backbone / enc.0, projector / enc.1); copies must match."""
     backbone = ResNet("resnet18", width=8).state_dict()
     head = {"layer1.weight": torch.randn(16, 64), "layer1.bias": torch.zeros(16)}
-    sd = {**{f"backbone.{k}": v.clone() for k, v in backbone.items()}, **{f"enc.0.{k}": v for k, v in backbone.items()},
-          **{f"projector.{k}": v for k, v in head.items()}, **{f"enc.1.{k}": v for k, v in head.items()}}
+    sd = {
+        **{f"backbone.{k}": v.clone() for k, v in backbone.items()},
+        **{f"enc.0.{k}": v for k, v in backbone.items()},
+        **{f"projector.{k}": v for k, v in head.items()},
+        **{f"enc.1.{k}": v for k, v in head.items()},
+    }
     sd["backbone.layer1.0.conv1.weight"] += 1
     torch.save(sd, tmp_path / "simclr.pt")
-    _refused(tmp_path / "simclr.pt", "backbone.layer1.0.conv1.weight and enc.0.layer1.0.conv1.weight should be the same tensor")
+    _refused(
+        tmp_path / "simclr.pt",
+        "backbone.layer1.0.conv1.weight and enc.0.layer1.0.conv1.weight should be the same tensor",
+    )
 
 
 def test_solo_learn_with_keys_it_should_not_have(tmp_path):
     sd = {f"backbone.{k}": v for k, v in ResNet("resnet18", width=8, stem_padding=2).state_dict().items()}
-    sd.update({"projector.0.weight": torch.zeros(16, 64), "projector.0.bias": torch.zeros(16), "decoder.0.weight": torch.zeros(3, 3)})
+    sd.update(
+        {
+            "projector.0.weight": torch.zeros(16, 64),
+            "projector.0.bias": torch.zeros(16),
+            "decoder.0.weight": torch.zeros(3, 3),
+        }
+    )
     torch.save({"pytorch-lightning_version": "2.0.0", "state_dict": sd}, tmp_path / "x.ckpt")
     _refused(tmp_path / "x.ckpt", "should not have: decoder.0.weight")
 

@@ -76,12 +76,16 @@ class NarrowResNet(torchvision.models.resnet.ResNet):
         return super()._make_layer(block, planes // self.divisor, blocks, stride, dilate)
 
 
-def _torchvision_resnet(name: str = "resnet18", cifar_padding: int | None = 1, zero_init_residual: bool = False) -> nn.Module:
+def _torchvision_resnet(
+    name: str = "resnet18", cifar_padding: int | None = 1, zero_init_residual: bool = False
+) -> nn.Module:
     """A width-8 torchvision ResNet without classifier; ``cifar_padding`` swaps in the CIFAR stem as the projects do
     (``Conv2d(3, 64, 3, 1, padding)`` at full width, no max-pool); ``None`` keeps the ImageNet stem."""
     model = NarrowResNet(name, zero_init_residual=zero_init_residual)
     if cifar_padding is not None:
-        model.conv1 = nn.Conv2d(3, model.bn1.num_features, kernel_size=3, stride=1, padding=cifar_padding, bias=False)
+        model.conv1 = nn.Conv2d(
+            3, model.bn1.num_features, kernel_size=3, stride=1, padding=cifar_padding, bias=False
+        )
         model.maxpool = nn.Identity()
     model.fc = nn.Identity()
     return model
@@ -93,9 +97,19 @@ def test_native_checkpoint_still_first_and_arch_only_sets_preprocessing(tmp_path
     from normprobe.models.heads import simclr_projector
     from normprobe.preprocess import Preprocess
 
-    spec = {"backbone": {"name": "resnet18", "stem": "cifar", "width": 8}, "projector": simclr_projector(64, 32, 16), "predictor": None}
+    spec = {
+        "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
+        "projector": simclr_projector(64, 32, 16),
+        "predictor": None,
+    }
     encoder = _randomise(build_encoder(spec))
-    save_checkpoint(tmp_path / "np.pt", method="simclr", encoder_spec=spec, preprocess=Preprocess((32, 32)), state_dict=encoder.state_dict())
+    save_checkpoint(
+        tmp_path / "np.pt",
+        method="simclr",
+        encoder_spec=spec,
+        preprocess=Preprocess((32, 32)),
+        state_dict=encoder.state_dict(),
+    )
     loaded = load_encoder(tmp_path / "np.pt")
     assert (loaded.adapter, loaded.method, loaded.meta["notes"]) == ("normprobe", "simclr", [])
     x = _images()
@@ -108,6 +122,7 @@ def test_native_checkpoint_still_first_and_arch_only_sets_preprocessing(tmp_path
 
 # --- the paper (Andrew-Draganov/SSLEmbeddingNorms, CLA/training/models.py) -------------------------
 
+
 class PaperProjector(nn.Module):
     """Named layers ``layerK``/``layerK_bn`` and the same modules again in ``layers``, as the paper's Projector."""
 
@@ -118,7 +133,10 @@ class PaperProjector(nn.Module):
         for k in range(1, n_layers + 1):
             setattr(self, f"layer{k}", nn.Linear(in_dim if k == 1 else out_dim, out_dim))
             setattr(self, f"layer{k}_bn", nn.BatchNorm1d(out_dim) if batch_norm else nn.Identity())
-            sequence += ([self.relu] if k > 1 else []) + [getattr(self, f"layer{k}"), getattr(self, f"layer{k}_bn")]
+            sequence += ([self.relu] if k > 1 else []) + [
+                getattr(self, f"layer{k}"),
+                getattr(self, f"layer{k}_bn"),
+            ]
         self.layers = nn.Sequential(*sequence)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +159,9 @@ class PaperPredictor(nn.Module):
 class PaperModel(nn.Module):
     """SimCLR (``projector`` + ``enc``), SimSiam (``enc`` + ``predictor``) or BYOL (+ ``target_encoder``)."""
 
-    def __init__(self, method: str, backbone: nn.Module, feat_dim: int, dim: int = 32, batch_norm: bool = True) -> None:
+    def __init__(
+        self, method: str, backbone: nn.Module, feat_dim: int, dim: int = 32, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         if method == "simclr":
@@ -162,14 +182,21 @@ class PaperModel(nn.Module):
 
 @pytest.mark.parametrize("method,batch_norm", [("simclr", True), ("simsiam", False), ("byol", True)])
 def test_paper_state_dict(tmp_path, method, batch_norm):
-    model = _randomise(PaperModel(method, _torchvision_resnet(zero_init_residual=True), 64, batch_norm=batch_norm))
+    model = _randomise(
+        PaperModel(method, _torchvision_resnet(zero_init_residual=True), 64, batch_norm=batch_norm)
+    )
     sd = model.state_dict()
     assert "backbone.conv1.weight" in sd and "enc.0.conv1.weight" in sd  # the real duplicated layout
     torch.save(sd, tmp_path / f"{method}_epoch512.pt")
     loaded = load_encoder(tmp_path / f"{method}_epoch512.pt")
     assert (loaded.adapter, loaded.method) == ("paper", method)
     assert loaded.preprocess.input_size == (32, 32) and loaded.preprocess.mean is None
-    assert loaded.meta["encoder"]["backbone"] == {"name": "resnet18", "stem": "cifar", "width": 8, "stem_padding": 1}
+    assert loaded.meta["encoder"]["backbone"] == {
+        "name": "resnet18",
+        "stem": "cifar",
+        "width": 8,
+        "stem_padding": 1,
+    }
     x = _images()
     with torch.no_grad():
         _assert_heads(loaded, model.heads(x), x)
@@ -191,11 +218,20 @@ def test_paper_resnet50_imagenet_stem(tmp_path):
 
 # --- solo-learn (vturrisi/solo-learn, solo/methods/base.py, byol.py, mocov3.py) ---------------------
 
+
 def _lightning(state_dict: dict, **extra) -> dict:
     """What ``Trainer.save_checkpoint`` writes (without optimiser tensors, which are irrelevant here)."""
-    return {"epoch": 399, "global_step": 78000, "pytorch-lightning_version": "2.0.9", "state_dict": state_dict,
-            "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 399}}}}, "callbacks": {},
-            "optimizer_states": [], "lr_schedulers": [], **extra}
+    return {
+        "epoch": 399,
+        "global_step": 78000,
+        "pytorch-lightning_version": "2.0.9",
+        "state_dict": state_dict,
+        "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 399}}}},
+        "callbacks": {},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        **extra,
+    }
 
 
 class SoloBYOL(nn.Module):
@@ -206,9 +242,13 @@ class SoloBYOL(nn.Module):
         self.backbone = backbone
         self.classifier = nn.Linear(feat_dim, 10)
         self.momentum_backbone = copy.deepcopy(backbone)
-        self.projector = nn.Sequential(nn.Linear(feat_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out))
+        self.projector = nn.Sequential(
+            nn.Linear(feat_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out)
+        )
         self.momentum_projector = copy.deepcopy(self.projector)
-        self.predictor = nn.Sequential(nn.Linear(out, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out))
+        self.predictor = nn.Sequential(
+            nn.Linear(out, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out)
+        )
 
     def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
@@ -221,9 +261,16 @@ def test_solo_learn_byol_cifar_with_args_json(tmp_path):
     run = tmp_path / "trained_models" / "byol" / "3k2j1x"
     run.mkdir(parents=True)
     torch.save(_lightning(model.state_dict()), run / "byol-cifar10-3k2j1x-ep=399.ckpt")
-    (run / "args.json").write_text(json.dumps(
-        {"method": "byol", "backbone": {"name": "resnet18", "kwargs": {}}, "data": {"dataset": "cifar10"},
-         "method_kwargs": {"proj_hidden_dim": 64, "proj_output_dim": 32, "pred_hidden_dim": 64}}))
+    (run / "args.json").write_text(
+        json.dumps(
+            {
+                "method": "byol",
+                "backbone": {"name": "resnet18", "kwargs": {}},
+                "data": {"dataset": "cifar10"},
+                "method_kwargs": {"proj_hidden_dim": 64, "proj_output_dim": 32, "pred_hidden_dim": 64},
+            }
+        )
+    )
     loaded = load_encoder(run / "byol-cifar10-3k2j1x-ep=399.ckpt")
     assert (loaded.adapter, loaded.method) == ("solo-learn", "byol")
     assert loaded.meta["encoder"]["backbone"]["stem_padding"] == 2
@@ -255,7 +302,10 @@ def test_solo_learn_mocov3_imagenet_without_args_json(tmp_path):
     _randomise(model)
     torch.save(_lightning(model.state_dict()), tmp_path / "mocov3.ckpt")
     loaded = load_encoder(tmp_path / "mocov3.ckpt")
-    assert (loaded.adapter, loaded.method) == ("solo-learn", "mocov3")  # bias-free projector + predictor + momentum
+    assert (loaded.adapter, loaded.method) == (
+        "solo-learn",
+        "mocov3",
+    )  # bias-free projector + predictor + momentum
     assert loaded.preprocess.input_size == (224, 224) and loaded.preprocess.mean == IMAGENET_MEAN
     x = _images(64)
     with torch.no_grad():
@@ -272,28 +322,41 @@ def test_solo_learn_old_encoder_prefix_and_flat_args(tmp_path):
     model.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
     _randomise(model)
     torch.save(_lightning(model.state_dict()), tmp_path / "mocov2plus.ckpt")
-    (tmp_path / "args.json").write_text(json.dumps({"method": "mocov2plus", "encoder": "resnet18", "dataset": "cifar100", "cifar": True}))
+    (tmp_path / "args.json").write_text(
+        json.dumps({"method": "mocov2plus", "encoder": "resnet18", "dataset": "cifar100", "cifar": True})
+    )
     loaded = load_encoder(tmp_path / "mocov2plus.ckpt")
     assert (loaded.adapter, loaded.method) == ("solo-learn", "mocov2plus")
     assert loaded.preprocess.mean == CIFAR100_MEAN
     x = _images()
     with torch.no_grad():
         feats = model.encoder(x)
-        _assert_heads(loaded, {"feats": feats, "z": model.projector(feats)}, x)  # raw z: solo-learn normalises it in forward
+        _assert_heads(
+            loaded, {"feats": feats, "z": model.projector(feats)}, x
+        )  # raw z: solo-learn normalises it in forward
 
 
 def test_solo_learn_vit_mocov3(tmp_path):
     """solo-learn's ViTs are timm VisionTransformers (num_classes=0); MoCo v3 gives them a 3-layer projector."""
     model = nn.Module()
-    model.backbone = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=1, num_classes=0)
+    model.backbone = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=1, num_classes=0
+    )
     model.classifier = nn.Linear(384, 100)
     model.projector = _mocov3_mlp(3, 384, 48, 32)
     model.predictor = _mocov3_mlp(2, 32, 48, 32)
     model.momentum_backbone = copy.deepcopy(model.backbone)
     _randomise(model)
     torch.save(_lightning(model.state_dict()), tmp_path / "mocov3-vit.ckpt")
-    (tmp_path / "args.json").write_text(json.dumps(
-        {"method": "mocov3", "backbone": {"name": "vit_small", "kwargs": {"patch_size": 4, "img_size": 32}}, "data": {"dataset": "cifar100"}}))
+    (tmp_path / "args.json").write_text(
+        json.dumps(
+            {
+                "method": "mocov3",
+                "backbone": {"name": "vit_small", "kwargs": {"patch_size": 4, "img_size": 32}},
+                "data": {"dataset": "cifar100"},
+            }
+        )
+    )
     loaded = load_encoder(tmp_path / "mocov3-vit.ckpt")
     assert (loaded.adapter, loaded.method, loaded.preprocess.mean) == ("solo-learn", "mocov3", CIFAR100_MEAN)
     x = _images()
@@ -304,6 +367,7 @@ def test_solo_learn_vit_mocov3(tmp_path):
 
 
 # --- lightly (lightly-ai/lightly, examples/pytorch_lightning/*.py, lightly/models/modules/heads.py) ---
+
 
 class LightlyHead(nn.Module):
     """lightly's ProjectionHead: blocks of Linear (bias only without BN) [+ BN] [+ non-linearity] in ``layers``."""
@@ -369,6 +433,7 @@ def test_lightly_simclr_torchvision_backbone_with_memory_bank(tmp_path):
 
 # --- bare torchvision / timm backbones ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("cifar", [True, False])
 def test_torchvision_resnet18_state_dict(tmp_path, cifar):
     model = torchvision.models.resnet18()
@@ -389,29 +454,45 @@ def test_torchvision_resnet18_state_dict(tmp_path, cifar):
 
 
 def test_timm_vit_tiny_state_dict(tmp_path):
-    model = _randomise(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=4))
+    model = _randomise(
+        timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=4)
+    )
     torch.save(model.state_dict(), tmp_path / "vit_tiny.pth")
     loaded = load_encoder(tmp_path / "vit_tiny.pth")
     assert loaded.adapter == "timm" and loaded.preprocess.input_size == (32, 32)
     backbone = loaded.meta["encoder"]["backbone"]
-    assert (backbone["name"], backbone["img_size"], backbone["patch_size"], backbone["depth"]) == ("timm:vit_tiny_patch16_224", 32, 4, 4)
+    assert (backbone["name"], backbone["img_size"], backbone["patch_size"], backbone["depth"]) == (
+        "timm:vit_tiny_patch16_224",
+        32,
+        4,
+        4,
+    )
     x = _images()
     with torch.no_grad():
         _assert_heads(loaded, {"feats": model.forward_head(model.forward_features(x), pre_logits=True)}, x)
     # naming the model outright gives the same encoder
-    named = load_encoder(tmp_path / "vit_tiny.pth", arch="timm:vit_tiny_patch16_224:img_size=32:patch_size=4:depth=4")
+    named = load_encoder(
+        tmp_path / "vit_tiny.pth", arch="timm:vit_tiny_patch16_224:img_size=32:patch_size=4:depth=4"
+    )
     with torch.no_grad():
         assert torch.allclose(named.encoder(x)["feats"], loaded.encoder(x)["feats"], atol=1e-6)
 
 
 # --- TorchScript and torch.export: architectures normprobe does not know ----------------------------
 
+
 class Foreign(nn.Module):
     """Not a ResNet or ViT: a conv net whose forward returns (feats, z)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(), nn.Conv2d(8, 16, 3, stride=2), nn.AdaptiveAvgPool2d(1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.GELU(),
+            nn.Conv2d(8, 16, 3, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Linear(16, 4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,16 +548,31 @@ def test_torch_export_dynamic_batch(tmp_path):
 
 # --- --arch ---------------------------------------------------------------------------------------
 
+
 def test_parse_arch_forms():
     assert parse_arch(None) is None
     assert parse_arch("resnet18").backbone == {"name": "resnet18"}
-    assert parse_arch("resnet18:cifar:width=32").backbone == {"name": "resnet18", "stem": "cifar", "width": 32}
+    assert parse_arch("resnet18:cifar:width=32").backbone == {
+        "name": "resnet18",
+        "stem": "cifar",
+        "width": 32,
+    }
     assert parse_arch("resnet50:imagenet").backbone == {"name": "resnet50", "stem": "imagenet"}
     vit = parse_arch("timm:vit_small_patch16_224:img_size=32:patch_size=4")
-    assert vit.backbone == {"name": "timm:vit_small_patch16_224", "img_size": 32, "patch_size": 4} and vit.input_size == 32
+    assert (
+        vit.backbone == {"name": "timm:vit_small_patch16_224", "img_size": 32, "patch_size": 4}
+        and vit.input_size == 32
+    )
     only = parse_arch("input_size=224:norm=imagenet")
     assert only.backbone is None and (only.input_size, only.norm) == (224, "imagenet")
-    for bad in ("resnet9000", "resnet18:width=x", "resnet18:depth=3", "timm:not_a_model", "norm=zca", "resnet18::cifar"):
+    for bad in (
+        "resnet9000",
+        "resnet18:width=x",
+        "resnet18:depth=3",
+        "timm:not_a_model",
+        "norm=zca",
+        "resnet18::cifar",
+    ):
         with pytest.raises(NormprobeError, match="--arch"):
             parse_arch(bad)
 
@@ -488,7 +584,9 @@ def test_arch_overrides_inferred_stem_padding(tmp_path):
     x = _images()
     with torch.no_grad():
         want = model(x)
-        assert not torch.allclose(load_encoder(tmp_path / "backbone.pth").encoder(x)["feats"], want, atol=1e-3)
+        assert not torch.allclose(
+            load_encoder(tmp_path / "backbone.pth").encoder(x)["feats"], want, atol=1e-3
+        )
         fixed = load_encoder(tmp_path / "backbone.pth", arch="resnet18:cifar:stem_padding=2:norm=cifar10")
         assert torch.allclose(fixed.encoder(x)["feats"], want, atol=1e-5)
     assert fixed.preprocess.mean == CIFAR10_MEAN

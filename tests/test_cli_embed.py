@@ -28,7 +28,10 @@ from normprobe.models.heads import simclr_projector
 from normprobe.preprocess import Preprocess
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
-SPEC = {"backbone": {"name": "resnet18", "stem": "cifar", "width": 8}, "projector": simclr_projector(64, 128, 32)}
+SPEC = {
+    "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
+    "projector": simclr_projector(64, 128, 32),
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +40,55 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
     encoder = build_encoder(SPEC)
-    save_checkpoint(root / "tiny.pt", method="simclr", encoder_spec=SPEC, preprocess=Preprocess((32, 32)), state_dict=encoder.state_dict())
+    save_checkpoint(
+        root / "tiny.pt",
+        method="simclr",
+        encoder_spec=SPEC,
+        preprocess=Preprocess((32, 32)),
+        state_dict=encoder.state_dict(),
+    )
     # Finite weights (the loader accepts them) whose BatchNorm divides by sqrt(negative variance): NaN z.
     broken = {k: -v if k == "projector.1.running_var" else v for k, v in encoder.state_dict().items()}
-    save_checkpoint(root / "nan.pt", method="simclr", encoder_spec=SPEC, preprocess=Preprocess((32, 32)), state_dict=broken)
+    save_checkpoint(
+        root / "nan.pt",
+        method="simclr",
+        encoder_spec=SPEC,
+        preprocess=Preprocess((32, 32)),
+        state_dict=broken,
+    )
     test = np.load(DATA_ROOT / "cifar10_test_jpeg.npz")
     offsets = test["offsets"][:101]
-    np.savez(root / "c10first100.npz", jpeg=test["jpeg"][: offsets[-1]], offsets=offsets, labels=test["labels"][:100], classes=test["classes"])
+    np.savez(
+        root / "c10first100.npz",
+        jpeg=test["jpeg"][: offsets[-1]],
+        offsets=offsets,
+        labels=test["labels"][:100],
+        classes=test["classes"],
+    )
     (root / "garbage.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    return {"ckpt": root / "tiny.pt", "nan": root / "nan.pt", "npz": root / "c10first100.npz", "garbage": root / "garbage.pt"}
+    return {
+        "ckpt": root / "tiny.pt",
+        "nan": root / "nan.pt",
+        "npz": root / "c10first100.npz",
+        "garbage": root / "garbage.pt",
+    }
 
 
-def test_embed_writes_npz_then_serves_parquet_from_the_cache(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_embed_writes_npz_then_serves_parquet_from_the_cache(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache = tmp_path / "cache"
-    common = ["embed", str(files["ckpt"]), "--dataset", str(files["npz"]), "--cache-dir", str(cache), "--no-progress", "--batch-size", "64"]
+    common = [
+        "embed",
+        str(files["ckpt"]),
+        "--dataset",
+        str(files["npz"]),
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+        "--batch-size",
+        "64",
+    ]
     assert main([*common, "--out", str(tmp_path / "e.npz")]) == 0
     out = capsys.readouterr().out
     assert "adapter normprobe" in out and "100 images from npz:" in out
@@ -58,14 +96,28 @@ def test_embed_writes_npz_then_serves_parquet_from_the_cache(files: dict[str, Pa
 
     saved = np.load(tmp_path / "e.npz", allow_pickle=False)
     assert set(saved.files) == {"feats", "z", "index", "labels", "ids", "config"}
-    assert saved["feats"].shape == (100, 64) and saved["z"].shape == (100, 32) and saved["z"].dtype == np.float32
+    assert (
+        saved["feats"].shape == (100, 64) and saved["z"].shape == (100, 32) and saved["z"].dtype == np.float32
+    )
     np.testing.assert_array_equal(saved["index"], np.arange(100))
-    np.testing.assert_array_equal(saved["labels"], np.load(DATA_ROOT / "cifar10_test_jpeg.npz")["labels"][:100])
+    np.testing.assert_array_equal(
+        saved["labels"], np.load(DATA_ROOT / "cifar10_test_jpeg.npz")["labels"][:100]
+    )
     assert saved["ids"][3] == "c10first100/all/3"
     config = json.loads(str(saved["config"]))
-    assert config["checkpoint"]["adapter"] == "normprobe" and config["precision"] == "fp32" and config["dataset"]["size"] == 100
+    assert (
+        config["checkpoint"]["adapter"] == "normprobe"
+        and config["precision"] == "fp32"
+        and config["dataset"]["size"] == 100
+    )
     loaded = load_encoder(files["ckpt"])
-    direct = extract_arrays(loaded.encoder, loaded.preprocess, data.load_any(str(files["npz"]), None), ("feats", "z"), progress=False)
+    direct = extract_arrays(
+        loaded.encoder,
+        loaded.preprocess,
+        data.load_any(str(files["npz"]), None),
+        ("feats", "z"),
+        progress=False,
+    )
     np.testing.assert_allclose(saved["z"], direct["z"], rtol=1e-5, atol=1e-6)
 
     assert main([*common, "--heads", "z", "--out", str(tmp_path / "e.parquet")]) == 0
@@ -82,21 +134,42 @@ def test_embed_writes_npz_then_serves_parquet_from_the_cache(files: dict[str, Pa
     assert "not cached (--no-cache)" in capsys.readouterr().out
 
 
-def test_embed_reports_a_partial_mirror(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_embed_reports_a_partial_mirror(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The sample shipped in the package is a partial data root: 500 of the 916 mirrored CIFAR-100 test images.
     sample_root = Path(data.__file__).resolve().parents[1] / "sample"
-    args = ["embed", str(files["ckpt"]), "--dataset", "cifar100:test", "--data-root", str(sample_root),
-            "--heads", "feats", "--no-cache", "--no-progress", "--out", str(tmp_path / "c100.npz")]
+    args = [
+        "embed",
+        str(files["ckpt"]),
+        "--dataset",
+        "cifar100:test",
+        "--data-root",
+        str(sample_root),
+        "--heads",
+        "feats",
+        "--no-cache",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "c100.npz"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "cifar100/test, 500 images from mirror:cifar100_exact_subset.npz" in out
-    assert "note: partial mirror: 500 of 10000 cifar100 test images exist locally (original indices 0..499)" in out
+    assert (
+        "note: partial mirror: 500 of 10000 cifar100 test images exist locally (original indices 0..499)"
+        in out
+    )
     saved = np.load(tmp_path / "c100.npz")
     assert saved["feats"].shape == (500, 64) and saved["ids"][499] == "cifar100/test/499"
-    np.testing.assert_array_equal(saved["labels"], np.load(DATA_ROOT / "cifar100_labels.npz")["test_fine"][:500])
+    np.testing.assert_array_equal(
+        saved["labels"], np.load(DATA_ROOT / "cifar100_labels.npz")["test_fine"][:500]
+    )
 
 
-def test_embed_an_image_folder(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_embed_an_image_folder(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "photos"
     for cls in ("cats", "dogs"):
         (folder / cls).mkdir(parents=True)
@@ -104,7 +177,21 @@ def test_embed_an_image_folder(files: dict[str, Path], tmp_path: Path, capsys: p
     for i, image in enumerate(images):
         Image.fromarray(image).resize((48, 40)).save(folder / ("cats" if i < 2 else "dogs") / f"{i}.jpg")
     (folder / "dogs" / "bad.png").write_bytes(b"\x89PNG broken")
-    assert main(["embed", str(files["ckpt"]), "--dataset", str(folder), "--no-cache", "--no-progress", "--out", str(tmp_path / "f.npz")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(files["ckpt"]),
+                "--dataset",
+                str(folder),
+                "--no-cache",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "f.npz"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "skipped: dogs/bad.png" in out and "centre-cropped to 32x32" in out
     saved = np.load(tmp_path / "f.npz")
@@ -147,7 +234,9 @@ def test_bad_input_is_one_line_and_exit_2(
         extra = ["--batch-size", "0"]
     elif case == "nan-embeddings":
         ckpt = str(files["nan"])
-    code = main(["embed", ckpt, "--dataset", dataset, "--out", str(out), "--no-cache", "--no-progress", *extra])
+    code = main(
+        ["embed", ckpt, "--dataset", dataset, "--out", str(out), "--no-cache", "--no-progress", *extra]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("normprobe: error: ") and match in err[0]
@@ -155,7 +244,9 @@ def test_bad_input_is_one_line_and_exit_2(
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["out.npz"]  # no temporary file left behind
 
 
-def test_real_subprocess_reexecs_once_with_the_allocator_settings(files: dict[str, Path], tmp_path: Path) -> None:
+def test_real_subprocess_reexecs_once_with_the_allocator_settings(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
     probe = tmp_path / "probe"
     probe.mkdir()
     log = tmp_path / "processes.log"
@@ -165,11 +256,26 @@ def test_real_subprocess_reexecs_once_with_the_allocator_settings(files: dict[st
         f"with open({str(log)!r}, 'a') as fh:\n"
         "    fh.write(os.environ.get('GLIBC_TUNABLES', '<none>') + '\\n')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "GLIBC_TUNABLES", allocator.NO_REEXEC_ENV)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTEST_CURRENT_TEST", "GLIBC_TUNABLES", allocator.NO_REEXEC_ENV)
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(probe), env.get("PYTHONPATH", "")])
     out = tmp_path / "sub.parquet"
-    cmd = [sys.executable, "-m", "normprobe", "embed", str(files["ckpt"]), "--dataset", str(files["npz"]), "--out", str(out),
-           "--no-cache", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "normprobe",
+        "embed",
+        str(files["ckpt"]),
+        "--dataset",
+        str(files["npz"]),
+        "--out",
+        str(out),
+        "--no-cache",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no warnings leak from the libraries
@@ -180,7 +286,6 @@ def test_real_subprocess_reexecs_once_with_the_allocator_settings(files: dict[st
         assert lines == ["<none>", expected]
     else:
         assert lines == ["<none>"]
-
 
 
 def test_allocator_settings_merge_and_never_loop(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,7 +87,11 @@ def test_tinyimagenet_val_is_64x64_with_greyscale_jpegs_as_rgb() -> None:
     assert len(val) == 10000 and val.image_size == (64, 64) and len(val.classes) == 200
     images = val.images(slice(0, 300)).numpy()
     assert images.shape == (300, 64, 64, 3)
-    grey = [i for i in range(300) if (images[i, ..., 0] == images[i, ..., 1]).all() and (images[i, ..., 1] == images[i, ..., 2]).all()]
+    grey = [
+        i
+        for i in range(300)
+        if (images[i, ..., 0] == images[i, ..., 1]).all() and (images[i, ..., 1] == images[i, ..., 2]).all()
+    ]
     assert grey, "the first 300 val images include single-channel JPEGs"
     reader = val.reader
     for i in grey[:2] + [0, 1]:
@@ -100,14 +104,32 @@ def _write_cifar10_batches_py(root: Path, images: np.ndarray, labels: np.ndarray
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
-        batch = {"batch_label": name, "labels": labels.tolist(), "data": rows, "filenames": [f"{i}.png" for i in range(len(rows))]}
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ]:
+        batch = {
+            "batch_label": name,
+            "labels": labels.tolist(),
+            "data": rows,
+            "filenames": [f"{i}.png" for i in range(len(rows))],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {"label_names": list(data.load_manifest("cifar10").raw["classes"]), "num_vis": 3072, "num_cases_per_batch": 10000}
+    meta = {
+        "label_names": list(data.load_manifest("cifar10").raw["classes"]),
+        "num_vis": 3072,
+        "num_cases_per_batch": 10000,
+    }
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
 
 
-def test_torchvision_cifar10_layout(tmp_path: Path, cifar10_test: data.ImageSet, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchvision_cifar10_layout(
+    tmp_path: Path, cifar10_test: data.ImageSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision.datasets.cifar as tv_cifar
 
     images, labels = cifar10_test.images(slice(0, 40)).numpy(), cifar10_test.labels[:40]
@@ -166,7 +188,9 @@ def test_image_folder_with_class_subfolders(tmp_path: Path, cifar10_test: data.I
         cls = cifar10_test.classes[cifar10_test.labels[i]]
         row = by_id[f"{cls}/{i}.png"]
         assert folder.classes[folder.labels[row]] == cls
-        np.testing.assert_array_equal(folder.images(np.array([row]))[0].numpy(), images[i])  # PNG: lossless, 32x32 kept
+        np.testing.assert_array_equal(
+            folder.images(np.array([row]))[0].numpy(), images[i]
+        )  # PNG: lossless, 32x32 kept
     resized = folder.images(np.array([by_id[f"{cifar10_test.classes[cifar10_test.labels[0]]}/big.png"]]))
     assert tuple(resized.shape) == (1, 32, 32, 3)
 
@@ -189,7 +213,12 @@ def test_flat_image_folder_skips_a_corrupt_file(tmp_path: Path, cifar10_test: da
 
 def test_user_npz_arrays_grey_and_jpeg(tmp_path: Path, cifar10_test: data.ImageSet) -> None:
     images = cifar10_test.images(slice(0, 20)).numpy()
-    np.savez(tmp_path / "rgb.npz", images=images, labels=cifar10_test.labels[:20], classes=np.array(cifar10_test.classes))
+    np.savez(
+        tmp_path / "rgb.npz",
+        images=images,
+        labels=cifar10_test.labels[:20],
+        classes=np.array(cifar10_test.classes),
+    )
     rgb = data.load_any(str(tmp_path / "rgb.npz"), None)
     assert (rgb.name, rgb.split, len(rgb)) == ("rgb", "all", 20) and rgb.classes == cifar10_test.classes
     np.testing.assert_array_equal(rgb.images().numpy(), images)
@@ -201,11 +230,16 @@ def test_user_npz_arrays_grey_and_jpeg(tmp_path: Path, cifar10_test: data.ImageS
 
     reader = cifar10_test.reader
     offsets = reader._offsets[:21] - reader._offsets[0]
-    np.savez(tmp_path / "jpeg.npz", jpeg=reader._data[reader._offsets[0] : reader._offsets[20]], offsets=offsets)
+    np.savez(
+        tmp_path / "jpeg.npz", jpeg=reader._data[reader._offsets[0] : reader._offsets[20]], offsets=offsets
+    )
     np.testing.assert_array_equal(data.load_any(str(tmp_path / "jpeg.npz"), None).images().numpy(), images)
 
-    np.savez(tmp_path / "png.npz", jpeg=np.frombuffer(b"".join(_png(im) for im in images[:3]), np.uint8),
-             offsets=np.cumsum([0] + [len(_png(im)) for im in images[:3]]))
+    np.savez(
+        tmp_path / "png.npz",
+        jpeg=np.frombuffer(b"".join(_png(im) for im in images[:3]), np.uint8),
+        offsets=np.cumsum([0] + [len(_png(im)) for im in images[:3]]),
+    )
     np.testing.assert_array_equal(data.load_any(str(tmp_path / "png.npz"), None).images().numpy(), images[:3])
 
     np.savez(tmp_path / "floats.npz", images=images.astype(np.float32))
@@ -217,7 +251,9 @@ def test_user_npz_arrays_grey_and_jpeg(tmp_path: Path, cifar10_test: data.ImageS
 
 
 def test_missing_and_unknown_datasets_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(NormprobeError, match=r"cifar10 test not found in data root .*cifar10_test_jpeg\.npz.*NORMPROBE_DATA"):
+    with pytest.raises(
+        NormprobeError, match=r"cifar10 test not found in data root .*cifar10_test_jpeg\.npz.*NORMPROBE_DATA"
+    ):
         data.load("cifar10", "test", tmp_path)
     with pytest.raises(NormprobeError, match="unknown dataset 'svhn'"):
         data.load("svhn", "test", DATA_ROOT)
@@ -246,7 +282,9 @@ def test_imbalanced_subsets_follow_the_paper() -> None:
     np.testing.assert_array_equal(counts[:4], [5000, 3333, 2222, 1481])
     assert (np.diff(picked) > 0).all()
     for cls in (3, 9):  # the first n_i images of each class, in dataset order
-        np.testing.assert_array_equal(picked[labels[picked] == cls], np.flatnonzero(labels == cls)[: counts[cls]])
+        np.testing.assert_array_equal(
+            picked[labels[picked] == cls], np.flatnonzero(labels == cls)[: counts[cls]]
+        )
 
     fine = np.load(DATA_ROOT / "cifar100_labels.npz")["train_fine"]
     picked100 = data.imbalanced_indices("cifar100", fine)
@@ -260,9 +298,13 @@ def test_imbalanced_subsets_follow_the_paper() -> None:
 def test_datasets_verify_detects_a_modified_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("cifar10h.npz", "mnist_test.npz"):
         shutil.copyfile(DATA_ROOT / name, tmp_path / name)
-    assert main(["datasets", "verify", "--data-root", str(tmp_path)]) == 0  # missing files are reported, not fatal
+    assert (
+        main(["datasets", "verify", "--data-root", str(tmp_path)]) == 0
+    )  # missing files are reported, not fatal
     out = capsys.readouterr().out
-    assert re.search(r"^ok\s+cifar10h\.npz", out, re.M) and re.search(r"^missing\s+cifar10_test_jpeg\.npz", out, re.M)
+    assert re.search(r"^ok\s+cifar10h\.npz", out, re.M) and re.search(
+        r"^missing\s+cifar10_test_jpeg\.npz", out, re.M
+    )
     assert "2 ok, 0 mismatched, 8 missing" in out
     assert main(["datasets", "verify", "--data-root", str(tmp_path), "--strict"]) == 2
     assert "missing from" in capsys.readouterr().err
@@ -276,10 +318,16 @@ def test_datasets_verify_detects_a_modified_file(tmp_path: Path, capsys: pytest.
     error_lines = captured.err.strip().splitlines()
     assert len(error_lines) == 1 and "do not match the manifest sha256: cifar10h.npz" in error_lines[0]
     rows = {file: status for file, status, _ in data.verify(tmp_path)}
-    assert rows["cifar10h.npz"] == "MISMATCH" and rows["mnist_test.npz"] == "ok" and rows["cifar10_test_jpeg.npz"] == "missing"
+    assert (
+        rows["cifar10h.npz"] == "MISMATCH"
+        and rows["mnist_test.npz"] == "ok"
+        and rows["cifar10_test_jpeg.npz"] == "missing"
+    )
 
 
-def test_datasets_list_counts_what_is_really_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_datasets_list_counts_what_is_really_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["datasets", "list", "--data-root", str(DATA_ROOT)]) == 0
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if line.startswith("cifar100 ") and " test " in line)

@@ -19,7 +19,10 @@ from normprobe.models.heads import simclr_projector
 from normprobe.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
-SPEC = {"backbone": {"name": "resnet18", "stem": "cifar", "width": 8}, "projector": simclr_projector(64, 128, 32)}
+SPEC = {
+    "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
+    "projector": simclr_projector(64, 128, 32),
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,13 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, method="simclr", encoder_spec=SPEC, preprocess=Preprocess((32, 32), CIFAR10_MEAN, CIFAR10_STD), state_dict=encoder.state_dict())
+    save_checkpoint(
+        path,
+        method="simclr",
+        encoder_spec=SPEC,
+        preprocess=Preprocess((32, 32), CIFAR10_MEAN, CIFAR10_STD),
+        state_dict=encoder.state_dict(),
+    )
     return path
 
 
@@ -56,11 +65,25 @@ def _manual(loaded: LoadedEncoder, imageset: data.ImageSet) -> dict[str, np.ndar
     return {k: v.numpy() for k, v in out.items()}
 
 
-def test_extraction_equals_a_manual_forward_and_keeps_the_last_batch(loaded: LoadedEncoder, subset: data.ImageSet) -> None:
+def test_extraction_equals_a_manual_forward_and_keeps_the_last_batch(
+    loaded: LoadedEncoder, subset: data.ImageSet
+) -> None:
     expected = _manual(loaded, subset)
     for batch_size, prefetch in [(50, True), (120, False)]:  # 120 = 50 + 50 + 20: the last batch counts
-        arrays = extract_arrays(loaded.encoder, loaded.preprocess, subset, ("feats", "z"), batch_size=batch_size, progress=False, prefetch=prefetch)
-        assert set(arrays) == {"feats", "z"} and arrays["z"].shape == (120, 32) and arrays["z"].dtype == np.float32
+        arrays = extract_arrays(
+            loaded.encoder,
+            loaded.preprocess,
+            subset,
+            ("feats", "z"),
+            batch_size=batch_size,
+            progress=False,
+            prefetch=prefetch,
+        )
+        assert (
+            set(arrays) == {"feats", "z"}
+            and arrays["z"].shape == (120, 32)
+            and arrays["z"].dtype == np.float32
+        )
         for head in ("feats", "z"):
             np.testing.assert_allclose(arrays[head], expected[head], rtol=1e-4, atol=1e-5)
     assert not loaded.encoder.training
@@ -69,7 +92,9 @@ def test_extraction_equals_a_manual_forward_and_keeps_the_last_batch(loaded: Loa
 def test_bf16_is_close_to_fp32(loaded: LoadedEncoder, subset: data.ImageSet) -> None:
     small = subset.subset(np.arange(32), "first32")
     fp32 = extract_arrays(loaded.encoder, loaded.preprocess, small, ("feats",), progress=False)["feats"]
-    bf16 = extract_arrays(loaded.encoder, loaded.preprocess, small, ("feats",), precision="bf16", progress=False)["feats"]
+    bf16 = extract_arrays(
+        loaded.encoder, loaded.preprocess, small, ("feats",), precision="bf16", progress=False
+    )["feats"]
     assert bf16.dtype == np.float32
     assert 0 < np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32) < 0.03
 
@@ -80,7 +105,9 @@ def test_bad_requests_are_clear_errors(loaded: LoadedEncoder, subset: data.Image
     with pytest.raises(NormprobeError, match="precision must be one of"):
         extract_arrays(loaded.encoder, loaded.preprocess, subset, ("z",), precision="fp16", progress=False)
     with pytest.raises(NormprobeError, match="nothing to embed"):
-        extract_arrays(loaded.encoder, loaded.preprocess, subset.subset(np.arange(0), "none"), ("z",), progress=False)
+        extract_arrays(
+            loaded.encoder, loaded.preprocess, subset.subset(np.arange(0), "none"), ("z",), progress=False
+        )
 
 
 def test_cache_hits_and_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path) -> None:
@@ -93,7 +120,9 @@ def test_cache_hits_and_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp
     for head in ("feats", "z"):
         np.testing.assert_array_equal(second.heads[head], first.heads[head])
     np.testing.assert_allclose(second.norms("z"), np.linalg.norm(first.heads["z"], axis=1), rtol=1e-6)
-    assert extract(loaded, small, ("z",), cache=cache, progress=False).from_cache  # a subset of the cached heads
+    assert extract(
+        loaded, small, ("z",), cache=cache, progress=False
+    ).from_cache  # a subset of the cached heads
 
     keys = {cache_key(loaded, small, "z", "fp32")}
     for changed, imageset, precision in [
@@ -104,24 +133,36 @@ def test_cache_hits_and_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp
         assert not result.from_cache, changed
         keys.add(cache_key(loaded, imageset, "z", precision))
     assert len(keys) == 3
-    assert cache_key(loaded, small, "feats", "fp32") != cache_key(loaded, small, "z", "fp32")  # the head is in the key
+    assert cache_key(loaded, small, "feats", "fp32") != cache_key(
+        loaded, small, "z", "fp32"
+    )  # the head is in the key
 
     uncached = extract(loaded, small, ("z",), cache=None, progress=False)  # --no-cache
     assert not uncached.from_cache
 
 
-def test_a_changed_checkpoint_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path, checkpoint: Path) -> None:
+def test_a_changed_checkpoint_misses(
+    loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path, checkpoint: Path
+) -> None:
     cache = EmbeddingCache(tmp_path / "cache")
     small = subset.subset(np.arange(16), "first16")
     extract(loaded, small, ("z",), cache=cache, progress=False)
     state = torch.load(checkpoint, weights_only=True)
     state["state_dict"]["projector.3.bias"] += 1.0
-    save_checkpoint(tmp_path / "other.pt", method="simclr", encoder_spec=SPEC, preprocess=loaded.preprocess, state_dict=state["state_dict"])
+    save_checkpoint(
+        tmp_path / "other.pt",
+        method="simclr",
+        encoder_spec=SPEC,
+        preprocess=loaded.preprocess,
+        state_dict=state["state_dict"],
+    )
     other = extract(load_encoder(tmp_path / "other.pt"), small, ("z",), cache=cache, progress=False)
     assert not other.from_cache
 
 
-def test_a_corrupt_cache_entry_is_recomputed(loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path) -> None:
+def test_a_corrupt_cache_entry_is_recomputed(
+    loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path
+) -> None:
     cache = EmbeddingCache(tmp_path)
     small = subset.subset(np.arange(16), "first16")
     good = extract(loaded, small, ("z",), cache=cache, progress=False).heads["z"]
@@ -130,7 +171,9 @@ def test_a_corrupt_cache_entry_is_recomputed(loaded: LoadedEncoder, subset: data
     again = extract(loaded, small, ("z",), cache=cache, progress=False)
     assert not again.from_cache
     np.testing.assert_allclose(again.heads["z"], good, rtol=1e-5)
-    assert extract(loaded, small, ("z",), cache=cache, progress=False).from_cache  # overwritten with a good entry
+    assert extract(
+        loaded, small, ("z",), cache=cache, progress=False
+    ).from_cache  # overwritten with a good entry
     np.save(entry, np.zeros((3, 32), np.float32))  # readable but the wrong number of rows
     assert not extract(loaded, small, ("z",), cache=cache, progress=False).from_cache
 

@@ -36,12 +36,20 @@ def test_entropy_and_majority_from_hand_computed_counts() -> None:
     assert frame["human_c10h_majority_label"].tolist() == [3, 0, 0, 0, 1]
     assert frame["human_c10h_annotations"].tolist() == [51, 50, 52, 50, 50]
     # CIFAR-10H describes the test split: other roles get no columns
-    assert human.human_columns({"cifar10h": {"counts": counts}}, np.arange(5), labels, "id-train").columns.empty
+    assert human.human_columns(
+        {"cifar10h": {"counts": counts}}, np.arange(5), labels, "id-train"
+    ).columns.empty
 
 
 def _cifar10n(aggre: np.ndarray, clean: np.ndarray) -> dict[str, np.ndarray]:
-    return {"clean_label": clean, "aggre_label": aggre, "worse_label": aggre, "random_label1": clean,
-            "random_label2": clean, "random_label3": aggre}
+    return {
+        "clean_label": clean,
+        "aggre_label": aggre,
+        "worse_label": aggre,
+        "random_label1": clean,
+        "random_label2": clean,
+        "random_label3": aggre,
+    }
 
 
 def test_bucket_accuracies_on_constructed_data() -> None:
@@ -54,8 +62,12 @@ def test_bucket_accuracies_on_constructed_data() -> None:
     aggre[200:] = (clean[200:] + 3) % 10
     frame = human.human_columns({"cifar10n": _cifar10n(aggre, clean)}, np.arange(220), clean, "id-train")
     assert list(frame.columns) == [
-        "human_c10n_aggre_label", "human_c10n_aggre_correct", "human_c10n_worse_correct",
-        "human_c10n_random1_correct", "human_c10n_random2_correct", "human_c10n_random3_correct",
+        "human_c10n_aggre_label",
+        "human_c10n_aggre_correct",
+        "human_c10n_worse_correct",
+        "human_c10n_random1_correct",
+        "human_c10n_random2_correct",
+        "human_c10n_random3_correct",
     ]
     samples = pd.concat([frame, pd.DataFrame({"norm_z": norms})], axis=1)
     curves = human.human_curves(samples, "norm_z")
@@ -68,7 +80,9 @@ def test_bucket_accuracies_on_constructed_data() -> None:
     random1 = curves[curves["signal"] == "human_c10n_random1_correct"]
     assert (random1.loc[random1["count"] > 0, "mean"] == 1.0).all()
     # unknown dataset labels give missing fields, which are left out of counts
-    unknown = human.human_columns({"cifar10n": _cifar10n(aggre, clean)}, np.arange(3), np.array([-1, 1, 2]), "id-train")
+    unknown = human.human_columns(
+        {"cifar10n": _cifar10n(aggre, clean)}, np.arange(3), np.array([-1, 1, 2]), "id-train"
+    )
     assert unknown["human_c10n_aggre_correct"].isna().tolist() == [True, False, False]
 
 
@@ -112,13 +126,17 @@ def test_select_label_sets_auto_explicit_and_missing(tmp_path: Path) -> None:
     skipped, notes = human.select_label_sets("cifar10", "auto", empty_root)
     assert skipped == {} and len(notes) == 2 and all("skipped" in n and "not found" in n for n in notes)
     for check in (human.select_label_sets, human.check_label_sets):
-        with pytest.raises(NormprobeError, match=r"label file for cifar10n not found: .*cifar10n_labels\.npz"):
+        with pytest.raises(
+            NormprobeError, match=r"label file for cifar10n not found: .*cifar10n_labels\.npz"
+        ):
             check("cifar10", "cifar10n,cifar10h", empty_root)
     human.check_label_sets("cifar10", "auto", empty_root)  # automatic: nothing to complain about up front
     human.check_label_sets("cifar10", "cifar10n,cifar10h", DATA_ROOT)
     with pytest.raises(NormprobeError, match="unknown human label set 'cifar10x'"):
         human.select_label_sets("cifar10", "cifar10x", DATA_ROOT)
-    with pytest.raises(NormprobeError, match="describes cifar100 train images, but the in-distribution set is cifar10"):
+    with pytest.raises(
+        NormprobeError, match="describes cifar100 train images, but the in-distribution set is cifar10"
+    ):
         human.select_label_sets("cifar10", ["cifar100n"], DATA_ROOT)
     with pytest.raises(NormprobeError, match="describes cifar100 train images"):
         human.check_label_sets("cifar10", "cifar100n", DATA_ROOT)
@@ -132,8 +150,13 @@ def test_correlations_summary_and_figures() -> None:
     # humans are wrong more often at low norm
     wrong = rng.random(n) < 0.4 * (1 - norms)
     aggre = np.where(wrong, (clean + 1) % 10, clean)
-    samples = pd.concat([human.human_columns({"cifar10n": _cifar10n(aggre, clean)}, np.arange(n), clean, "id-train"),
-                         pd.DataFrame({"norm_z": norms})], axis=1)
+    samples = pd.concat(
+        [
+            human.human_columns({"cifar10n": _cifar10n(aggre, clean)}, np.arange(n), clean, "id-train"),
+            pd.DataFrame({"norm_z": norms}),
+        ],
+        axis=1,
+    )
     corr = human.human_correlations(samples, "norm_z", n_boot=200, seed=0).set_index("signal")
     row = corr.loc["human_c10n_aggre_correct"]
     assert row["spearman_rho"] == pytest.approx(stats.spearmanr(norms, ~wrong).statistic)

@@ -18,7 +18,11 @@ from normprobe.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
 def test_resnet_state_dict_matches_torchvision(name: str) -> None:
     with torch.device("meta"):  # shapes and names only: no memory, no initialisation cost
         ours = ResNet(name, stem="imagenet", width=64).state_dict()
-        theirs = {k: v for k, v in getattr(torchvision.models, name)(weights=None).state_dict().items() if not k.startswith("fc.")}
+        theirs = {
+            k: v
+            for k, v in getattr(torchvision.models, name)(weights=None).state_dict().items()
+            if not k.startswith("fc.")
+        }
     assert list(ours) == list(theirs)
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
 
@@ -87,8 +91,16 @@ def test_preprocess_scales_resizes_and_normalises() -> None:
     x = Preprocess((32, 32), CIFAR10_MEAN, CIFAR10_STD)(images)
     assert x.dtype == torch.float32 and tuple(x.shape) == (4, 3, 32, 32)
     assert x.is_contiguous(memory_format=torch.channels_last)
-    manual = F.interpolate(images.permute(0, 3, 1, 2).float() / 255, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
-    manual = (manual - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    manual = F.interpolate(
+        images.permute(0, 3, 1, 2).float() / 255,
+        size=(32, 32),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
+    manual = (manual - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(x, manual)
 
     same_size = Preprocess((64, 64))(images)  # no resize, no normalisation: [0, 1] inputs as in the paper

@@ -32,9 +32,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     JPEG files, 64x64), MNIST (greyscale PNG), plus a truncated JPEG and a text file named .png."""
     root = tmp_path_factory.mktemp("rank")
     torch.manual_seed(0)
-    spec = {"backbone": {"name": "resnet18", "stem": "cifar", "width": 8}, "projector": simclr_projector(64, 64, 32)}
-    save_checkpoint(root / "tiny.pt", method="simclr", encoder_spec=spec, preprocess=Preprocess(),
-                    state_dict=build_encoder(spec).state_dict())
+    spec = {
+        "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
+        "projector": simclr_projector(64, 64, 32),
+    }
+    save_checkpoint(
+        root / "tiny.pt",
+        method="simclr",
+        encoder_spec=spec,
+        preprocess=Preprocess(),
+        state_dict=build_encoder(spec).state_dict(),
+    )
     folder = root / "mixed"
     folder.mkdir()
     cifar = data.load("cifar10", "test", DATA_ROOT).images(np.arange(PER_SOURCE)).numpy()
@@ -80,19 +88,34 @@ def test_rank_folder_lists_corrupt_files_and_orders_by_norm(workdir: Path) -> No
 
 
 def test_rank_with_reference_scores_knn_distance(workdir: Path) -> None:
-    table = normprobe.rank(workdir / "tiny.pt", workdir / "mixed", reference="cifar10", reference_size=200, k=10,
-                           by="knn", head="feats", progress=False)
+    table = normprobe.rank(
+        workdir / "tiny.pt",
+        workdir / "mixed",
+        reference="cifar10",
+        reference_size=200,
+        k=10,
+        by="knn",
+        head="feats",
+        progress=False,
+    )
     ok = table[table["status"] == "ok"]
     assert (ok["score_knn"] <= 0).all() and (ok["score_knn"] >= -2).all()
     assert ok["rank"].tolist() == list(range(1, len(ok) + 1))
     assert np.all(np.diff(ok["score_knn"].to_numpy()) >= 0)
     assert sorted(ok["rank_norm"].tolist()) == list(range(1, len(ok) + 1))
     reference = table.attrs["normprobe"]["reference"]
-    assert (reference["name"], reference["split"], reference["n"], reference["leave_one_out"]) == ("cifar10", "train", 200, False)
+    assert (reference["name"], reference["split"], reference["n"], reference["leave_one_out"]) == (
+        "cifar10",
+        "train",
+        200,
+        False,
+    )
 
 
 def test_same_set_as_reference_is_leave_one_out(workdir: Path) -> None:
-    table = normprobe.rank(workdir / "tiny.pt", workdir / "mixed", reference=workdir / "mixed", k=1, progress=False)
+    table = normprobe.rank(
+        workdir / "tiny.pt", workdir / "mixed", reference=workdir / "mixed", k=1, progress=False
+    )
     ok = table[table["status"] == "ok"]
     assert table.attrs["normprobe"]["reference"]["leave_one_out"]
     assert (ok["score_knn"] < 0).all()  # no sample is its own nearest neighbour (distance 0)
@@ -100,7 +123,9 @@ def test_same_set_as_reference_is_leave_one_out(workdir: Path) -> None:
 
 def test_rank_npz_keeps_labels(workdir: Path, tmp_path: Path) -> None:
     npz = np.load(DATA_ROOT / "mnist_test.npz")
-    np.savez(tmp_path / "digits.npz", images=npz["images"][:20], labels=npz["labels"][:20], classes=npz["classes"])
+    np.savez(
+        tmp_path / "digits.npz", images=npz["images"][:20], labels=npz["labels"][:20], classes=npz["classes"]
+    )
     table = normprobe.rank(workdir / "tiny.pt", tmp_path / "digits.npz", progress=False)
     assert len(table) == 20 and (table["status"] == "ok").all()
     by_index = table.sort_values("index")
@@ -108,10 +133,27 @@ def test_rank_npz_keeps_labels(workdir: Path, tmp_path: Path) -> None:
     assert by_index["label_name"].tolist() == [str(npz["classes"][c]) for c in npz["labels"][:20]]
 
 
-def test_cli_writes_table_and_contact_sheets(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_table_and_contact_sheets(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ranked.csv"
-    code = main(["rank", str(workdir / "tiny.pt"), str(workdir / "mixed"), "--out", str(out), "--top", "5",
-                 "--reference", "cifar10", "--reference-size", "200", "--k", "5"])
+    code = main(
+        [
+            "rank",
+            str(workdir / "tiny.pt"),
+            str(workdir / "mixed"),
+            "--out",
+            str(out),
+            "--top",
+            "5",
+            "--reference",
+            "cifar10",
+            "--reference-size",
+            "200",
+            "--k",
+            "5",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err and "notes.png" in captured.err
@@ -125,7 +167,10 @@ def test_cli_writes_table_and_contact_sheets(workdir: Path, tmp_path: Path, caps
     assert page.count("<figure>") == 10 and page.count("data:image/png;base64,") == 10
     assert "Unreadable files (2)" in page and "broken.jpg" in page and "http" not in page
     parquet = tmp_path / "ranked.parquet"
-    assert main(["rank", str(workdir / "tiny.pt"), str(workdir / "mixed"), "--out", str(parquet), "--no-sheet"]) == 0
+    assert (
+        main(["rank", str(workdir / "tiny.pt"), str(workdir / "mixed"), "--out", str(parquet), "--no-sheet"])
+        == 0
+    )
     assert len(pd.read_parquet(parquet)) == 3 * PER_SOURCE + 2
     assert not (tmp_path / "ranked.parquet.png").exists()
 
@@ -134,11 +179,17 @@ def test_cli_writes_table_and_contact_sheets(workdir: Path, tmp_path: Path, caps
     ("args", "message"),
     [
         (["{ckpt}", "{folder}", "--out", "{tmp}/ranked.txt"], "must end in .csv or .parquet"),
-        (["{ckpt}", "{tmp}/nowhere", "--out", "{tmp}/r.csv"], "neither a folder, an .npz file nor a known dataset"),
+        (
+            ["{ckpt}", "{tmp}/nowhere", "--out", "{tmp}/r.csv"],
+            "neither a folder, an .npz file nor a known dataset",
+        ),
         (["{ckpt}", "{folder}", "--out", "{tmp}/r.csv", "--by", "knn"], "needs a reference set"),
         (["{tmp}/missing.pt", "{folder}", "--out", "{tmp}/r.csv"], "no such checkpoint file"),
         (["{ckpt}", "{folder}", "--out", "{tmp}/r.csv", "--head", "p"], "checkpoint has no head 'p'"),
-        (["{ckpt}", "{folder}", "--out", "{tmp}/r.csv", "--reference", "{folder}", "--k", "500"], "lower --k"),
+        (
+            ["{ckpt}", "{folder}", "--out", "{tmp}/r.csv", "--reference", "{folder}", "--k", "500"],
+            "lower --k",
+        ),
         (["{ckpt}", "{bad}", "--out", "{tmp}/r.csv"], "none of the 2 image files could be read"),
     ],
 )

@@ -38,14 +38,23 @@ def test_run_json_has_every_key(results: Results) -> None:
     assert set(CHECKPOINT_KEYS) <= set(run["checkpoint"]) and set(SETTINGS_KEYS) <= set(run["settings"])
     assert set(SUMMARY_KEYS) <= set(run["summary"])
     assert [(d["name"], d["split"], d["role"]) for d in run["datasets"]] == [
-        ("cifar10", "train", "id-train"), ("cifar10", "test", "id-test"), ("cifar100", "test", "ood"), ("mnist", "test", "ood"),
+        ("cifar10", "train", "id-train"),
+        ("cifar10", "test", "id-test"),
+        ("cifar100", "test", "ood"),
+        ("mnist", "test", "ood"),
     ]
     assert all(set(DATASET_KEYS) <= set(d) for d in run["datasets"])
     assert run["heads"] == ["feats", "z"] and run["primary_head"] == "z"
     assert run["checkpoint"]["adapter"] == "normprobe" and len(run["checkpoint"]["sha256"]) == 64
-    assert run["settings"]["k"] == 10 and run["settings"]["max_train"] == 160 and run["settings"]["bucket_scaling"] == "max"
+    assert (
+        run["settings"]["k"] == 10
+        and run["settings"]["max_train"] == 160
+        and run["settings"]["bucket_scaling"] == "max"
+    )
     # human-label curves hide buckets under the paper's 50 samples; the kNN bucket curves keep --min-bucket-count
-    assert run["settings"]["human_min_bucket_count"] == 50 and run["settings"]["min_bucket_count"] == 3  # as given
+    assert (
+        run["settings"]["human_min_bucket_count"] == 50 and run["settings"]["min_bucket_count"] == 3
+    )  # as given
     human_curves = results.table("human_curves")
     assert (human_curves["shown"].astype(bool) == (human_curves["count"] >= 50)).all()
     assert set(run["summary"]["knn_accuracy"]) == {"id-test", "id-train-loo"}
@@ -59,23 +68,44 @@ def test_run_json_has_every_key(results: Results) -> None:
 def test_samples_have_every_column_with_the_right_types(results: Results) -> None:
     s = results.samples
     expected = [
-        "dataset", "split", "index", "id", "role", "label", "label_name", "norm_feats", "norm_z", "norm_scaled",
-        "knn_pred", "knn_correct", "score_norm", "score_knn", "score_mahalanobis", "score_norm+knn", "score_norm@feats",
+        "dataset",
+        "split",
+        "index",
+        "id",
+        "role",
+        "label",
+        "label_name",
+        "norm_feats",
+        "norm_z",
+        "norm_scaled",
+        "knn_pred",
+        "knn_correct",
+        "score_norm",
+        "score_knn",
+        "score_mahalanobis",
+        "score_norm+knn",
+        "score_norm@feats",
     ]
     assert list(s.columns[: len(expected)]) == expected
-    assert all(c.startswith("human_") for c in s.columns[len(expected):])
+    assert all(c.startswith("human_") for c in s.columns[len(expected) :])
     assert any(c.startswith("human_c10n_") for c in s.columns)  # CIFAR-10N describes the train split
     assert s.groupby("role", sort=False).size().to_dict() == {"id-train": 160, "id-test": 60, "ood": 120}
     assert str(s["knn_pred"].dtype) == "Int64" and str(s["knn_correct"].dtype) == "boolean"
     ood = s["role"] == "ood"
     assert s.loc[ood, "knn_correct"].isna().all() and s.loc[~ood, "knn_correct"].notna().all()
     assert (s.loc[~ood, "knn_correct"] == (s.loc[~ood, "knn_pred"] == s.loc[~ood, "label"])).all()
-    assert s["index"].dtype == np.int64 and s.loc[s["dataset"] == "cifar10", "index"].tolist()[:3] == [0, 1, 2]
+    assert s["index"].dtype == np.int64 and s.loc[s["dataset"] == "cifar10", "index"].tolist()[:3] == [
+        0,
+        1,
+        2,
+    ]
     assert s.loc[s["dataset"] == "cifar10", "label_name"].iloc[0] == "frog"  # CIFAR-10 train image 0
     train = s["role"] == "id-train"
     assert s.loc[train, "norm_scaled"].mean() == pytest.approx(1.0)
     np.testing.assert_allclose(s["norm_scaled"], s["norm_z"] / s.loc[train, "norm_z"].mean())
-    np.testing.assert_allclose(s["score_norm"], s["norm_z"]) and np.testing.assert_allclose(s["score_norm@feats"], s["norm_feats"])
+    np.testing.assert_allclose(s["score_norm"], s["norm_z"]) and np.testing.assert_allclose(
+        s["score_norm@feats"], s["norm_feats"]
+    )
 
 
 def test_summary_values_agree_with_the_samples(results: Results) -> None:
@@ -84,7 +114,9 @@ def test_summary_values_agree_with_the_samples(results: Results) -> None:
     s, summary = results.samples, results.run["summary"]
     test = s[s["role"] == "id-test"]
     assert summary["knn_accuracy"]["id-test"] == pytest.approx(test["knn_correct"].astype(float).mean())
-    assert summary["knn_accuracy"]["id-train-loo"] == pytest.approx(s.loc[s["role"] == "id-train", "knn_correct"].astype(float).mean())
+    assert summary["knn_accuracy"]["id-train-loo"] == pytest.approx(
+        s.loc[s["role"] == "id-train", "knn_correct"].astype(float).mean()
+    )
     mnist = s[s["dataset"] == "mnist"]
     for scorer in ("norm", "knn", "mahalanobis"):
         y = np.r_[np.ones(len(test)), np.zeros(len(mnist))]

@@ -20,21 +20,49 @@ DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
 REPO = Path(__file__).resolve().parents[1]
 SETS = [
     'backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 8, depth: 1, embed_dim: 16, num_heads: 2}',
-    "method_options.proj_hidden=16", "method_options.out_dim=8", "method_options.head_norm=ln",
-    f"dataset.data_root={DATA_ROOT}", "dataset.subset=128", "batch_size=32", "epochs=1", "schedule.warmup_epochs=0.5",
-    "monitor.every=0", "progress=false", "threads=1", "gradscale=1",
+    "method_options.proj_hidden=16",
+    "method_options.out_dim=8",
+    "method_options.head_norm=ln",
+    f"dataset.data_root={DATA_ROOT}",
+    "dataset.subset=128",
+    "batch_size=32",
+    "epochs=1",
+    "schedule.warmup_epochs=0.5",
+    "monitor.every=0",
+    "progress=false",
+    "threads=1",
+    "gradscale=1",
 ]
 
 
-@pytest.mark.skipif(not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present")
+@pytest.mark.skipif(
+    not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present"
+)
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     from training.__main__ import main
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training",
-         "--config", "simclr_cifar10", "--set", *SETS, f"out_dir={tmp_path / 'ddp'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training",
+            "--config",
+            "simclr_cifar10",
+            "--set",
+            *SETS,
+            f"out_dir={tmp_path / 'ddp'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert main(["--config", "simclr_cifar10", "--set", *SETS, f"out_dir={tmp_path / 'one'}"]) == 0

@@ -20,7 +20,9 @@ from training.config import load_config
 from training.loop import Trainer, TrainingDiverged
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
-pytestmark = pytest.mark.skipif(not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present")
+pytestmark = pytest.mark.skipif(
+    not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present"
+)
 REPO = Path(__file__).resolve().parents[1]
 
 HEADS = {
@@ -31,14 +33,27 @@ HEADS = {
     "mocov3": ["method_options.mlp_hidden=16", "method_options.out_dim=8"],
 }
 RESNET = ["backbone.name=resnet18", "backbone.width=8"]
-VIT = ['backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 8, depth: 1, embed_dim: 16, num_heads: 2}']
+VIT = [
+    'backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 8, depth: 1, embed_dim: 16, num_heads: 2}'
+]
 
 
 def overrides(method: str, out: Path, *extra: str) -> list[str]:
     return [
-        *(VIT if method == "mocov3" else RESNET), *HEADS[method], f"out_dir={out}", f"dataset.data_root={DATA_ROOT}",
-        "dataset.subset=128", "batch_size=64", "accumulate=1", "epochs=1", "schedule.warmup_epochs=1",
-        "monitor.subset=64", "monitor.k=20", "progress=false", "threads=1", *extra,
+        *(VIT if method == "mocov3" else RESNET),
+        *HEADS[method],
+        f"out_dir={out}",
+        f"dataset.data_root={DATA_ROOT}",
+        "dataset.subset=128",
+        "batch_size=64",
+        "accumulate=1",
+        "epochs=1",
+        "schedule.warmup_epochs=1",
+        "monitor.subset=64",
+        "monitor.k=20",
+        "progress=false",
+        "threads=1",
+        *extra,
     ]
 
 
@@ -57,7 +72,9 @@ def test_every_method_trains_an_epoch_and_writes_a_loadable_checkpoint(method: s
     heads = trainer.method.encoder.heads
     for head in heads:
         assert 0 <= metrics[f"knn_{head}"] <= 1 and metrics[f"norm_test_{head}"] > 0
-    assert (tmp_path / "config.yaml").is_file() and json.loads((tmp_path / "config.json").read_text())["cut"] == 3
+    assert (tmp_path / "config.yaml").is_file() and json.loads((tmp_path / "config.json").read_text())[
+        "cut"
+    ] == 3
     assert (tmp_path / "metrics.csv").read_text().startswith("epoch,")
 
     loaded = load_encoder(final)
@@ -78,15 +95,39 @@ def test_every_method_trains_an_epoch_and_writes_a_loadable_checkpoint(method: s
 def test_lr_schedule_counts_optimiser_steps_under_accumulation(tmp_path: Path) -> None:
     # 192 images, 32 per forward, 2 accumulated: 3 optimiser steps per epoch, 2 epochs = 6 steps,
     # 1 warm-up epoch = 3 steps; peak = 0.3 x (32 x 2) / 256 = 0.075 (not 0.3 x 32 / 256, not squared).
-    cfg = load_config("simclr_cifar10", overrides("simclr", tmp_path, "dataset.subset=192", "batch_size=32", "accumulate=2", "epochs=2", "monitor.every=0"))
+    cfg = load_config(
+        "simclr_cifar10",
+        overrides(
+            "simclr",
+            tmp_path,
+            "dataset.subset=192",
+            "batch_size=32",
+            "accumulate=2",
+            "epochs=2",
+            "monitor.every=0",
+        ),
+    )
     trainer = Trainer(cfg, log=lambda _: None)
     assert (trainer.steps_per_epoch, trainer.total_steps, trainer.lr) == (3, 6, pytest.approx(0.075))
     trainer.run()
     lrs = [r["lr"] for r in steps(tmp_path)]
-    expected = [0.025, 0.05, 0.075, 0.075, 0.075 * 0.5 * (1 + math.cos(math.pi / 3)), 0.075 * 0.5 * (1 + math.cos(2 * math.pi / 3))]
+    expected = [
+        0.025,
+        0.05,
+        0.075,
+        0.075,
+        0.075 * 0.5 * (1 + math.cos(math.pi / 3)),
+        0.075 * 0.5 * (1 + math.cos(2 * math.pi / 3)),
+    ]
     assert lrs == pytest.approx(expected)
     assert [r["step"] for r in steps(tmp_path)] == [1, 2, 3, 4, 5, 6]
-    gs = Trainer(load_config("simclr_cifar10", overrides("simclr", tmp_path / "gs", "schedule.preset=gradscale", "monitor.every=0")), log=lambda _: None)
+    gs = Trainer(
+        load_config(
+            "simclr_cifar10",
+            overrides("simclr", tmp_path / "gs", "schedule.preset=gradscale", "monitor.every=0"),
+        ),
+        log=lambda _: None,
+    )
     assert gs.lr == pytest.approx(0.3 * 64 / 256 / 6)
     assert gs.scheduler.warmup_steps == gs.total_steps  # 100 warm-up epochs cover this 1-epoch run
 
@@ -114,10 +155,24 @@ def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
     from training.__main__ import main
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    sets = overrides("simsiam", tmp_path, "epochs=3", "dataset.subset=128", "monitor.every=0", "checkpoint.keep_last=1")
+    sets = overrides(
+        "simsiam", tmp_path, "epochs=3", "dataset.subset=128", "monitor.every=0", "checkpoint.keep_last=1"
+    )
     run = subprocess.Popen(
-        [sys.executable, "-m", "training", "--config", "simsiam_cifar10", "--set", *sets, f"out_dir={killed}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "--config",
+            "simsiam_cifar10",
+            "--set",
+            *sets,
+            f"out_dir={killed}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "epoch_0001.pt").exists():
@@ -131,7 +186,12 @@ def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
     assert main(["--resume", str(killed)]) == 0
     assert [r["loss"] for r in steps(killed)] == [r["loss"] for r in steps(straight)]
     assert [r["step"] for r in steps(killed)] == list(range(1, 7))
-    a, b = torch.load(killed / "final.pt", weights_only=True), torch.load(straight / "final.pt", weights_only=True)
-    assert [h["train_loss"] for h in a["training"]["history"]] == [h["train_loss"] for h in b["training"]["history"]]
+    a, b = (
+        torch.load(killed / "final.pt", weights_only=True),
+        torch.load(straight / "final.pt", weights_only=True),
+    )
+    assert [h["train_loss"] for h in a["training"]["history"]] == [
+        h["train_loss"] for h in b["training"]["history"]
+    ]
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name

@@ -27,11 +27,15 @@ TINY = {
     "mocov3": ["method_options.mlp_hidden=16", "method_options.out_dim=8"],
 }
 TINY_RESNET = ["backbone.name=resnet18", "backbone.width=8"]
-TINY_VIT = ['backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 8, depth: 1, embed_dim: 16, num_heads: 2}']
+TINY_VIT = [
+    'backbone={name: "timm:vit_tiny_patch16_224", img_size: 32, patch_size: 8, depth: 1, embed_dim: 16, num_heads: 2}'
+]
 
 
 def tiny(method: str, *extra: str) -> dict:
-    return load_config(f"{method}_cifar10", [*(TINY_VIT if method == "mocov3" else TINY_RESNET), *TINY[method], *extra])
+    return load_config(
+        f"{method}_cifar10", [*(TINY_VIT if method == "mocov3" else TINY_RESNET), *TINY[method], *extra]
+    )
 
 
 @pytest.mark.parametrize("power", [1.0, 2.0, 0.5])
@@ -65,7 +69,9 @@ def test_info_nce_matches_a_direct_formula() -> None:
         j = (i + 5) % 10
         others = torch.cat((sim[i, :i], sim[i, i + 1 :]))
         losses.append(-sim[i, j] + torch.logsumexp(others, 0))
-    torch.testing.assert_close(info_nce(z1, z2, 0.5).double(), torch.stack(losses).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        info_nce(z1, z2, 0.5).double(), torch.stack(losses).mean(), rtol=1e-5, atol=1e-6
+    )
     # the norm does not enter the value, only the gradient
     torch.testing.assert_close(info_nce(3 * z1, 0.2 * z2, 0.5), info_nce(z1, z2, 0.5))
 
@@ -84,7 +90,9 @@ def test_cut_initialisation_divides_every_weight(method: str) -> None:
     cut = build_method(tiny(method, "cut=3"))
     names = [n for n, _ in plain.encoder.named_parameters()]
     assert len(names) > 5
-    for (name, a), (_, b) in zip(plain.encoder.named_parameters(), cut.encoder.named_parameters(), strict=True):
+    for (name, a), (_, b) in zip(
+        plain.encoder.named_parameters(), cut.encoder.named_parameters(), strict=True
+    ):
         torch.testing.assert_close(b, a / 3, msg=name)
     for (name, a), (_, b) in zip(plain.encoder.named_buffers(), cut.encoder.named_buffers(), strict=True):
         assert torch.equal(a, b), name  # BatchNorm statistics are not weights
@@ -143,19 +151,34 @@ def test_augment_identity_and_jitter_match_torchvision() -> None:
     torch.testing.assert_close(ident(images, ident.sample(8, torch.Generator(), (32, 32))), x)
     flip = BatchAugment(crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=1, jitter_p=0, gray_p=0)
     torch.testing.assert_close(flip(images, flip.sample(8, torch.Generator(), (32, 32))), x.flip(-1))
-    refs = [(tvf.adjust_brightness, 1.3), (tvf.adjust_contrast, 0.7), (tvf.adjust_saturation, 1.4), (tvf.adjust_hue, -0.07)]
+    refs = [
+        (tvf.adjust_brightness, 1.3),
+        (tvf.adjust_contrast, 0.7),
+        (tvf.adjust_saturation, 1.4),
+        (tvf.adjust_hue, -0.07),
+    ]
     for op, (fn, factor) in enumerate(refs):
         ours = _jitter_op(x.clone(), op, torch.full((8,), factor))
         torch.testing.assert_close(ours, torch.stack([fn(im, factor) for im in x]), atol=1e-4, rtol=0)
 
 
 def test_config_overrides_and_errors() -> None:
-    cfg = load_config("simclr_cifar10", ["epochs=3", "cut=3", "gradscale=1", "dataset.subset=100", "dataset.imbalance=true"])
-    assert (cfg["epochs"], cfg["cut"], cfg["gradscale"], cfg["dataset"]["subset"], cfg["dataset"]["imbalance"]) == (3, 3, 1, 100, True)
+    cfg = load_config(
+        "simclr_cifar10", ["epochs=3", "cut=3", "gradscale=1", "dataset.subset=100", "dataset.imbalance=true"]
+    )
+    assert (
+        cfg["epochs"],
+        cfg["cut"],
+        cfg["gradscale"],
+        cfg["dataset"]["subset"],
+        cfg["dataset"]["imbalance"],
+    ) == (3, 3, 1, 100, True)
     # the paper's defaults (Appendix C.1)
     assert cfg["optimizer"]["weight_decay"] == 1e-6 and cfg["method_options"]["out_dim"] == 256
     simsiam = load_config("simsiam_cifar10")
-    assert simsiam["optimizer"]["weight_decay"] == 5e-4 and simsiam["batch_size"] * simsiam["accumulate"] == 1024
+    assert (
+        simsiam["optimizer"]["weight_decay"] == 5e-4 and simsiam["batch_size"] * simsiam["accumulate"] == 1024
+    )
     with pytest.raises(NormprobeError, match="unknown key"):
         load_config("simclr_cifar10", ["epoch=3"])
     with pytest.raises(NormprobeError, match="key=value"):
@@ -164,7 +187,9 @@ def test_config_overrides_and_errors() -> None:
         load_config("nope_cifar10")
 
 
-@pytest.mark.skipif(not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present")
+@pytest.mark.skipif(
+    not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present"
+)
 def test_imbalanced_training_set_has_the_papers_class_sizes() -> None:
     from training.loop import load_train_set
 
@@ -179,7 +204,13 @@ def test_lars_step_uses_the_trust_ratio_and_skips_excluded_groups() -> None:
 
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     b = torch.nn.Parameter(torch.tensor([1.0]))
-    opt = LARS([{"params": [w]}, {"params": [b], "lars_exclude": True}], lr=0.1, momentum=0.9, weight_decay=0.5, eta=0.01)
+    opt = LARS(
+        [{"params": [w]}, {"params": [b], "lars_exclude": True}],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=0.5,
+        eta=0.01,
+    )
     w.grad, b.grad = torch.tensor([1.0, 0.0]), torch.tensor([2.0])
     opt.step()
     update = torch.tensor([1.0, 0.0]) + 0.5 * torch.tensor([3.0, 4.0])  # g + wd * w
@@ -187,6 +218,14 @@ def test_lars_step_uses_the_trust_ratio_and_skips_excluded_groups() -> None:
     torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]) - 0.1 * ratio * update)
     torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.1 * 2.0]))  # plain SGD, no decay
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
-    groups = build_optimizer({"name": "lars", "weight_decay": 1e-6, "exclude_bias_norm": True},
-                             [{"name": "all", "params": list(model.parameters())}], model, 0.1).param_groups
-    assert [len(g["params"]) for g in groups] == [1, 3] and groups[1]["weight_decay"] == 0 and groups[1]["lars_exclude"]
+    groups = build_optimizer(
+        {"name": "lars", "weight_decay": 1e-6, "exclude_bias_norm": True},
+        [{"name": "all", "params": list(model.parameters())}],
+        model,
+        0.1,
+    ).param_groups
+    assert (
+        [len(g["params"]) for g in groups] == [1, 3]
+        and groups[1]["weight_decay"] == 0
+        and groups[1]["lars_exclude"]
+    )

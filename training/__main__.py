@@ -38,12 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help=f"YAML config file or bundled name ({bundled})")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512)")
-    parser.add_argument("--resume", metavar="RUN_OR_CKPT",
-                        help="continue a run from its newest checkpoint (a run folder) or from a given checkpoint file; "
-                             "the config stored in the checkpoint is used, with --set applied on top")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_OR_CKPT",
+        help="continue a run from its newest checkpoint (a run folder) or from a given checkpoint file; "
+        "the config stored in the checkpoint is used, with --set applied on top",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     return parser
 
 
@@ -56,7 +66,9 @@ def _reexec_with_tunables(argv: list[str]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            os.execve(sys.executable, [sys.executable, "-m", "training", *argv], env_with_tunables(os.environ))
+            os.execve(
+                sys.executable, [sys.executable, "-m", "training", *argv], env_with_tunables(os.environ)
+            )
         except OSError:
             return
 

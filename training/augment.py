@@ -34,7 +34,13 @@ class AugmentParams:
     gray: torch.Tensor  # n bool
 
     def rows(self, lo: int, hi: int) -> AugmentParams:
-        return AugmentParams(self.theta[lo:hi], self.jitter[lo:hi], self.order[lo:hi], self.apply_jitter[lo:hi], self.gray[lo:hi])
+        return AugmentParams(
+            self.theta[lo:hi],
+            self.jitter[lo:hi],
+            self.order[lo:hi],
+            self.apply_jitter[lo:hi],
+            self.gray[lo:hi],
+        )
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +140,13 @@ class BatchAugment:
         b, c, s, hue = self.jitter
         r = torch.rand(n, 4, generator=generator)
         factors = torch.stack(
-            (1 - b + 2 * b * r[:, 0], 1 - c + 2 * c * r[:, 1], 1 - s + 2 * s * r[:, 2], -hue + 2 * hue * r[:, 3]), 1
+            (
+                1 - b + 2 * b * r[:, 0],
+                1 - c + 2 * c * r[:, 1],
+                1 - s + 2 * s * r[:, 2],
+                -hue + 2 * hue * r[:, 3],
+            ),
+            1,
         )
         order = torch.rand(n, 4, generator=generator).argsort(dim=1)
         apply_jitter = torch.rand(n, generator=generator) < self.jitter_p

@@ -29,10 +29,25 @@ DEFAULTS: dict[str, Any] = {
     "accumulate": 1,
     "cut": 1.0,
     "gradscale": 0.0,
-    "dataset": {"name": "cifar10", "split": "train", "test_split": "test", "subset": None, "imbalance": False, "data_root": None},
+    "dataset": {
+        "name": "cifar10",
+        "split": "train",
+        "test_split": "test",
+        "subset": None,
+        "imbalance": False,
+        "data_root": None,
+    },
     "preprocess": {"mean": None, "std": None},
     "schedule": {"warmup_epochs": 10, "min_lr": 0.0, "preset": "default"},
-    "monitor": {"every": 1, "k": 200, "temperature": 0.1, "train_subset": None, "subset": None, "final_full": False, "batch_size": 512},
+    "monitor": {
+        "every": 1,
+        "k": 200,
+        "temperature": 0.1,
+        "train_subset": None,
+        "subset": None,
+        "final_full": False,
+        "batch_size": 512,
+    },
     "checkpoint": {"every": 1, "keep_last": 2},
     "distributed": {"sync_bn": False, "backend": None},
     "progress": True,
@@ -92,7 +107,9 @@ def apply_override(config: dict[str, Any], item: str) -> None:
             raise NormprobeError(f"override {item!r}: {part!r} is not a section of the config")
         node = node[part]
     if parts[-1] not in node:
-        raise NormprobeError(f"override {item!r}: unknown key {key!r} (known here: {', '.join(sorted(node))})")
+        raise NormprobeError(
+            f"override {item!r}: unknown key {key!r} (known here: {', '.join(sorted(node))})"
+        )
     node[parts[-1]] = value
 
 
@@ -104,21 +121,39 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("method", "epochs", "batch_size", "out_dir", "backbone", "optimizer", "method_options"):
         need(key in config, f"missing key {key!r}")
     need(isinstance(config["epochs"], int) and config["epochs"] >= 1, "epochs must be an integer >= 1")
-    need(isinstance(config["batch_size"], int) and config["batch_size"] >= 2, "batch_size must be an integer >= 2")
-    need(isinstance(config["accumulate"], int) and config["accumulate"] >= 1, "accumulate must be an integer >= 1")
+    need(
+        isinstance(config["batch_size"], int) and config["batch_size"] >= 2,
+        "batch_size must be an integer >= 2",
+    )
+    need(
+        isinstance(config["accumulate"], int) and config["accumulate"] >= 1,
+        "accumulate must be an integer >= 1",
+    )
     need(float(config["cut"]) > 0, "cut must be > 0 (1 = no cut-initialisation)")
     need(float(config["gradscale"]) >= 0, "gradscale (the power p) must be >= 0 (0 = off)")
     need(config["precision"] in ("fp32", "bf16"), "precision must be fp32 or bf16")
-    need(config["schedule"]["preset"] in ("default", "gradscale"), "schedule.preset must be 'default' or 'gradscale'")
-    need(config["optimizer"].get("name") in ("sgd", "lars", "adamw"), "optimizer.name must be sgd, lars or adamw")
+    need(
+        config["schedule"]["preset"] in ("default", "gradscale"),
+        "schedule.preset must be 'default' or 'gradscale'",
+    )
+    need(
+        config["optimizer"].get("name") in ("sgd", "lars", "adamw"),
+        "optimizer.name must be sgd, lars or adamw",
+    )
     subset = config["dataset"]["subset"]
-    need(subset is None or (isinstance(subset, int) and subset >= 2), "dataset.subset must be null or an integer >= 2")
+    need(
+        subset is None or (isinstance(subset, int) and subset >= 2),
+        "dataset.subset must be null or an integer >= 2",
+    )
 
 
 def save_config(config: dict[str, Any], out_dir: Path) -> None:
     """The resolved config beside the checkpoints, as YAML (for people) and JSON (for programs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("config.yaml", yaml.safe_dump(config, sort_keys=False)), ("config.json", json.dumps(config, indent=2))):
+    for name, text in (
+        ("config.yaml", yaml.safe_dump(config, sort_keys=False)),
+        ("config.json", json.dumps(config, indent=2)),
+    ):
         tmp = out_dir / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out_dir / name)

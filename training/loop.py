@@ -66,7 +66,9 @@ def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def _truncate_steps(path: Path, last_step: int) -> None:
     """Drop step-log lines written after the checkpoint a run resumes from."""
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        kept = [
+            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step
+        ]
         path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -76,7 +78,10 @@ def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
-    for name, text in (("metrics.csv", buf.getvalue()), ("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))):
+    for name, text in (
+        ("metrics.csv", buf.getvalue()),
+        ("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)),
+    ):
         tmp = out_dir / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out_dir / name)
@@ -119,17 +124,25 @@ class Trainer:
         self.total_steps = int(config["epochs"]) * self.steps_per_epoch
 
         # The paper's models take [0, 1] inputs (mean/std null); the checkpoint records whichever was used.
-        self.preprocess = Preprocess.from_dict({"input_size": list(self.images.shape[1:3]), **config["preprocess"]})
+        self.preprocess = Preprocess.from_dict(
+            {"input_size": list(self.images.shape[1:3]), **config["preprocess"]}
+        )
         aug = config["augment"]
         self.augment = BatchAugment(
-            size=self.images.shape[1], crop_scale=tuple(aug["crop_scale"]), flip_p=aug["flip_p"],
-            jitter=tuple(aug["jitter"]), jitter_p=aug["jitter_p"], gray_p=aug["gray_p"],
+            size=self.images.shape[1],
+            crop_scale=tuple(aug["crop_scale"]),
+            flip_p=aug["flip_p"],
+            jitter=tuple(aug["jitter"]),
+            jitter_p=aug["jitter_p"],
+            gray_p=aug["gray_p"],
         )
         self.memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
         self.method: Method = build_method(config).to(device, memory_format=self.memory_format)
         if self.world > 1 and config["distributed"]["sync_bn"]:
             if device.type != "cuda":
-                raise NormprobeError("distributed.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
+                raise NormprobeError(
+                    "distributed.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)"
+                )
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
 
         opt = config["optimizer"]
@@ -141,7 +154,9 @@ class Trainer:
         self.lr = base_lr * self.effective_batch / 256 if opt.get("scale_lr", True) else base_lr
         self.optimizer = build_optimizer(opt, self.method.param_groups(), self.method, self.lr)
         warmup_steps = min(self.total_steps, round(warmup_epochs * self.steps_per_epoch))
-        self.scheduler = WarmupCosine(self.optimizer, self.lr, self.total_steps, warmup_steps, float(config["schedule"]["min_lr"]))
+        self.scheduler = WarmupCosine(
+            self.optimizer, self.lr, self.total_steps, warmup_steps, float(config["schedule"]["min_lr"])
+        )
         self.data_generator = torch.Generator().manual_seed(seed + 1)
         self.augment_generator = torch.Generator().manual_seed(seed + 2)
         self.epoch, self.step, self.history = 0, 0, []
@@ -162,7 +177,11 @@ class Trainer:
         if self.rank != 0 or not mon["every"]:
             return
         bank_pos = pick_subset(len(self.images), mon["train_subset"], int(self.config["seed"]))
-        self.bank = in_memory(self.train_set.subset(bank_pos, "monitor-bank"), self.images[torch.from_numpy(bank_pos).to(self.images.device)], "decoded")
+        self.bank = in_memory(
+            self.train_set.subset(bank_pos, "monitor-bank"),
+            self.images[torch.from_numpy(bank_pos).to(self.images.device)],
+            "decoded",
+        )
         test = data.load(ds["name"], ds["test_split"], ds["data_root"])
         self.full_test = test
         test_pos = pick_subset(len(test), mon["subset"], int(self.config["seed"]))
@@ -171,8 +190,14 @@ class Trainer:
 
     def _evaluate(self, full: bool = False) -> dict[str, float]:
         mon = self.config["monitor"]
-        kw = {"k": int(mon["k"]), "temperature": float(mon["temperature"]), "batch_size": int(mon["batch_size"]),
-              "device": self.device, "precision": self.config["precision"], "progress": bool(self.config["progress"])}
+        kw = {
+            "k": int(mon["k"]),
+            "temperature": float(mon["temperature"]),
+            "batch_size": int(mon["batch_size"]),
+            "device": self.device,
+            "precision": self.config["precision"],
+            "progress": bool(self.config["progress"]),
+        }
         if not full:
             return evaluate(self.method.encoder, self.preprocess, self.bank, self.test, **kw)
         bank = in_memory(self.train_set, self.images, "decoded")
@@ -181,9 +206,17 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _training_entry(self) -> dict[str, Any]:
-        return {"config": self.config, "epoch": self.epoch, "step": self.step, "steps_per_epoch": self.steps_per_epoch,
-                "effective_batch": self.effective_batch, "peak_lr": self.lr, "world_size": self.world,
-                "train_images": len(self.images), "history": self.history}
+        return {
+            "config": self.config,
+            "epoch": self.epoch,
+            "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "effective_batch": self.effective_batch,
+            "peak_lr": self.lr,
+            "world_size": self.world,
+            "train_images": len(self.images),
+            "history": self.history,
+        }
 
     def _save(self, path: Path) -> None:
         resume = {
@@ -198,21 +231,37 @@ class Trainer:
         target = self.method.target_state_dict()
         if target is not None:
             extra["target_state_dict"] = {k: v.detach().cpu() for k, v in target.items()}
-        save_checkpoint(path, method=self.method.name, encoder_spec=self.method.encoder_spec, preprocess=self.preprocess,
-                        state_dict=self.method.encoder.state_dict(), training=self._training_entry(), extra=extra)
+        save_checkpoint(
+            path,
+            method=self.method.name,
+            encoder_spec=self.method.encoder_spec,
+            preprocess=self.preprocess,
+            state_dict=self.method.encoder.state_dict(),
+            training=self._training_entry(),
+            extra=extra,
+        )
 
     def _restore(self, path: Path) -> None:
         payload = read_resume(path)
         resume, training = payload["resume"], payload["training"]
-        if int(training.get("world_size", 1)) != self.world or int(training["steps_per_epoch"]) != self.steps_per_epoch:
-            raise NormprobeError(f"{path}: was written by a run with another data/process layout; cannot resume exactly")
+        if (
+            int(training.get("world_size", 1)) != self.world
+            or int(training["steps_per_epoch"]) != self.steps_per_epoch
+        ):
+            raise NormprobeError(
+                f"{path}: was written by a run with another data/process layout; cannot resume exactly"
+            )
         self.method.load_state_dict(resume["method_state"])
         self.optimizer.load_state_dict(resume["optimizer"])
         self.scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         self.data_generator.set_state(resume["data_generator"])
         self.augment_generator.set_state(resume["augment_generator"])
-        self.epoch, self.step, self.history = int(training["epoch"]), int(training["step"]), list(training["history"])
+        self.epoch, self.step, self.history = (
+            int(training["epoch"]),
+            int(training["step"]),
+            list(training["history"]),
+        )
         self.last_checkpoint = path
         if self.rank == 0:
             _truncate_steps(self.out_dir / "steps.jsonl", self.step)
@@ -230,7 +279,9 @@ class Trainer:
         for params in (p1, p2):
             x = self.augment(images, params.rows(lo, hi))
             if self.preprocess.mean is not None and self.preprocess.std is not None:
-                x = (x - torch.tensor(self.preprocess.mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(self.preprocess.std, device=x.device).view(1, 3, 1, 1)
+                x = (x - torch.tensor(self.preprocess.mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(
+                    self.preprocess.std, device=x.device
+                ).view(1, 3, 1, 1)
             views.append(x.contiguous(memory_format=self.memory_format))
         return views[0], views[1]
 
@@ -242,7 +293,11 @@ class Trainer:
         return values
 
     def _train_step(self, perm: torch.Tensor, step_in_epoch: int) -> dict[str, Any]:
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config["precision"] == "bf16" else nullcontext()
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.config["precision"] == "bf16"
+            else nullcontext()
+        )
         head = self.method.loss_head
         totals = torch.zeros(2, device=self.device)
         for micro in range(self.accumulate):
@@ -253,8 +308,20 @@ class Trainer:
             with sync:
                 with autocast:
                     loss, out = self.model(x1, x2)
-                stats = self._global_mean(torch.stack((loss.detach().float(), torch.stack(
-                    [torch.linalg.vector_norm(v.detach().float(), dim=1).mean() for k, v in out.items() if k.startswith(head)]).mean())))
+                stats = self._global_mean(
+                    torch.stack(
+                        (
+                            loss.detach().float(),
+                            torch.stack(
+                                [
+                                    torch.linalg.vector_norm(v.detach().float(), dim=1).mean()
+                                    for k, v in out.items()
+                                    if k.startswith(head)
+                                ]
+                            ).mean(),
+                        )
+                    )
+                )
                 if not torch.isfinite(stats[0]):
                     where = self.last_checkpoint or "none (no epoch finished)"
                     raise TrainingDiverged(
@@ -269,7 +336,13 @@ class Trainer:
         self.scheduler.step()
         self.method.after_step(self.step, self.total_steps)
         self.step += 1
-        return {"epoch": self.epoch + 1, "step": self.step, "loss": totals[0].item(), "lr": lr, f"norm_{head}": totals[1].item()}
+        return {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "loss": totals[0].item(),
+            "lr": lr,
+            f"norm_{head}": totals[1].item(),
+        }
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> Path:
@@ -288,8 +361,14 @@ class Trainer:
             perm = torch.randperm(len(self.images), generator=self.data_generator)
             began = time.perf_counter()
             self.method.train()
-            bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{epochs}", unit="step",
-                       disable=self.rank != 0 or not cfg["progress"], leave=False, file=sys.stderr)
+            bar = tqdm(
+                range(self.steps_per_epoch),
+                desc=f"epoch {self.epoch + 1}/{epochs}",
+                unit="step",
+                disable=self.rank != 0 or not cfg["progress"],
+                leave=False,
+                file=sys.stderr,
+            )
             rows = []
             for step_in_epoch in bar:
                 row = self._train_step(perm, step_in_epoch)
@@ -299,9 +378,14 @@ class Trainer:
             seconds = time.perf_counter() - began
             self.epoch += 1
             record: dict[str, Any] = {
-                "epoch": self.epoch, "step": self.step, "train_loss": float(np.mean([r["loss"] for r in rows])),
-                f"train_norm_{self.method.loss_head}": float(np.mean([r[f"norm_{self.method.loss_head}"] for r in rows])),
-                "lr": rows[-1]["lr"], "seconds": round(seconds, 2),
+                "epoch": self.epoch,
+                "step": self.step,
+                "train_loss": float(np.mean([r["loss"] for r in rows])),
+                f"train_norm_{self.method.loss_head}": float(
+                    np.mean([r[f"norm_{self.method.loss_head}"] for r in rows])
+                ),
+                "lr": rows[-1]["lr"],
+                "seconds": round(seconds, 2),
                 "images_per_s": round(self.steps_per_epoch * self.effective_batch / seconds, 1),
             }
             every = int(cfg["monitor"]["every"] or 0)
@@ -313,7 +397,11 @@ class Trainer:
                     record.update(self._evaluate(full=True))
                 self.history.append(record)
                 _write_history(self.out_dir, self.history)
-                self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+                self.log(
+                    " ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                    )
+                )
                 ck = cfg["checkpoint"]
                 if self.epoch % int(ck["every"]) == 0 or self.epoch == epochs:
                     path = self.ckpt_dir / f"epoch_{self.epoch:04d}.pt"

@@ -62,7 +62,9 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
 
 
-def moco_infonce(q: torch.Tensor, k: torch.Tensor, temperature: float, queue: torch.Tensor | None = None) -> torch.Tensor:
+def moco_infonce(
+    q: torch.Tensor, k: torch.Tensor, temperature: float, queue: torch.Tensor | None = None
+) -> torch.Tensor:
     """MoCo: cross-entropy of each query's own key among the negatives.
 
     v2: logits = [q.k+, q.queue] / tau (Chen et al., 2020b). v3 (``queue=None``): the keys of the

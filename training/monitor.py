@@ -20,8 +20,12 @@ from normprobe.preprocess import Preprocess
 
 def in_memory(imageset: ImageSet, images: torch.Tensor, tag: str) -> ImageSet:
     """The same set served from an already decoded uint8 tensor (no JPEG decoding per epoch)."""
-    return replace(imageset, reader=ArrayReader(images.cpu().numpy()), rows=np.arange(len(images), dtype=np.int64),
-                   notes=(*imageset.notes, tag))
+    return replace(
+        imageset,
+        reader=ArrayReader(images.cpu().numpy()),
+        rows=np.arange(len(images), dtype=np.int64),
+        notes=(*imageset.notes, tag),
+    )
 
 
 def pick_subset(n: int, size: int | None, seed: int) -> np.ndarray:
@@ -32,13 +36,27 @@ def pick_subset(n: int, size: int | None, seed: int) -> np.ndarray:
 
 
 def evaluate(
-    encoder: Encoder, preprocess: Preprocess, bank: ImageSet, test: ImageSet, *, k: int, temperature: float,
-    batch_size: int, device: torch.device, precision: str, prefix: str = "", progress: bool = False,
+    encoder: Encoder,
+    preprocess: Preprocess,
+    bank: ImageSet,
+    test: ImageSet,
+    *,
+    k: int,
+    temperature: float,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    prefix: str = "",
+    progress: bool = False,
 ) -> dict[str, float]:
     """``{knn_<head>, norm_train_<head>, norm_test_<head>}`` for every head of ``encoder``."""
     heads = encoder.heads
     kw = {"batch_size": batch_size, "device": device, "precision": precision, "progress": progress}
     train = extract_arrays(encoder, preprocess, bank, heads, **kw)
     queries = extract_arrays(encoder, preprocess, test, heads, **kw)
-    summary = knn_accuracy_and_norms(train, bank.labels, queries, test.labels, k=min(k, len(bank)), temperature=temperature)
-    return {f"{prefix}{stat}_{head}": value for head, stats in summary.items() for stat, value in stats.items()}
+    summary = knn_accuracy_and_norms(
+        train, bank.labels, queries, test.labels, k=min(k, len(bank)), temperature=temperature
+    )
+    return {
+        f"{prefix}{stat}_{head}": value for head, stats in summary.items() for stat, value in stats.items()
+    }

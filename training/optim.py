@@ -19,8 +19,13 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum whose per-parameter step is scaled by the trust ratio
     ``eta * ||w|| / ||g + wd * w||``; groups with ``lars_exclude=True`` get plain SGD (no decay, no ratio)."""
 
-    def __init__(self, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001) -> None:
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta, "lars_exclude": False})
+    def __init__(
+        self, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001
+    ) -> None:
+        super().__init__(
+            params,
+            {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta, "lars_exclude": False},
+        )
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -32,7 +37,9 @@ class LARS(torch.optim.Optimizer):
                 if not group["lars_exclude"]:
                     update = update.add(p, alpha=group["weight_decay"])
                     w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
-                    ratio = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm, torch.ones_like(w_norm))
+                    ratio = torch.where(
+                        (w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm, torch.ones_like(w_norm)
+                    )
                     update = update.mul(ratio)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -44,8 +51,12 @@ class LARS(torch.optim.Optimizer):
 
 def _split_bias_norm(groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
     """Each group split in two: weights of linear/conv layers, and biases + norm-layer parameters."""
-    no_decay_ids = {id(p) for m in model.modules() for p in m.parameters(recurse=False)
-                    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm))}
+    no_decay_ids = {
+        id(p)
+        for m in model.modules()
+        for p in m.parameters(recurse=False)
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm))
+    }
     no_decay_ids |= {id(p) for name, p in model.named_parameters() if name.endswith(".bias") or p.ndim == 1}
     out = []
     for group in groups:
@@ -53,11 +64,21 @@ def _split_bias_norm(groups: list[dict[str, Any]], model: nn.Module) -> list[dic
         rest = [p for p in group["params"] if id(p) in no_decay_ids]
         out.append({**group, "params": decay})
         if rest:
-            out.append({**group, "name": f"{group['name']} (bias/norm)", "params": rest, "weight_decay": 0.0, "lars_exclude": True})
+            out.append(
+                {
+                    **group,
+                    "name": f"{group['name']} (bias/norm)",
+                    "params": rest,
+                    "weight_decay": 0.0,
+                    "lars_exclude": True,
+                }
+            )
     return out
 
 
-def build_optimizer(options: dict[str, Any], groups: list[dict[str, Any]], model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    options: dict[str, Any], groups: list[dict[str, Any]], model: nn.Module, lr: float
+) -> torch.optim.Optimizer:
     name = options["name"]
     wd = float(options.get("weight_decay", 0.0))
     groups = [{**g, "weight_decay": wd} for g in groups]
@@ -66,7 +87,13 @@ def build_optimizer(options: dict[str, Any], groups: list[dict[str, Any]], model
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(options.get("momentum", 0.9)), weight_decay=wd)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=float(options.get("momentum", 0.9)), weight_decay=wd, eta=float(options.get("eta", 0.001)))
+        return LARS(
+            groups,
+            lr=lr,
+            momentum=float(options.get("momentum", 0.9)),
+            weight_decay=wd,
+            eta=float(options.get("eta", 0.001)),
+        )
     if name == "adamw":
         betas = tuple(options.get("betas", (0.9, 0.999)))
         return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=wd)  # type: ignore[arg-type]

@@ -40,7 +40,14 @@ class WarmupCosine:
     learning rate is not decayed"). ``state_dict`` holds only the step: the rest comes from the config.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        total_steps: int,
+        warmup_steps: int,
+        min_lr: float = 0.0,
+    ) -> None:
         self.optimizer = optimizer
         self.base_lr = float(base_lr)
         self.total_steps = int(total_steps)

@@ -46,22 +46,34 @@ def bucket_controls(settings: dict[str, Any]) -> Buckets:
     left, middle, right, human = st.columns(4)
     n = left.number_input("Buckets", 2, 200, int(settings.get("buckets", 20)), key="buckets-n")
     scaling = middle.selectbox(
-        "Scaling", SCALINGS, index=SCALINGS.index(scaling) if scaling in SCALINGS else 0, key="buckets-scaling",
+        "Scaling",
+        SCALINGS,
+        index=SCALINGS.index(scaling) if scaling in SCALINGS else 0,
+        key="buckets-scaling",
         format_func=lambda s: f"{s}: {SCALING_AXES[s]}",
     )
     min_count = right.number_input(
-        "Hide kNN buckets with fewer samples than", 0, 100_000, int(settings.get("min_bucket_count", 10)), key="buckets-min"
+        "Hide kNN buckets with fewer samples than",
+        0,
+        100_000,
+        int(settings.get("min_bucket_count", 10)),
+        key="buckets-min",
     )
     # a run.json from before this setting has none: the paper's 50
     human_min_count = human.number_input(
-        "Hide human-label buckets with fewer samples than", 0, 100_000,
-        int(settings.get("human_min_bucket_count", HUMAN_MIN_BUCKET_COUNT)), key="buckets-human-min",
+        "Hide human-label buckets with fewer samples than",
+        0,
+        100_000,
+        int(settings.get("human_min_bucket_count", HUMAN_MIN_BUCKET_COUNT)),
+        key="buckets-human-min",
     )
     return Buckets(int(n), str(scaling), int(min_count), int(human_min_count))
 
 
 @st.cache_resource(show_spinner="Bucketing…", max_entries=32)
-def knn_buckets(path: str, files: FileStamp, norm_column: str, buckets: Buckets) -> tuple[pd.DataFrame, list[str]]:
+def knn_buckets(
+    path: str, files: FileStamp, norm_column: str, buckets: Buckets
+) -> tuple[pd.DataFrame, list[str]]:
     """kNN accuracy per norm bucket of every split with kNN correctness (one ``series`` each), and problems."""
     samples = loading.open_results(path, files).samples
     curves, problems = [], []
@@ -72,8 +84,11 @@ def knn_buckets(path: str, files: FileStamp, norm_column: str, buckets: Buckets)
             continue
         try:
             curve = bucket_curve(
-                rows[norm_column].to_numpy(np.float64), correct,
-                n_buckets=buckets.n, scaling=buckets.scaling, min_count=buckets.min_count,
+                rows[norm_column].to_numpy(np.float64),
+                correct,
+                n_buckets=buckets.n,
+                scaling=buckets.scaling,
+                min_count=buckets.min_count,
             )
         except NormprobeError as err:
             problems.append(f"{group.label}: {err}")
@@ -86,7 +101,9 @@ def knn_buckets(path: str, files: FileStamp, norm_column: str, buckets: Buckets)
 def knn_bucket_figure(path: str, files: FileStamp, norm_column: str, buckets: Buckets) -> go.Figure:
     table, _ = knn_buckets(path, files, norm_column, buckets)
     return bucket_figure(
-        table, title="kNN accuracy per embedding-norm bucket", y_title="kNN accuracy",
+        table,
+        title="kNN accuracy per embedding-norm bucket",
+        y_title="kNN accuracy",
         x_title=f"{SCALING_AXES[buckets.scaling]} (bucket centre)",
     )
 
@@ -99,7 +116,9 @@ def bucket_section(session: Session, buckets: Buckets) -> None:
     if table.empty:
         st.info("No split of this run has kNN correctness.")
         return
-    st.plotly_chart(knn_bucket_figure(session.path, session.files, session.norm_column, buckets), key="buckets-figure")
+    st.plotly_chart(
+        knn_bucket_figure(session.path, session.files, session.norm_column, buckets), key="buckets-figure"
+    )
     with st.expander("Bucket table"):
         st.dataframe(table, hide_index=True, width="stretch")
 
@@ -114,14 +133,21 @@ def human_correlation_table(path: str, files: FileStamp, head: str) -> pd.DataFr
             return results.table("human_correlations")
         except NormprobeError:
             pass  # an older run without the table: compute it
-    return human_correlations(results.samples, f"norm_{head}", seed=int(results.run["settings"].get("seed", 0)))
+    return human_correlations(
+        results.samples, f"norm_{head}", seed=int(results.run["settings"].get("seed", 0))
+    )
 
 
 @st.cache_resource(show_spinner="Bucketing the human labels…", max_entries=32)
 def human_label_figures(path: str, files: FileStamp, head: str, buckets: Buckets) -> list[go.Figure]:
     samples = loading.open_results(path, files).samples
-    curves = human_curves(samples, f"norm_{head}", n_buckets=buckets.n, scaling=buckets.scaling,
-                          min_count=buckets.human_min_count)
+    curves = human_curves(
+        samples,
+        f"norm_{head}",
+        n_buckets=buckets.n,
+        scaling=buckets.scaling,
+        min_count=buckets.human_min_count,
+    )
     return human_figures(curves, human_correlation_table(path, files, head))
 
 
@@ -131,7 +157,9 @@ def human_label_section(session: Session, buckets: Buckets) -> None:
     st.subheader(f"Human labels per ‖{session.head}‖ bucket (paper Fig. 4, middle and right)")
     for i, fig in enumerate(human_label_figures(session.path, session.files, session.head, buckets)):
         st.plotly_chart(fig, key=f"human-figure-{i}")
-    st.dataframe(human_correlation_table(session.path, session.files, session.head), hide_index=True, width="stretch")
+    st.dataframe(
+        human_correlation_table(session.path, session.files, session.head), hide_index=True, width="stretch"
+    )
 
 
 @st.cache_resource(show_spinner="Computing ROC curves…", max_entries=8)

@@ -19,17 +19,26 @@ def render(session: Session) -> None:
         return
     default = next((i for i, g in enumerate(labelled) if g.role == "id-test"), 0)
     top = st.columns([3, 3, 2])
-    group = top[0].selectbox("Dataset split", labelled, index=default, format_func=lambda g: g.label, key="exemplar-group")
+    group = top[0].selectbox(
+        "Dataset split", labelled, index=default, format_func=lambda g: g.label, key="exemplar-group"
+    )
     rows = explore.select(samples, group)
     classes = explore.class_names(rows)
-    label = top[1].selectbox("Class", list(classes), format_func=lambda c: f"{classes[c]} ({c})", key="exemplar-class")
+    label = top[1].selectbox(
+        "Class", list(classes), format_func=lambda c: f"{classes[c]} ({c})", key="exemplar-class"
+    )
     per_row = top[2].slider("Images per row", 4, 12, 8, key="exemplar-per-row")
     in_class = rows[(rows["label"] == label).to_numpy()]
     chosen = norm_exemplars(in_class[column].to_numpy(), in_class["label"].to_numpy(), per_group=per_row)
-    highest, lowest = (in_class.iloc[chosen.loc[chosen["extreme"] == e, "position"].to_numpy()] for e in ("highest", "lowest"))
+    highest, lowest = (
+        in_class.iloc[chosen.loc[chosen["extreme"] == e, "position"].to_numpy()]
+        for e in ("highest", "lowest")
+    )
     head = session.head
 
-    st.markdown(f"**Highest ‖{head}‖: what the encoder finds most familiar** ({len(in_class):,} {classes[label]} images)")
+    st.markdown(
+        f"**Highest ‖{head}‖: what the encoder finds most familiar** ({len(in_class):,} {classes[label]} images)"
+    )
     gallery.show(session, group, highest, key="exemplars-highest", n_columns=per_row)
     st.markdown(f"**Lowest ‖{head}‖: what it finds least familiar**")
     gallery.show(session, group, lowest, key="exemplars-lowest", n_columns=per_row)
@@ -40,7 +49,10 @@ def render(session: Session) -> None:
         st.caption("All images of this class are shown above.")
         return
     start = st.slider(
-        "Norm rank of the first image (0 = lowest norm)", 0, len(by_rank) - per_row, (len(by_rank) - per_row) // 2,
+        "Norm rank of the first image (0 = lowest norm)",
+        0,
+        len(by_rank) - per_row,
+        (len(by_rank) - per_row) // 2,
         key="exemplar-rank",
     )
     window = explore.rank_window(by_rank, start, per_row)

@@ -19,8 +19,10 @@ def _images(session: Session, group: Group, frame: pd.DataFrame, size: int) -> n
     """Decoded, enlarged images of ``frame``'s rows, from the dataset the run's ``datasets`` entry names."""
     entry = loading.dataset_entry(session.run, group.dataset, group.split)
     source = (
-        str(entry.get("spec") or group.dataset), group.split,
-        loading.data_root_for(entry, session.data_root), int((entry.get("image_size") or [32])[0]),
+        str(entry.get("spec") or group.dataset),
+        group.split,
+        loading.data_root_for(entry, session.data_root),
+        int((entry.get("image_size") or [32])[0]),
     )
     indices = tuple(int(i) for i in frame["index"])
     return loading.thumbnails(source, indices, tuple(int(label) for label in frame["label"]), size)
@@ -66,6 +68,8 @@ def show(
             for column, i in zip(st.columns(n_columns), line, strict=False):
                 with column:
                     st.image(images[i], output_format="PNG", alt=captions[i])
-                    if st.button("enlarge", key=f"{key}-zoom-{i}", type="tertiary", icon=":material/zoom_in:"):
+                    if st.button(
+                        "enlarge", key=f"{key}-zoom-{i}", type="tertiary", icon=":material/zoom_in:"
+                    ):
                         _enlarge(session, group, rows[i])
                     st.caption(captions[i])

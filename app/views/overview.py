@@ -76,7 +76,9 @@ def render(session: Session) -> None:
     ood = ood_table(summary)
     if not ood.empty:
         st.subheader("OOD detection")
-        st.caption(str(summary.get("ood_convention", "Larger score = more familiar; ID-test is the positive class.")))
+        st.caption(
+            str(summary.get("ood_convention", "Larger score = more familiar; ID-test is the positive class."))
+        )
         st.dataframe(ood, hide_index=True, width="stretch")
     spearman = summary.get("spearman")
     if isinstance(spearman, dict) and spearman and all(isinstance(v, dict) for v in spearman.values()):
@@ -87,7 +89,10 @@ def render(session: Session) -> None:
     datasets = pd.DataFrame(run.get("datasets", []))
     if not datasets.empty:
         st.dataframe(datasets.astype(str), hide_index=True, width="stretch")
-    st.caption("Rows in samples.parquet: " + ", ".join(f"{g.label}: {g.n:,}" for g in explore.groups(session.samples)))
+    st.caption(
+        "Rows in samples.parquet: "
+        + ", ".join(f"{g.label}: {g.n:,}" for g in explore.groups(session.samples))
+    )
     left, right = st.columns(2)
     with left:
         st.subheader("Settings")

@@ -18,14 +18,23 @@ def render(session: Session) -> None:
     top = st.columns([3, 2, 2])
     default = next((i for i, g in enumerate(groups) if g.role == "id-test"), 0)
     group = top[0].selectbox(
-        "Dataset split or OOD set", groups, index=default, format_func=lambda g: g.label, key="unfamiliar-group"
+        "Dataset split or OOD set",
+        groups,
+        index=default,
+        format_func=lambda g: g.label,
+        key="unfamiliar-group",
     )
     options = [f"norm_{h}" for h in explore.heads(samples)] + [f"score_{s}" for s in explore.scorers(samples)]
     rank_by = top[1].selectbox(
-        "Rank by (lowest first)", options, index=options.index(session.norm_column), key="unfamiliar-rank-by",
+        "Rank by (lowest first)",
+        options,
+        index=options.index(session.norm_column),
+        key="unfamiliar-rank-by",
         help="Norms and OOD scores: larger means more familiar, so the lowest come first.",
     )
-    how_many = top[2].number_input("How many", min_value=1, max_value=max(1, group.n), value=min(48, group.n), key="unfamiliar-n")
+    how_many = top[2].number_input(
+        "How many", min_value=1, max_value=max(1, group.n), value=min(48, group.n), key="unfamiliar-n"
+    )
     rows = explore.select(samples, group)
     classes = explore.class_names(rows)
     filters = st.columns([4, 3])
@@ -34,15 +43,23 @@ def render(session: Session) -> None:
     )
     known = "knn_correct" in rows and rows["knn_correct"].notna().any()
     correctness = filters[1].radio(
-        "kNN prediction", ["all", "correct", "incorrect"], horizontal=True, key="unfamiliar-correctness",
-        disabled=not known, help=None if known else "This set has no kNN correctness (no labels in the ID label space).",
+        "kNN prediction",
+        ["all", "correct", "incorrect"],
+        horizontal=True,
+        key="unfamiliar-correctness",
+        disabled=not known,
+        help=None if known else "This set has no kNN correctness (no labels in the ID label space).",
     )
     picked = explore.select(samples, group, labels=chosen, correctness=correctness if known else "all")
     lowest = explore.ranked(picked, rank_by).head(int(how_many))
     st.caption(f"{len(lowest):,} of {len(picked):,} matching samples, lowest {rank_by} first.")
     st.download_button(
-        "Download CSV", explore.to_csv(lowest), file_name=f"unfamiliar_{group.dataset}_{group.split}_{rank_by}.csv",
-        mime="text/csv", key="unfamiliar-csv", icon=":material/download:",
+        "Download CSV",
+        explore.to_csv(lowest),
+        file_name=f"unfamiliar_{group.dataset}_{group.split}_{rank_by}.csv",
+        mime="text/csv",
+        key="unfamiliar-csv",
+        icon=":material/download:",
     )
     shown = lowest.head(MAX_IMAGES)
     if len(lowest) > MAX_IMAGES:

@@ -32,7 +32,18 @@ SELF_VOTE_NOTE = (
     "normprobe does not repeat that bias."
 )
 
-CURVE_COLUMNS = ("bucket", "lower", "upper", "center", "norm_lower", "norm_upper", "count", "mean", "sem", "shown")
+CURVE_COLUMNS = (
+    "bucket",
+    "lower",
+    "upper",
+    "center",
+    "norm_lower",
+    "norm_upper",
+    "count",
+    "mean",
+    "sem",
+    "shown",
+)
 """Columns of every bucket curve: bucket number, edges on the scaled axis, edges in the values'
 own units, the sample count, the signal's mean and standard error, and whether it is plotted."""
 
@@ -102,7 +113,9 @@ def bucket_curve(
     values = np.asarray(values, dtype=np.float64)
     signal = np.asarray(signal, dtype=np.float64)
     if values.shape != signal.shape or values.ndim != 1:
-        raise NormprobeError(f"values and signal must be 1-D and equally long, got {values.shape} and {signal.shape}")
+        raise NormprobeError(
+            f"values and signal must be 1-D and equally long, got {values.shape} and {signal.shape}"
+        )
     if min_count < 0:
         raise NormprobeError(f"the minimum bucket count must be >= 0, got {min_count}")
     ref = values if reference is None else np.asarray(reference, dtype=np.float64)

@@ -11,7 +11,19 @@ import pandas as pd
 
 from normprobe.errors import NormprobeError
 
-EXEMPLAR_COLUMNS = ("dataset", "split", "role", "label", "label_name", "extreme", "rank", "position", "index", "id", "norm")
+EXEMPLAR_COLUMNS = (
+    "dataset",
+    "split",
+    "role",
+    "label",
+    "label_name",
+    "extreme",
+    "rank",
+    "position",
+    "index",
+    "id",
+    "norm",
+)
 """``extreme`` is ``highest`` or ``lowest``; ``rank`` 0 is the most extreme; ``position`` is the row
 in the analysed set (what ``ImageSet.images`` takes), ``index`` the original position in the split."""
 
@@ -32,7 +44,9 @@ def norm_exemplars(
     norms = np.asarray(norms, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if norms.shape != labels.shape or norms.ndim != 1:
-        raise NormprobeError(f"norms and labels must be equally long vectors, got {norms.shape} and {labels.shape}")
+        raise NormprobeError(
+            f"norms and labels must be equally long vectors, got {norms.shape} and {labels.shape}"
+        )
     if per_group < 1:
         raise NormprobeError(f"the number of exemplars per group must be >= 1, got {per_group}")
     groups = labels if by_class else np.full_like(labels, -1)
@@ -50,7 +64,9 @@ def norm_exemplars(
                 pd.DataFrame(
                     {
                         "label": label,
-                        "label_name": class_names[label] if 0 <= label < len(class_names) else ("" if label < 0 else str(label)),
+                        "label_name": class_names[label]
+                        if 0 <= label < len(class_names)
+                        else ("" if label < 0 else str(label)),
                         "extreme": extreme,
                         "rank": np.arange(take),
                         "position": chosen.astype(np.int64),
@@ -66,5 +82,11 @@ def describe_exemplars(
 ) -> pd.DataFrame:
     """Add the set's name, split, role, original ``index`` and ``id`` to a :func:`norm_exemplars` table."""
     positions = table["position"].to_numpy()
-    out = table.assign(dataset=dataset, split=split, role=role, index=np.asarray(index)[positions], id=np.asarray(ids)[positions])
+    out = table.assign(
+        dataset=dataset,
+        split=split,
+        role=role,
+        index=np.asarray(index)[positions],
+        id=np.asarray(ids)[positions],
+    )
     return out[list(EXEMPLAR_COLUMNS)]

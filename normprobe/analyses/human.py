@@ -89,7 +89,9 @@ def _explicit_names(id_dataset: str | None, requested: str | Sequence[str] | Non
     known = manifest_names("labels")
     for name in names:
         if name not in known:
-            raise NormprobeError(f"unknown human label set {name!r} (known: {', '.join(known)}, or auto / none)")
+            raise NormprobeError(
+                f"unknown human label set {name!r} (known: {', '.join(known)}, or auto / none)"
+            )
         images = load_manifest(name).raw["images"]
         if images["dataset"] != id_dataset:
             raise NormprobeError(
@@ -100,7 +102,9 @@ def _explicit_names(id_dataset: str | None, requested: str | Sequence[str] | Non
 
 
 def check_label_sets(
-    id_dataset: str | None, requested: str | Sequence[str] | None = "auto", data_root: str | Path | None = None
+    id_dataset: str | None,
+    requested: str | Sequence[str] | None = "auto",
+    data_root: str | Path | None = None,
 ) -> None:
     """Before any expensive work: the errors :func:`select_label_sets` would raise, without reading the files."""
     for name in _explicit_names(id_dataset, requested) or ():
@@ -110,7 +114,9 @@ def check_label_sets(
 
 
 def select_label_sets(
-    id_dataset: str | None, requested: str | Sequence[str] | None = "auto", data_root: str | Path | None = None
+    id_dataset: str | None,
+    requested: str | Sequence[str] | None = "auto",
+    data_root: str | Path | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """The human label sets for an analysis whose in-distribution set is ``id_dataset``.
 
@@ -154,7 +160,9 @@ def _as_boolean(values: np.ndarray, known: np.ndarray) -> pd.arrays.BooleanArray
     return out
 
 
-def _check_alignment(name: str, fields: Mapping[str, np.ndarray], index: np.ndarray, labels: np.ndarray) -> None:
+def _check_alignment(
+    name: str, fields: Mapping[str, np.ndarray], index: np.ndarray, labels: np.ndarray
+) -> None:
     """The label set's copy of the dataset labels must match the images' labels at the same original index."""
     clean = fields.get("clean_label")
     if clean is None:
@@ -169,7 +177,10 @@ def _check_alignment(name: str, fields: Mapping[str, np.ndarray], index: np.ndar
 
 
 def human_columns(
-    label_sets: Mapping[str, Mapping[str, np.ndarray]], imageset_index: np.ndarray, labels: np.ndarray, role: str
+    label_sets: Mapping[str, Mapping[str, np.ndarray]],
+    imageset_index: np.ndarray,
+    labels: np.ndarray,
+    role: str,
 ) -> pd.DataFrame:
     """Per-sample ``human_*`` fields for the rows of one role (``id-train``, ``id-test``, ``ood``).
 
@@ -181,7 +192,9 @@ def human_columns(
     index = np.asarray(imageset_index, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     if index.shape != labels.shape or index.ndim != 1:
-        raise NormprobeError(f"human_columns: index {index.shape} and labels {labels.shape} must be equal-length vectors")
+        raise NormprobeError(
+            f"human_columns: index {index.shape} and labels {labels.shape} must be equal-length vectors"
+        )
     columns: dict[str, Any] = {}
     known = labels >= 0
     safe_labels = np.where(known, labels, 0)
@@ -229,10 +242,14 @@ def _signal_kind(column: str) -> tuple[str, str]:
     return next(kind for suffix, kind in SIGNAL_KINDS.items() if column.endswith(suffix))
 
 
-def _signal_rows(samples: pd.DataFrame, norm_column: str, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _signal_rows(
+    samples: pd.DataFrame, norm_column: str, column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(norms, signal as float) over the rows where both are present, and the mask of those rows."""
     if norm_column not in samples.columns:
-        raise NormprobeError(f"no column {norm_column!r} in the samples (columns: {', '.join(samples.columns)})")
+        raise NormprobeError(
+            f"no column {norm_column!r} in the samples (columns: {', '.join(samples.columns)})"
+        )
     signal = samples[column].astype("Float64")
     norms = samples[norm_column].astype("Float64")
     present = (signal.notna() & norms.notna()).to_numpy()
@@ -295,7 +312,9 @@ def human_correlations(
     for members in groups.values():
         norms = members[0][1]
         varying = [(c, y) for c, _, y in members if len(y) >= 3 and np.ptp(y) > 0 and np.ptp(norms) > 0]
-        boots = bootstrap_spearman(norms, [y for _, y in varying], n_boot=n_boot, seed=seed) if varying else None
+        boots = (
+            bootstrap_spearman(norms, [y for _, y in varying], n_boot=n_boot, seed=seed) if varying else None
+        )
         intervals = {c: np.nanquantile(boots[i], [alpha, 1 - alpha]) for i, (c, _) in enumerate(varying)}
         for column, _, signal in members:
             if len(signal) < 3:
@@ -306,11 +325,31 @@ def human_correlations(
                 rho, p_value = float(result.statistic), float(result.pvalue)
             low, high = intervals.get(column, (np.nan, np.nan))
             rows[column] = {
-                "signal": column, "label_set": _label_set_of(column), "n": len(signal), "mean": float(signal.mean()),
-                "spearman_rho": rho, "p_value": p_value, "ci_low": float(low), "ci_high": float(high),
-                "confidence": confidence, "n_boot": n_boot, "seed": seed,
+                "signal": column,
+                "label_set": _label_set_of(column),
+                "n": len(signal),
+                "mean": float(signal.mean()),
+                "spearman_rho": rho,
+                "p_value": p_value,
+                "ci_low": float(low),
+                "ci_high": float(high),
+                "confidence": confidence,
+                "n_boot": n_boot,
+                "seed": seed,
             }
-    columns = ["signal", "label_set", "n", "mean", "spearman_rho", "p_value", "ci_low", "ci_high", "confidence", "n_boot", "seed"]
+    columns = [
+        "signal",
+        "label_set",
+        "n",
+        "mean",
+        "spearman_rho",
+        "p_value",
+        "ci_low",
+        "ci_high",
+        "confidence",
+        "n_boot",
+        "seed",
+    ]
     return pd.DataFrame([rows[c] for c in signal_columns(samples) if c in rows], columns=columns)
 
 
@@ -331,8 +370,12 @@ def human_summary(curves: pd.DataFrame, correlations: pd.DataFrame) -> dict[str,
         }
         if len(shown):
             for key, at in (("lowest_shown_bucket", 0), ("highest_shown_bucket", -1)):
-                entry[key] = {"bucket": int(shown["bucket"].iloc[at]), "center": float(shown["center"].iloc[at]),
-                              "count": int(shown["count"].iloc[at]), "mean": _json_float(shown["mean"].iloc[at])}
+                entry[key] = {
+                    "bucket": int(shown["bucket"].iloc[at]),
+                    "center": float(shown["center"].iloc[at]),
+                    "count": int(shown["count"].iloc[at]),
+                    "mean": _json_float(shown["mean"].iloc[at]),
+                }
         summary[row.signal] = entry
     return summary
 
@@ -347,7 +390,11 @@ def human_figures(curves: pd.DataFrame, correlations: pd.DataFrame | None = None
     and the CIFAR-10H majority's disagreement; each line's legend gives its Spearman rho."""
     from normprobe.report import bucket_figure
 
-    rho = {} if correlations is None else dict(zip(correlations["signal"], correlations["spearman_rho"], strict=True))
+    rho = (
+        {}
+        if correlations is None
+        else dict(zip(correlations["signal"], correlations["spearman_rho"], strict=True))
+    )
 
     def series(signal: str) -> str:
         value = rho.get(signal, np.nan)
@@ -356,16 +403,23 @@ def human_figures(curves: pd.DataFrame, correlations: pd.DataFrame | None = None
     figures = []
     for statistic, title in (
         ("accuracy", "Accuracy of human labels per embedding-norm bucket (paper Fig. 4, middle)"),
-        ("mean entropy (bits)", "Entropy of the CIFAR-10H label distribution per norm bucket (paper Fig. 4, right)"),
+        (
+            "mean entropy (bits)",
+            "Entropy of the CIFAR-10H label distribution per norm bucket (paper Fig. 4, right)",
+        ),
         ("fraction", "Human majority disagrees with the dataset label, per norm bucket"),
     ):
         part = curves[curves["statistic"] == statistic]
         if part.empty:
             continue
-        figures.append(bucket_figure(
-            part.assign(series=part["signal"].map(series)), title=title, y_title=_axis_title(statistic),
-            x_title="embedding norm / max norm (buckets with too few samples hidden)",
-        ))
+        figures.append(
+            bucket_figure(
+                part.assign(series=part["signal"].map(series)),
+                title=title,
+                y_title=_axis_title(statistic),
+                x_title="embedding norm / max norm (buckets with too few samples hidden)",
+            )
+        )
     return figures
 
 

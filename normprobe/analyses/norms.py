@@ -15,8 +15,22 @@ from normprobe.errors import NormprobeError
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 SUMMARY_COLUMNS = (
-    "dataset", "split", "role", "head", "n", "mean", "std", "min", "q05", "q25", "median", "q75", "q95", "max",
-    "mean_scaled", "median_scaled",
+    "dataset",
+    "split",
+    "role",
+    "head",
+    "n",
+    "mean",
+    "std",
+    "min",
+    "q05",
+    "q25",
+    "median",
+    "q75",
+    "q95",
+    "max",
+    "mean_scaled",
+    "median_scaled",
 )
 
 
@@ -41,15 +55,28 @@ def norm_summary(samples: pd.DataFrame, heads: list[str] | tuple[str, ...]) -> p
         column = f"norm_{head}"
         train_mean = float(samples.loc[train, column].mean())
         for dataset, split, role in order.itertuples(index=False):
-            values = samples.loc[(samples["dataset"] == dataset) & (samples["split"] == split), column].to_numpy(np.float64)
+            values = samples.loc[
+                (samples["dataset"] == dataset) & (samples["split"] == split), column
+            ].to_numpy(np.float64)
             q05, q25, median, q75, q95 = np.quantile(values, QUANTILES)
             rows.append(
                 {
-                    "dataset": dataset, "split": split, "role": role, "head": head, "n": len(values),
-                    "mean": values.mean(), "std": values.std(ddof=1) if len(values) > 1 else np.nan,
-                    "min": values.min(), "q05": q05, "q25": q25, "median": median, "q75": q75, "q95": q95,
+                    "dataset": dataset,
+                    "split": split,
+                    "role": role,
+                    "head": head,
+                    "n": len(values),
+                    "mean": values.mean(),
+                    "std": values.std(ddof=1) if len(values) > 1 else np.nan,
+                    "min": values.min(),
+                    "q05": q05,
+                    "q25": q25,
+                    "median": median,
+                    "q75": q75,
+                    "q95": q95,
                     "max": values.max(),
-                    "mean_scaled": values.mean() / train_mean, "median_scaled": median / train_mean,
+                    "mean_scaled": values.mean() / train_mean,
+                    "median_scaled": median / train_mean,
                 }
             )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

@@ -27,7 +27,19 @@ from normprobe.errors import NormprobeError
 ROC_POINTS = 201
 """ROC curves are stored on a fixed grid of false positive rates (exact upper envelope), not per sample."""
 
-METRIC_COLUMNS = ("ood_set", "scorer", "method", "head", "n_id", "n_ood", "auroc", "aupr_in", "aupr_out", "fpr95", "positive")
+METRIC_COLUMNS = (
+    "ood_set",
+    "scorer",
+    "method",
+    "head",
+    "n_id",
+    "n_ood",
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr95",
+    "positive",
+)
 POSITIVE = "id-test"
 
 
@@ -75,13 +87,24 @@ def fit_and_score(
             key = None
             if cache is not None and keys is not None:
                 seeded = ("seed", str(seed)) if issubclass(scores.SCORERS[name], scores.SEEDED) else ()
-                key = fingerprint("analyze-score/1", name, str(ood_k), keys[0][head], keys[i][head], "loo" if i == 0 else "",
-                                  *seeded)
+                key = fingerprint(
+                    "analyze-score/1",
+                    name,
+                    str(ood_k),
+                    keys[0][head],
+                    keys[i][head],
+                    "loo" if i == 0 else "",
+                    *seeded,
+                )
             values = cache.get(key) if key is not None else None
             if values is None:
                 if scorer is None:
-                    scorer = scores.make_scorer(name, k=ood_k, seed=seed).fit(torch.as_tensor(train[head], device=device), train_labels)
-                values = scorer.score_samples(None if i == 0 else torch.as_tensor(embeddings[head], device=device))
+                    scorer = scores.make_scorer(name, k=ood_k, seed=seed).fit(
+                        torch.as_tensor(train[head], device=device), train_labels
+                    )
+                values = scorer.score_samples(
+                    None if i == 0 else torch.as_tensor(embeddings[head], device=device)
+                )
                 if key is not None:
                     cache.put(key, values)
                 all_cached = False
@@ -93,7 +116,9 @@ def fit_and_score(
     return out, all_cached
 
 
-def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, n_points: int = ROC_POINTS) -> tuple[np.ndarray, np.ndarray]:
+def roc_points(
+    id_scores: np.ndarray, ood_scores: np.ndarray, n_points: int = ROC_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
     """ROC of ID (positive) vs OOD on a grid of false positive rates: the best TPR at FPR <= each grid value."""
     fpr, tpr = metrics.roc_curve(id_scores, ood_scores)
     grid = np.linspace(0.0, 1.0, n_points)
@@ -119,18 +144,28 @@ def evaluate_ood(samples: pd.DataFrame, score_columns: Sequence[str]) -> tuple[p
             positive = samples.loc[id_rows, f"score_{column}"].to_numpy(np.float64)
             negative = part[f"score_{column}"].to_numpy(np.float64)
             method, _, head = column.partition("@")
-            rows.append({
-                "ood_set": ood_set, "scorer": column, "method": method, "head": head or "primary",
-                "n_id": len(positive), "n_ood": len(negative),
-                "auroc": metrics.auroc(positive, negative),
-                "aupr_in": metrics.aupr_in(positive, negative),
-                "aupr_out": metrics.aupr_out(positive, negative),
-                "fpr95": metrics.fpr_at_tpr(positive, negative, 0.95),
-                "positive": POSITIVE,
-            })
+            rows.append(
+                {
+                    "ood_set": ood_set,
+                    "scorer": column,
+                    "method": method,
+                    "head": head or "primary",
+                    "n_id": len(positive),
+                    "n_ood": len(negative),
+                    "auroc": metrics.auroc(positive, negative),
+                    "aupr_in": metrics.aupr_in(positive, negative),
+                    "aupr_out": metrics.aupr_out(positive, negative),
+                    "fpr95": metrics.fpr_at_tpr(positive, negative, 0.95),
+                    "positive": POSITIVE,
+                }
+            )
             fpr, tpr = roc_points(positive, negative)
             curves.append(pd.DataFrame({"ood_set": ood_set, "scorer": column, "fpr": fpr, "tpr": tpr}))
-    roc = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["ood_set", "scorer", "fpr", "tpr"])
+    roc = (
+        pd.concat(curves, ignore_index=True)
+        if curves
+        else pd.DataFrame(columns=["ood_set", "scorer", "fpr", "tpr"])
+    )
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS)), roc
 
 
@@ -149,6 +184,17 @@ def norm_correctness_spearman(
         norms = part[f"norm_{primary}"].to_numpy(np.float64)
         correct = part["knn_correct"].astype(float).to_numpy()
         result = metrics.spearman(norms, correct, n_boot=n_boot, confidence=confidence, seed=seed)
-        rows.append({"role": name, "head": primary, "n": len(norms), "rho": result.rho, "p_value": result.p_value,
-                     "ci_low": result.ci_low, "ci_high": result.ci_high, "n_boot": n_boot, "seed": seed})
+        rows.append(
+            {
+                "role": name,
+                "head": primary,
+                "n": len(norms),
+                "rho": result.rho,
+                "p_value": result.p_value,
+                "ci_low": result.ci_low,
+                "ci_high": result.ci_high,
+                "n_boot": n_boot,
+                "seed": seed,
+            }
+        )
     return pd.DataFrame(rows)

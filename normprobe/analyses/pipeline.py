@@ -99,8 +99,13 @@ def check_datasets(settings: AnalysisSettings) -> None:
     are folders, .npz files or known dataset splits, none equal to an ID split or given twice."""
     manifest = data.load_manifest(settings.id_dataset)
     if manifest.kind != "images" or not {"train", "test"} <= set(manifest.splits):
-        raise NormprobeError(f"--id {settings.id_dataset}: the in-distribution dataset needs train and test splits")
-    seen = {(settings.id_dataset, "train"): "the ID-train set", (settings.id_dataset, "test"): "the ID-test set"}
+        raise NormprobeError(
+            f"--id {settings.id_dataset}: the in-distribution dataset needs train and test splits"
+        )
+    seen = {
+        (settings.id_dataset, "train"): "the ID-train set",
+        (settings.id_dataset, "test"): "the ID-test set",
+    }
     for spec in settings.ood:
         if Path(spec).expanduser().exists():
             continue
@@ -111,7 +116,9 @@ def check_datasets(settings: AnalysisSettings) -> None:
             )
         split = split or data.default_split(name, "test")
         if split not in data.load_manifest(name).splits:
-            raise NormprobeError(f"--ood {spec}: {name} has no split {split!r} (splits: {', '.join(data.load_manifest(name).splits)})")
+            raise NormprobeError(
+                f"--ood {spec}: {name} has no split {split!r} (splits: {', '.join(data.load_manifest(name).splits)})"
+            )
         if (name, split) in seen:
             raise NormprobeError(f"--ood {spec} is {name} {split}, the same split as {seen[(name, split)]}")
         seen[(name, split)] = f"--ood {spec}"
@@ -122,8 +129,13 @@ def _load_sets(settings: AnalysisSettings, input_size: tuple[int, int]) -> list[
     train = data.load(settings.id_dataset, "train", settings.data_root)
     test = data.load(settings.id_dataset, "test", settings.data_root)
     if (train.labels < 0).any():
-        raise NormprobeError(f"--id {settings.id_dataset}: ID-train has unlabelled samples; the kNN analyses need labels")
-    sets = [(train, "id-train", f"{settings.id_dataset}:train"), (test, "id-test", f"{settings.id_dataset}:test")]
+        raise NormprobeError(
+            f"--id {settings.id_dataset}: ID-train has unlabelled samples; the kNN analyses need labels"
+        )
+    sets = [
+        (train, "id-train", f"{settings.id_dataset}:train"),
+        (test, "id-test", f"{settings.id_dataset}:test"),
+    ]
     for spec in settings.ood:
         sets.append((data.load_any(spec, None, settings.data_root, image_size=input_size[0]), "ood", spec))
     names: dict[tuple[str, str], str] = {}
@@ -132,12 +144,20 @@ def _load_sets(settings: AnalysisSettings, input_size: tuple[int, int]) -> list[
             raise NormprobeError(f"{spec} ({role}) has no images")
         other = names.setdefault((imageset.name, imageset.split), spec)
         if other != spec:
-            raise NormprobeError(f"--ood {spec} and {other} are both named {imageset.name}/{imageset.split}; rename one")
-    return [(_first(s, settings.max_train if role == "id-train" else settings.max_per_split), role, spec) for s, role, spec in sets]
+            raise NormprobeError(
+                f"--ood {spec} and {other} are both named {imageset.name}/{imageset.split}; rename one"
+            )
+    return [
+        (_first(s, settings.max_train if role == "id-train" else settings.max_per_split), role, spec)
+        for s, role, spec in sets
+    ]
 
 
 def _embed(
-    sets: list[tuple[ImageSet, str, str]], loaded: LoadedEncoder, heads: tuple[str, ...], settings: AnalysisSettings,
+    sets: list[tuple[ImageSet, str, str]],
+    loaded: LoadedEncoder,
+    heads: tuple[str, ...],
+    settings: AnalysisSettings,
     progress: bool,
 ) -> list[AnalysedSet]:
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
@@ -146,28 +166,52 @@ def _embed(
     out = []
     for imageset, role, spec in sets:
         result = extract(
-            loaded, imageset, heads, batch_size=settings.batch_size, device=device, precision=settings.precision,
-            cache=cache, progress=progress,
+            loaded,
+            imageset,
+            heads,
+            batch_size=settings.batch_size,
+            device=device,
+            precision=settings.precision,
+            cache=cache,
+            progress=progress,
         )
         for head, values in result.heads.items():
             if not np.isfinite(values).all():
                 bad = int((~np.isfinite(values)).any(axis=1).sum())
-                raise NormprobeError(f"{bad} embedding(s) of head {head!r} on {imageset.name}/{imageset.split} are NaN or Inf")
-        log(f"embedded {imageset.name}/{imageset.split} ({role}, {len(imageset)} images) "
-            f"{'from the cache' if result.from_cache else 'by the encoder'} in {result.seconds:.1f}s")
+                raise NormprobeError(
+                    f"{bad} embedding(s) of head {head!r} on {imageset.name}/{imageset.split} are NaN or Inf"
+                )
+        log(
+            f"embedded {imageset.name}/{imageset.split} ({role}, {len(imageset)} images) "
+            f"{'from the cache' if result.from_cache else 'by the encoder'} in {result.seconds:.1f}s"
+        )
         notes = list(imageset.notes)
         if tuple(imageset.image_size) != tuple(loaded.preprocess.input_size):
             h, w = imageset.image_size
-            notes.append(f"images resized from {h}x{w} to {loaded.preprocess.input_size[0]}x{loaded.preprocess.input_size[1]} "
-                         "(bilinear, antialiased)")
+            notes.append(
+                f"images resized from {h}x{w} to {loaded.preprocess.input_size[0]}x{loaded.preprocess.input_size[1]} "
+                "(bilinear, antialiased)"
+            )
         # np.array copies: cached embeddings are read-only memory maps, which torch will not wrap
         keys = {h: cache_key(loaded, imageset, h, settings.precision) for h in heads}
-        out.append(AnalysedSet(imageset, role, spec, {h: np.array(result.heads[h], dtype=np.float32) for h in heads},
-                               result.from_cache, result.seconds, keys, notes))
+        out.append(
+            AnalysedSet(
+                imageset,
+                role,
+                spec,
+                {h: np.array(result.heads[h], dtype=np.float32) for h in heads},
+                result.from_cache,
+                result.seconds,
+                keys,
+                notes,
+            )
+        )
     return out
 
 
-def cached_array(cache: EmbeddingCache | None, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+def cached_array(
+    cache: EmbeddingCache | None, key: str, compute: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, bool]:
     """``(array, from_cache)``: the cached array under ``key``, else ``compute()`` (then stored)."""
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
@@ -183,16 +227,20 @@ def _samples_frame(sets: list[AnalysedSet], heads: tuple[str, ...], primary: str
     for s in sets:
         names = s.imageset.classes
         labels = s.imageset.labels
-        frames.append(pd.DataFrame({
-            "dataset": s.imageset.name,
-            "split": s.imageset.split,
-            "index": s.imageset.index.astype(np.int64),
-            "id": s.imageset.ids.astype(str),
-            "role": s.role,
-            "label": labels.astype(np.int64),
-            "label_name": [names[i] if 0 <= i < len(names) else "" for i in labels.tolist()],
-            **{f"norm_{h}": embedding_norms(s.embeddings[h]) for h in heads},
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "dataset": s.imageset.name,
+                    "split": s.imageset.split,
+                    "index": s.imageset.index.astype(np.int64),
+                    "id": s.imageset.ids.astype(str),
+                    "role": s.role,
+                    "label": labels.astype(np.int64),
+                    "label_name": [names[i] if 0 <= i < len(names) else "" for i in labels.tolist()],
+                    **{f"norm_{h}": embedding_norms(s.embeddings[h]) for h in heads},
+                }
+            )
+        )
     samples = pd.concat(frames, ignore_index=True)
     train_mean = samples.loc[samples["role"] == "id-train", f"norm_{primary}"].mean()
     samples["norm_scaled"] = samples[f"norm_{primary}"] / train_mean
@@ -211,11 +259,17 @@ def _knn_columns(samples: pd.DataFrame, train_pred: np.ndarray, test_pred: np.nd
 
 def _bucket_curves(samples: pd.DataFrame, primary: str, settings: AnalysisSettings) -> pd.DataFrame:
     frames = []
-    for role, series in (("id-test", "ID-test (kNN fit on ID-train)"), ("id-train", "ID-train (leave-one-out)")):
+    for role, series in (
+        ("id-test", "ID-test (kNN fit on ID-train)"),
+        ("id-train", "ID-train (leave-one-out)"),
+    ):
         rows = samples[samples["role"] == role]
         curve = bucket_curve(
-            rows[f"norm_{primary}"].to_numpy(), rows["knn_correct"].astype(float).to_numpy(), n_buckets=settings.buckets,
-            scaling=settings.bucket_scaling, min_count=settings.min_bucket_count,
+            rows[f"norm_{primary}"].to_numpy(),
+            rows["knn_correct"].astype(float).to_numpy(),
+            n_buckets=settings.buckets,
+            scaling=settings.bucket_scaling,
+            min_count=settings.min_bucket_count,
         )
         curve.insert(0, "series", series)
         curve.insert(1, "role", role)
@@ -224,21 +278,30 @@ def _bucket_curves(samples: pd.DataFrame, primary: str, settings: AnalysisSettin
     return pd.concat(frames, ignore_index=True)
 
 
-def _human(samples: pd.DataFrame, sets: list[AnalysedSet], primary: str, settings: AnalysisSettings) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _human(
+    samples: pd.DataFrame, sets: list[AnalysedSet], primary: str, settings: AnalysisSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Add the ``human_*`` columns; return the human curves, correlations and notes (empty when no label set applies)."""
     label_sets, notes = human.select_label_sets(settings.id_dataset, settings.human, settings.data_root)
     if not label_sets:
         return pd.DataFrame(), pd.DataFrame(), notes
     frames = [human.human_columns(label_sets, s.imageset.index, s.imageset.labels, s.role) for s in sets]
     # nullable integers: a role without a label set gets missing values, not float NaN
-    frames = [f.astype({c: "Int64" for c in f.columns if pd.api.types.is_integer_dtype(f[c])}) for f in frames]
+    frames = [
+        f.astype({c: "Int64" for c in f.columns if pd.api.types.is_integer_dtype(f[c])}) for f in frames
+    ]
     extra = pd.concat(frames, ignore_index=True)
     if extra.columns.empty:
         return pd.DataFrame(), pd.DataFrame(), notes
     for column in extra.columns:
         samples[column] = extra[column].array
-    curves = human.human_curves(samples, f"norm_{primary}", n_buckets=settings.buckets, scaling=settings.bucket_scaling,
-                                min_count=settings.human_min_bucket_count)
+    curves = human.human_curves(
+        samples,
+        f"norm_{primary}",
+        n_buckets=settings.buckets,
+        scaling=settings.bucket_scaling,
+        min_count=settings.human_min_bucket_count,
+    )
     correlations = human.human_correlations(samples, f"norm_{primary}", seed=settings.seed)
     return curves, correlations, notes
 
@@ -266,14 +329,18 @@ def run_analysis(
     timings: dict[str, Any] = {}
     out_path = check_output_dir(out, force)
     check_datasets(settings)
-    human.check_label_sets(settings.id_dataset, settings.human, settings.data_root)  # a bad --human fails before embedding
+    human.check_label_sets(
+        settings.id_dataset, settings.human, settings.data_root
+    )  # a bad --human fails before embedding
 
     tick = time.perf_counter()
     path = resolve_checkpoint(checkpoint)
     loaded = load_encoder(path, arch=settings.arch)
     primary, heads = _primary_head(loaded, settings)
     timings["load_checkpoint_s"] = time.perf_counter() - tick
-    log(f"checkpoint {path} ({loaded.adapter}, {loaded.method}), heads {', '.join(heads)}; primary head {primary}")
+    log(
+        f"checkpoint {path} ({loaded.adapter}, {loaded.method}), heads {', '.join(heads)}; primary head {primary}"
+    )
 
     tick = time.perf_counter()
     loaded_sets = _load_sets(settings, loaded.preprocess.input_size)
@@ -287,20 +354,43 @@ def run_analysis(
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
     samples = _samples_frame(sets, heads, primary)
     train, test = sets[0], sets[1]
-    knn_key = fingerprint("analyze-knn/1", train.cache_keys[primary], test.cache_keys[primary], str(settings.k),
-                          repr(settings.temperature))
-    predictions, timings["knn_from_cache"] = cached_array(cache, knn_key, lambda: np.concatenate(knn_predictions(
-        train.embeddings[primary], train.imageset.labels, test.embeddings[primary],
-        k=settings.k, temperature=settings.temperature, device=device,
-    )))
+    knn_key = fingerprint(
+        "analyze-knn/1",
+        train.cache_keys[primary],
+        test.cache_keys[primary],
+        str(settings.k),
+        repr(settings.temperature),
+    )
+    predictions, timings["knn_from_cache"] = cached_array(
+        cache,
+        knn_key,
+        lambda: np.concatenate(
+            knn_predictions(
+                train.embeddings[primary],
+                train.imageset.labels,
+                test.embeddings[primary],
+                k=settings.k,
+                temperature=settings.temperature,
+                device=device,
+            )
+        ),
+    )
     _knn_columns(samples, predictions[: len(train.imageset)], predictions[len(train.imageset) :])
     timings["knn_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     scores, timings["scores_from_cache"] = fit_and_score(
-        train=train.embeddings, train_labels=train.imageset.labels,
-        others=[s.embeddings for s in sets[1:]], heads=heads, primary=primary, scorers=settings.scorers,
-        ood_k=settings.ood_k, seed=settings.seed, device=device, cache=cache, keys=[s.cache_keys for s in sets],
+        train=train.embeddings,
+        train_labels=train.imageset.labels,
+        others=[s.embeddings for s in sets[1:]],
+        heads=heads,
+        primary=primary,
+        scorers=settings.scorers,
+        ood_k=settings.ood_k,
+        seed=settings.seed,
+        device=device,
+        cache=cache,
+        keys=[s.cache_keys for s in sets],
     )
     for name, values in scores.items():
         samples[f"score_{name}"] = values
@@ -316,12 +406,31 @@ def run_analysis(
     timings["analyses_s"] = time.perf_counter() - tick
 
     run = _run_record(
-        command=list(sys.argv if command is None else command), path=path, loaded=loaded, heads=heads, primary=primary,
-        settings=settings, sets=sets, samples=samples, norm_table=norm_table, spearman=spearman, ood_metrics=ood_metrics,
-        human_curves=human_curves, human_corr=human_corr, notes=human_notes,
+        command=list(sys.argv if command is None else command),
+        path=path,
+        loaded=loaded,
+        heads=heads,
+        primary=primary,
+        settings=settings,
+        sets=sets,
+        samples=samples,
+        norm_table=norm_table,
+        spearman=spearman,
+        ood_metrics=ood_metrics,
+        human_curves=human_curves,
+        human_corr=human_corr,
+        notes=human_notes,
     )
-    samples = samples[sample_columns(heads, list(scores)) + [c for c in samples.columns if c.startswith(human.PREFIX)]]
-    tables = {"norms": norm_table, "buckets": curves, "ood": ood_metrics, "spearman": spearman, "exemplars": exemplars}
+    samples = samples[
+        sample_columns(heads, list(scores)) + [c for c in samples.columns if c.startswith(human.PREFIX)]
+    ]
+    tables = {
+        "norms": norm_table,
+        "buckets": curves,
+        "ood": ood_metrics,
+        "spearman": spearman,
+        "exemplars": exemplars,
+    }
     if not human_curves.empty:
         tables["human_curves"] = human_curves
         tables["human_correlations"] = human_corr
@@ -351,7 +460,9 @@ def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame, settings: A
     )
 
 
-def _exemplars(sets: list[AnalysedSet], samples: pd.DataFrame, primary: str, settings: AnalysisSettings) -> pd.DataFrame:
+def _exemplars(
+    sets: list[AnalysedSet], samples: pd.DataFrame, primary: str, settings: AnalysisSettings
+) -> pd.DataFrame:
     frames = []
     start = 0
     for s in sets:
@@ -360,18 +471,40 @@ def _exemplars(sets: list[AnalysedSet], samples: pd.DataFrame, primary: str, set
         start += n
         by_class = s.role != "ood" and len(s.imageset.classes) > 0
         table = norm_exemplars(
-            norms, s.imageset.labels, per_group=settings.exemplars_per_class * (1 if by_class else 2), by_class=by_class,
+            norms,
+            s.imageset.labels,
+            per_group=settings.exemplars_per_class * (1 if by_class else 2),
+            by_class=by_class,
             class_names=s.imageset.classes,
         )
-        frames.append(describe_exemplars(table, dataset=s.imageset.name, split=s.imageset.split, role=s.role,
-                                         index=s.imageset.index, ids=s.imageset.ids))
+        frames.append(
+            describe_exemplars(
+                table,
+                dataset=s.imageset.name,
+                split=s.imageset.split,
+                role=s.role,
+                index=s.imageset.index,
+                ids=s.imageset.ids,
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
 def _run_record(
-    *, command: list[str], path: Path, loaded: LoadedEncoder, heads: tuple[str, ...], primary: str,
-    settings: AnalysisSettings, sets: list[AnalysedSet], samples: pd.DataFrame, norm_table: pd.DataFrame,
-    spearman: pd.DataFrame, ood_metrics: pd.DataFrame, human_curves: pd.DataFrame, human_corr: pd.DataFrame,
+    *,
+    command: list[str],
+    path: Path,
+    loaded: LoadedEncoder,
+    heads: tuple[str, ...],
+    primary: str,
+    settings: AnalysisSettings,
+    sets: list[AnalysedSet],
+    samples: pd.DataFrame,
+    norm_table: pd.DataFrame,
+    spearman: pd.DataFrame,
+    ood_metrics: pd.DataFrame,
+    human_curves: pd.DataFrame,
+    human_corr: pd.DataFrame,
     notes: list[str],
 ) -> dict[str, Any]:
     data_root = str(resolve_data_root(settings.data_root))
@@ -381,21 +514,39 @@ def _run_record(
     }
     norms: dict[str, Any] = {}
     for row in norm_table.itertuples(index=False):
-        entry = norms.setdefault(f"{row.dataset}/{row.split}", {"role": row.role, "n": int(row.n), "heads": {}})
-        entry["heads"][row.head] = {"mean": row.mean, "median": row.median, "mean_scaled": row.mean_scaled,
-                                    "median_scaled": row.median_scaled}
+        entry = norms.setdefault(
+            f"{row.dataset}/{row.split}", {"role": row.role, "n": int(row.n), "heads": {}}
+        )
+        entry["heads"][row.head] = {
+            "mean": row.mean,
+            "median": row.median,
+            "mean_scaled": row.mean_scaled,
+            "median_scaled": row.median_scaled,
+        }
     ood: dict[str, Any] = {}
     for row in ood_metrics.itertuples(index=False):
-        ood.setdefault(row.ood_set, {})[row.scorer] = {"auroc": row.auroc, "aupr_in": row.aupr_in,
-                                                       "aupr_out": row.aupr_out, "fpr95": row.fpr95}
+        ood.setdefault(row.ood_set, {})[row.scorer] = {
+            "auroc": row.auroc,
+            "aupr_in": row.aupr_in,
+            "aupr_out": row.aupr_out,
+            "fpr95": row.fpr95,
+        }
     summary: dict[str, Any] = {
         "norms": norms,
         "knn_accuracy": knn,
-        "spearman": {r.role: {"rho": r.rho, "p_value": r.p_value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": int(r.n)}
-                     for r in spearman.itertuples(index=False)},
+        "spearman": {
+            r.role: {
+                "rho": r.rho,
+                "p_value": r.p_value,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "n": int(r.n),
+            }
+            for r in spearman.itertuples(index=False)
+        },
         "ood": ood,
         "ood_convention": "positive class = in-distribution (the ID-test split); larger score = more familiar; "
-                          "fpr95 = fraction of OOD samples scored at or above the threshold that keeps 95% of ID-test",
+        "fpr95 = fraction of OOD samples scored at or above the threshold that keeps 95% of ID-test",
     }
     if not human_corr.empty:
         summary["human"] = human.human_summary(human_curves, human_corr)
@@ -404,22 +555,53 @@ def _run_record(
         "normprobe_version": __version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "checkpoint": {"path": str(path), "sha256": loaded.sha256, "adapter": loaded.adapter, "method": loaded.method,
-                       "heads": list(loaded.heads), "preprocess": {**loaded.preprocess.to_dict(),
-                                                                   "description": loaded.preprocess.describe()}},
+        "checkpoint": {
+            "path": str(path),
+            "sha256": loaded.sha256,
+            "adapter": loaded.adapter,
+            "method": loaded.method,
+            "heads": list(loaded.heads),
+            "preprocess": {**loaded.preprocess.to_dict(), "description": loaded.preprocess.describe()},
+        },
         "id_dataset": settings.id_dataset,
         "datasets": [
-            {"name": s.imageset.name, "split": s.imageset.split, "role": s.role, "n": len(s.imageset),
-             "fingerprint": s.imageset.fingerprint, "source": s.imageset.source, "notes": s.notes, "data_root": data_root,
-             "spec": s.spec, "image_size": list(s.imageset.image_size), "embeddings_from_cache": s.from_cache}
+            {
+                "name": s.imageset.name,
+                "split": s.imageset.split,
+                "role": s.role,
+                "n": len(s.imageset),
+                "fingerprint": s.imageset.fingerprint,
+                "source": s.imageset.source,
+                "notes": s.notes,
+                "data_root": data_root,
+                "spec": s.spec,
+                "image_size": list(s.imageset.image_size),
+                "embeddings_from_cache": s.from_cache,
+            }
             for s in sets
         ],
         "heads": list(heads),
         "primary_head": primary,
         "settings": {
-            **{k: options[k] for k in ("k", "temperature", "ood_k", "buckets", "bucket_scaling", "min_bucket_count",
-                                       "human_min_bucket_count", "seed", "precision", "batch_size", "max_train",
-                                       "max_per_split", "human", "exemplars_per_class")},
+            **{
+                k: options[k]
+                for k in (
+                    "k",
+                    "temperature",
+                    "ood_k",
+                    "buckets",
+                    "bucket_scaling",
+                    "min_bucket_count",
+                    "human_min_bucket_count",
+                    "seed",
+                    "precision",
+                    "batch_size",
+                    "max_train",
+                    "max_per_split",
+                    "human",
+                    "exemplars_per_class",
+                )
+            },
             "scorers": list(settings.scorers),
             "device": str(pick_device(settings.device)),
             "knn": "cosine, weighted vote exp(sim/T); ID-train by leave-one-out",
@@ -429,5 +611,3 @@ def _run_record(
         "notes": notes + [SELF_VOTE_NOTE],
         "timings": {},
     }
-
-

@@ -52,8 +52,13 @@ class AnalysisSettings:
 
     def check(self) -> None:
         """Reject impossible settings before any work is done."""
-        positive = {"k": self.k, "ood_k": self.ood_k, "buckets": self.buckets, "batch_size": self.batch_size,
-                    "exemplars_per_class": self.exemplars_per_class}
+        positive = {
+            "k": self.k,
+            "ood_k": self.ood_k,
+            "buckets": self.buckets,
+            "batch_size": self.batch_size,
+            "exemplars_per_class": self.exemplars_per_class,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -62,7 +67,10 @@ class AnalysisSettings:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not self.temperature > 0:
             raise NormprobeError(f"--temperature must be > 0, got {self.temperature}")
-        for name, value in (("min_bucket_count", self.min_bucket_count), ("human_min_bucket_count", self.human_min_bucket_count)):
+        for name, value in (
+            ("min_bucket_count", self.min_bucket_count),
+            ("human_min_bucket_count", self.human_min_bucket_count),
+        ):
             if value < 0:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         from normprobe.analyses.buckets import SCALINGS
@@ -70,9 +78,13 @@ class AnalysisSettings:
         from normprobe.embed import PRECISIONS
 
         if self.bucket_scaling not in SCALINGS:
-            raise NormprobeError(f"--bucket-scaling must be one of {', '.join(SCALINGS)}, got {self.bucket_scaling!r}")
+            raise NormprobeError(
+                f"--bucket-scaling must be one of {', '.join(SCALINGS)}, got {self.bucket_scaling!r}"
+            )
         if self.precision not in PRECISIONS:
-            raise NormprobeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise NormprobeError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if not self.ood:
             raise NormprobeError("name at least one OOD set with --ood")
         known = scorer_names()

@@ -53,7 +53,9 @@ def load_encoder(path: str | Path, arch: str | None = None, adapter: str | None 
         chosen = next((a for a in candidates if not a.file_level and a.detect(obj)), None)
     if chosen is None:
         names = ", ".join(a.name for a in candidates)
-        raise NormprobeError(f"{path}: not a checkpoint format normprobe knows ({_describe(obj)}; tried {names})")
+        raise NormprobeError(
+            f"{path}: not a checkpoint format normprobe knows ({_describe(obj)}; tried {names})"
+        )
     module, preprocess, method, meta = chosen.build(path if chosen.file_level else obj, source, parsed_arch)
     meta.setdefault("notes", [])
     module.eval()

@@ -68,7 +68,9 @@ class Arch:
             return inferred
         if inferred is None:
             return dict(self.backbone)
-        same_family = str(inferred["name"]).startswith("timm:") == str(self.backbone["name"]).startswith("timm:")
+        same_family = str(inferred["name"]).startswith("timm:") == str(self.backbone["name"]).startswith(
+            "timm:"
+        )
         return {**inferred, **self.backbone} if same_family else dict(self.backbone)
 
     def preprocess(self, default: Preprocess) -> Preprocess:
@@ -124,7 +126,11 @@ def parse_arch(text: str | None) -> Arch | None:
         key, eq, raw = token.partition("=")
         key = key.strip().lower()
         if not eq:
-            if backbone is not None and not backbone["name"].startswith("timm:") and key in ("cifar", "imagenet"):
+            if (
+                backbone is not None
+                and not backbone["name"].startswith("timm:")
+                and key in ("cifar", "imagenet")
+            ):
                 backbone["stem"] = key
                 continue
             raise _fail(text, f"cannot read {token!r}")
@@ -151,7 +157,9 @@ def parse_arch(text: str | None) -> Arch | None:
             else:
                 backbone[key] = int(raw)
         else:
-            raise _fail(text, f"unknown ResNet option {key!r} (known: {', '.join(_RESNET_KEYS + _PREPROCESS_KEYS)})")
+            raise _fail(
+                text, f"unknown ResNet option {key!r} (known: {', '.join(_RESNET_KEYS + _PREPROCESS_KEYS)})"
+            )
     if backbone is not None and backbone["name"].startswith("timm:") and input_size is None:
         img_size = backbone.get("img_size")
         input_size = img_size if isinstance(img_size, int) else None

@@ -37,7 +37,9 @@ def assemble(remapped: Remapped, source: str, arch: Arch | None) -> BuildResult:
     preprocess = arch.preprocess(remapped.preprocess) if arch else remapped.preprocess
     notes = list(remapped.notes)
     if arch:
-        notes.append(f"--arch {arch.text} applied: backbone {backbone_spec}, preprocessing {preprocess.describe()}")
+        notes.append(
+            f"--arch {arch.text} applied: backbone {backbone_spec}, preprocessing {preprocess.describe()}"
+        )
     spec = {"backbone": backbone_spec, "projector": remapped.projector, "predictor": remapped.predictor}
     encoder = build_encoder(spec)
     state_dict = {

@@ -52,5 +52,9 @@ def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
     sd = strip_module_prefix(dict(obj), notes)
     spec, backbone = infer_backbone(sd, source, notes, arch=arch)
     size = native_input_size(spec)
-    notes.append(f"a bare backbone: only the 'feats' head; assumed {size}x{size} input with ImageNet mean/std (override with --arch input_size=N:norm=...)")
-    return assemble(Remapped(spec, backbone, make_preprocess(size, "imagenet"), "unknown", notes=notes), source, arch)
+    notes.append(
+        f"a bare backbone: only the 'feats' head; assumed {size}x{size} input with ImageNet mean/std (override with --arch input_size=N:norm=...)"
+    )
+    return assemble(
+        Remapped(spec, backbone, make_preprocess(size, "imagenet"), "unknown", notes=notes), source, arch
+    )

@@ -29,7 +29,9 @@ def read_torch_file(path: Path) -> Any:
     except torch.serialization.pickle.UnpicklingError as err:
         raise NormprobeError(unpickling_failure(path, str(err))) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
-        raise NormprobeError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {str(err).splitlines()[0][:200]}") from err
+        raise NormprobeError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {str(err).splitlines()[0][:200]}"
+        ) from err
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -50,18 +50,24 @@ def as_heads(out: Any) -> dict[str, torch.Tensor]:
     elif isinstance(out, dict):
         heads = {k: out[k] for k in HEADS if k in out}
         if not heads:
-            raise NormprobeError(f"the model returns a dict with keys {list(out)[:6]}; normprobe reads 'feats', 'z' and 'p'")
+            raise NormprobeError(
+                f"the model returns a dict with keys {list(out)[:6]}; normprobe reads 'feats', 'z' and 'p'"
+            )
     elif isinstance(out, (tuple, list)) and 1 <= len(out) <= len(HEADS):
         heads = dict(zip(HEADS[: len(out)], out, strict=True))
     else:
-        raise NormprobeError(f"the model returns {type(out).__name__}; normprobe reads a tensor, a dict of heads or a tuple (feats, z, p)")
+        raise NormprobeError(
+            f"the model returns {type(out).__name__}; normprobe reads a tensor, a dict of heads or a tuple (feats, z, p)"
+        )
     for name, value in heads.items():
         if not isinstance(value, torch.Tensor):
             raise NormprobeError(f"the model's {name!r} output is a {type(value).__name__}, not a tensor")
         if value.ndim == 4 and value.shape[2:] == (1, 1):
             heads[name] = value = value.flatten(1)
         if value.ndim != 2:
-            raise NormprobeError(f"the model's {name!r} output has shape {tuple(value.shape)}; normprobe needs pooled N×D embeddings")
+            raise NormprobeError(
+                f"the model's {name!r} output has shape {tuple(value.shape)}; normprobe needs pooled N×D embeddings"
+            )
     return heads
 
 
@@ -110,21 +116,29 @@ def _probe(encoder: ForeignEncoder, preprocess: Preprocess, source: str) -> tupl
 
 def _preprocess(arch: Arch | None, source: str, fixed: tuple[int, int] | None = None) -> Preprocess:
     if arch is not None and arch.backbone is not None:
-        raise NormprobeError(f"{source}: --arch {arch.text} names an architecture, but this file carries its own; only input_size=N:norm=... apply")
+        raise NormprobeError(
+            f"{source}: --arch {arch.text} names an architecture, but this file carries its own; only input_size=N:norm=... apply"
+        )
     default = Preprocess(fixed, None, None) if fixed else make_preprocess(32, "none")
     preprocess = arch.preprocess(default) if arch else default
     if fixed and preprocess.input_size != fixed:
-        raise NormprobeError(f"{source}: the exported program only takes {fixed[0]}x{fixed[1]} input, not {preprocess.input_size}")
+        raise NormprobeError(
+            f"{source}: the exported program only takes {fixed[0]}x{fixed[1]} input, not {preprocess.input_size}"
+        )
     return preprocess
 
 
-def _meta(preprocess: Preprocess, heads: tuple[str, ...], arch: Arch | None, notes: list[str]) -> dict[str, Any]:
+def _meta(
+    preprocess: Preprocess, heads: tuple[str, ...], arch: Arch | None, notes: list[str]
+) -> dict[str, Any]:
     if arch is None or arch.input_size is None:
         notes.append(f"input {preprocess.describe()} (override with --arch input_size=N:norm=...)")
     return {"heads": heads, "notes": notes, "arch": arch.text if arch else None}
 
 
-def build_torchscript(path: Path, source: str, arch: Arch | None) -> tuple[nn.Module, Preprocess, str, dict[str, Any]]:
+def build_torchscript(
+    path: Path, source: str, arch: Arch | None
+) -> tuple[nn.Module, Preprocess, str, dict[str, Any]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -151,8 +165,12 @@ def _screen_pt2(path: Path, source: str) -> None:
             folder = name.rsplit("/", 1)[0]
             for fqn, entry in json.loads(archive.read(name)).get("config", {}).items():
                 file = str(entry.get("path_name", ""))
-                if inner.endswith("_constants_config.json") and not file.startswith(TENSOR_CONSTANT_FILENAME_PREFIX):
-                    raise NormprobeError(f"{source}: refused: the exported program holds a Python object constant ({fqn}); normprobe loads tensors only")
+                if inner.endswith("_constants_config.json") and not file.startswith(
+                    TENSOR_CONSTANT_FILENAME_PREFIX
+                ):
+                    raise NormprobeError(
+                        f"{source}: refused: the exported program holds a Python object constant ({fqn}); normprobe loads tensors only"
+                    )
                 if entry.get("use_pickle"):
                     pickled.append(f"{folder}/{file}")
         for name in pickled:
@@ -169,25 +187,33 @@ def _static_input(program: Any, source: str) -> tuple[int | None, tuple[int, int
     names = set(program.graph_signature.user_inputs)
     inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in names]
     if len(inputs) != 1:
-        raise NormprobeError(f"{source}: the exported program takes {len(inputs)} inputs; normprobe feeds it one image batch")
+        raise NormprobeError(
+            f"{source}: the exported program takes {len(inputs)} inputs; normprobe feeds it one image batch"
+        )
     value = inputs[0].meta.get("val")
     shape = tuple(value.shape) if value is not None else ()
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
-        raise NormprobeError(f"{source}: the exported program's input has shape {shape}; normprobe feeds N×3×H×W images")
+        raise NormprobeError(
+            f"{source}: the exported program's input has shape {shape}; normprobe feeds N×3×H×W images"
+        )
     static = [d if isinstance(d, int) else None for d in shape]
     batch = static[0]
     size = (static[2], static[3]) if static[2] is not None and static[3] is not None else None
     return batch, size
 
 
-def build_exported(path: Path, source: str, arch: Arch | None) -> tuple[nn.Module, Preprocess, str, dict[str, Any]]:
+def build_exported(
+    path: Path, source: str, arch: Arch | None
+) -> tuple[nn.Module, Preprocess, str, dict[str, Any]]:
     _screen_pt2(path, source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001 -- the loader raises many types for a bad archive
-        raise NormprobeError(f"{source}: not a loadable torch.export archive: {type(err).__name__}: {first_line(err)}") from err
+        raise NormprobeError(
+            f"{source}: not a loadable torch.export archive: {type(err).__name__}: {first_line(err)}"
+        ) from err
     batch, size = _static_input(program, source)
     encoder = ForeignEncoder(program.module(), static_batch=batch, switchable=False)
     preprocess = _preprocess(arch, source, size)

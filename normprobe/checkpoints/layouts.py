@@ -23,20 +23,26 @@ StateDict = dict[str, torch.Tensor]
 RELU: LayerSpec = {"type": "relu"}
 
 # timm's ViT sizes: the number of attention heads is not visible in any tensor shape.
-VIT_BY_DIM = {192: ("vit_tiny_patch16_224", 3), 384: ("vit_small_patch16_224", 6),
-              768: ("vit_base_patch16_224", 12), 1024: ("vit_large_patch16_224", 16)}
+VIT_BY_DIM = {
+    192: ("vit_tiny_patch16_224", 3),
+    384: ("vit_small_patch16_224", 6),
+    768: ("vit_base_patch16_224", 12),
+    1024: ("vit_large_patch16_224", 16),
+}
 
 
 def tensors_only(obj: Any) -> bool:
     """A flat ``{str: Tensor}`` mapping (a state_dict), non-empty."""
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
 def under(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     """The entries of ``sd`` whose key starts with ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def prefixed(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
@@ -56,7 +62,9 @@ def check_consumed(sd: Mapping[str, torch.Tensor], used: set[str], source: str, 
     """Fail on keys that no part of the remapping accounted for (nothing is silently dropped)."""
     left = [k for k in sd if k not in used]
     if left:
-        raise NormprobeError(f"{source}: {len(left)} key(s) that a {layout} checkpoint should not have: {sample(left)}")
+        raise NormprobeError(
+            f"{source}: {len(left)} key(s) that a {layout} checkpoint should not have: {sample(left)}"
+        )
 
 
 def strip_module_prefix(sd: StateDict, notes: list[str]) -> StateDict:
@@ -70,7 +78,12 @@ def strip_module_prefix(sd: StateDict, notes: list[str]) -> StateDict:
 def is_resnet(sd: Mapping[str, torch.Tensor]) -> bool:
     """torchvision ResNet key names (``conv1.weight``, ``layer1.0.conv1.weight`` ...)."""
     conv1 = sd.get("conv1.weight")
-    return isinstance(conv1, torch.Tensor) and conv1.ndim == 4 and "layer1.0.conv1.weight" in sd and "bn1.weight" in sd
+    return (
+        isinstance(conv1, torch.Tensor)
+        and conv1.ndim == 4
+        and "layer1.0.conv1.weight" in sd
+        and "bn1.weight" in sd
+    )
 
 
 def is_vit(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -87,9 +100,12 @@ def infer_resnet(sd: Mapping[str, torch.Tensor], source: str, cifar_stem_padding
             f"{source}: ResNet stem conv1 has shape {tuple(conv1.shape)}; normprobe knows the 3x3 CIFAR stem and the 7x7 ImageNet stem of RGB input"
         )
     bottleneck = "layer1.0.conv3.weight" in sd
-    depths = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"layer{stage}.")}) for stage in (1, 2, 3, 4))
+    depths = tuple(
+        len({k.split(".")[1] for k in sd if k.startswith(f"layer{stage}.")}) for stage in (1, 2, 3, 4)
+    )
     name = next(
-        (n for n, (block, d) in ARCHITECTURES.items() if d == depths and (block is Bottleneck) == bottleneck), None
+        (n for n, (block, d) in ARCHITECTURES.items() if d == depths and (block is Bottleneck) == bottleneck),
+        None,
     )
     if name is None:
         kind = "bottleneck" if bottleneck else "basic"
@@ -116,7 +132,9 @@ def infer_vit(sd: Mapping[str, torch.Tensor], source: str, notes: list[str]) -> 
         )
     name, num_heads = VIT_BY_DIM[dim]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    prefix_tokens = (1 if "cls_token" in sd else 0) + (int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0)
+    prefix_tokens = (1 if "cls_token" in sd else 0) + (
+        int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
+    )
     positions = int(sd["pos_embed"].shape[1]) if "pos_embed" in sd else 0
     options: dict[str, Any] = {"embed_dim": dim, "depth": depth, "num_heads": num_heads, "patch_size": patch}
     grid = positions - prefix_tokens
@@ -124,7 +142,9 @@ def infer_vit(sd: Mapping[str, torch.Tensor], source: str, notes: list[str]) -> 
         options["no_embed_class"] = True
         grid = positions
     if not _square(grid):
-        raise NormprobeError(f"{source}: cannot read a square ViT image size from pos_embed ({positions} positions); give --arch timm:<model>:img_size=N")
+        raise NormprobeError(
+            f"{source}: cannot read a square ViT image size from pos_embed ({positions} positions); give --arch timm:<model>:img_size=N"
+        )
     options["img_size"] = math.isqrt(grid) * patch
     hidden = int(sd["blocks.0.mlp.fc1.weight"].shape[0]) if "blocks.0.mlp.fc1.weight" in sd else 4 * dim
     if hidden != 4 * dim:
@@ -164,7 +184,9 @@ def infer_backbone(
         dropped = [k for k in sd if k.startswith(("head.", "head_dist."))]
         infer = lambda: infer_vit(sd, source, notes)  # noqa: E731
     else:
-        raise NormprobeError(f"{source}: backbone keys are neither a torchvision ResNet nor a timm ViT (first keys: {sample(sd)})")
+        raise NormprobeError(
+            f"{source}: backbone keys are neither a torchvision ResNet nor a timm ViT (first keys: {sample(sd)})"
+        )
     try:
         spec = infer()
     except NormprobeError:
@@ -196,7 +218,9 @@ def infer_mlp(sd: Mapping[str, torch.Tensor], source: str, what: str) -> list[La
     for key, value in sd.items():
         index, _, leaf = key.partition(".")
         if not index.isdigit() or not leaf or "." in leaf:
-            raise NormprobeError(f"{source}: cannot read {what} key {key!r} as a layer of an nn.Sequential MLP")
+            raise NormprobeError(
+                f"{source}: cannot read {what} key {key!r} as a layer of an nn.Sequential MLP"
+            )
         by_index.setdefault(int(index), {})[leaf] = value
     layers: list[LayerSpec] = []
     expected = 0
@@ -206,13 +230,26 @@ def infer_mlp(sd: Mapping[str, torch.Tensor], source: str, what: str) -> list[La
         if gap == 1 and layers:
             layers.append(RELU)
         elif gap != 0:
-            raise NormprobeError(f"{source}: {what} has {gap} parameter-free layer(s) before layer {index}; normprobe cannot tell what they are")
+            raise NormprobeError(
+                f"{source}: {what} has {gap} parameter-free layer(s) before layer {index}; normprobe cannot tell what they are"
+            )
         weight = params.get("weight")
         if "running_mean" in params:
-            layers.append({"type": "bn", "dim": int(params["running_mean"].shape[0]), "affine": weight is not None})
+            layers.append(
+                {"type": "bn", "dim": int(params["running_mean"].shape[0]), "affine": weight is not None}
+            )
         elif weight is not None and weight.ndim == 2:
-            layers.append({"type": "linear", "in": int(weight.shape[1]), "out": int(weight.shape[0]), "bias": "bias" in params})
+            layers.append(
+                {
+                    "type": "linear",
+                    "in": int(weight.shape[1]),
+                    "out": int(weight.shape[0]),
+                    "bias": "bias" in params,
+                }
+            )
         else:
-            raise NormprobeError(f"{source}: {what} layer {index} ({', '.join(sorted(params))}) is neither Linear nor BatchNorm1d")
+            raise NormprobeError(
+                f"{source}: {what} layer {index} ({', '.join(sorted(params))}) is neither Linear nor BatchNorm1d"
+            )
         expected = index + 1
     return layers

@@ -53,27 +53,39 @@ def _torchvision_names(backbone: StateDict, source: str, notes: list[str]) -> St
     if "0.weight" in backbone and "4.0.conv1.weight" in backbone:
         stray = [k for k in backbone if k.partition(".")[0] not in _CHILDREN]
         if stray:
-            raise NormprobeError(f"{source}: backbone.{stray[0]} is not part of a torchvision ResNet's children")
-        notes.append("backbone is nn.Sequential(*resnet.children()[:-1]) (lightly's examples): children 0, 1, 4-7 renamed conv1, bn1, layer1-4")
+            raise NormprobeError(
+                f"{source}: backbone.{stray[0]} is not part of a torchvision ResNet's children"
+            )
+        notes.append(
+            "backbone is nn.Sequential(*resnet.children()[:-1]) (lightly's examples): children 0, 1, 4-7 renamed conv1, bn1, layer1-4"
+        )
         return {f"{_CHILDREN[k.partition('.')[0]]}.{k.partition('.')[2]}": v for k, v in backbone.items()}
     if any(".shortcut." in k for k in backbone):
         raise NormprobeError(
             f"{source}: backbone is lightly's ResNetGenerator, whose nn.Sequential of children skips the stem ReLU; normprobe does not rebuild it"
         )
-    raise NormprobeError(f"{source}: lightly backbone is neither a torchvision ResNet nor a timm ViT (keys: {sample(backbone)})")
+    raise NormprobeError(
+        f"{source}: lightly backbone is neither a torchvision ResNet nor a timm ViT (keys: {sample(backbone)})"
+    )
 
 
 def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
     sd = lightning_state_dict(obj)
     assert sd is not None
     notes: list[str] = []
-    used = {k for k in sd if k.startswith(("backbone.", "projection_head.layers.", "prediction_head.layers."))}
+    used = {
+        k for k in sd if k.startswith(("backbone.", "projection_head.layers.", "prediction_head.layers."))
+    }
     ignored = [k for k in sd if k.startswith(IGNORED)]
     check_consumed(sd, used | set(ignored), source, "lightly")
     if ignored:
-        notes.append(f"ignored {', '.join(top_prefixes(ignored))}: momentum copies and loss state are not the encoder")
+        notes.append(
+            f"ignored {', '.join(top_prefixes(ignored))}: momentum copies and loss state are not the encoder"
+        )
 
-    spec, backbone = infer_backbone(_torchvision_names(under(sd, "backbone."), source, notes), source, notes, arch=arch)
+    spec, backbone = infer_backbone(
+        _torchvision_names(under(sd, "backbone."), source, notes), source, notes, arch=arch
+    )
     projector_sd = under(sd, "projection_head.layers.")
     predictor_sd = under(sd, "prediction_head.layers.")
     projector = infer_mlp(projector_sd, source, "projection_head")
@@ -83,10 +95,19 @@ def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
     notes.append(f"method {method!r} guessed from the heads (lightly checkpoints do not record it)")
 
     size = native_input_size(spec)
-    notes.append(f"assumed {size}x{size} input with ImageNet mean/std (lightly's default); override with --arch input_size=N:norm=...")
+    notes.append(
+        f"assumed {size}x{size} input with ImageNet mean/std (lightly's default); override with --arch input_size=N:norm=..."
+    )
     remapped = Remapped(
-        spec, backbone, make_preprocess(size, "imagenet"), method,
-        projector, projector_sd, predictor, predictor_sd, notes,
+        spec,
+        backbone,
+        make_preprocess(size, "imagenet"),
+        method,
+        projector,
+        projector_sd,
+        predictor,
+        predictor_sd,
+        notes,
         {"epoch": obj.get("epoch"), "global_step": obj.get("global_step")},
     )
     return assemble(remapped, source, arch)

@@ -53,7 +53,9 @@ def is_native(obj: Any) -> bool:
 
 def load_native(obj: dict[str, Any], source: str) -> tuple[Encoder, Preprocess, str, dict[str, Any]]:
     if obj["format"] != FORMAT:
-        raise NormprobeError(f"{source}: checkpoint format {obj['format']!r} is newer than this normprobe reads ({FORMAT})")
+        raise NormprobeError(
+            f"{source}: checkpoint format {obj['format']!r} is newer than this normprobe reads ({FORMAT})"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise NormprobeError(f"{source}: normprobe checkpoint lacks {', '.join(missing)}")

@@ -44,12 +44,16 @@ _NAMED = re.compile(r"^layer(\d+)(_bn)?\.(.+)$")
 
 
 def detect(obj: Any) -> bool:
-    return tensors_only(obj) and "enc.0.conv1.weight" in obj and (
-        "enc.1.layer1.weight" in obj or "projector.layer1.weight" in obj
+    return (
+        tensors_only(obj)
+        and "enc.0.conv1.weight" in obj
+        and ("enc.1.layer1.weight" in obj or "projector.layer1.weight" in obj)
     )
 
 
-def _named_head(sd: StateDict, prefix: str, source: str, used: set[str], aliases: dict[str, str]) -> tuple[list[LayerSpec], StateDict]:
+def _named_head(
+    sd: StateDict, prefix: str, source: str, used: set[str], aliases: dict[str, str]
+) -> tuple[list[LayerSpec], StateDict]:
     """Layers and remapped weights of a paper ``Projector``/``Predictor`` stored under ``prefix``.
 
     Block k is ``layer{k}`` (Linear) [+ ``layer{k}_bn`` (BatchNorm1d)], with a ReLU between blocks;
@@ -64,17 +68,30 @@ def _named_head(sd: StateDict, prefix: str, source: str, used: set[str], aliases
             layers.append(RELU)
         weight = head[f"layer{block}.weight"]
         parts = [(f"layer{block}", 3 * (block - 1))]
-        layers.append({"type": "linear", "in": int(weight.shape[1]), "out": int(weight.shape[0]), "bias": f"layer{block}.bias" in head})
+        layers.append(
+            {
+                "type": "linear",
+                "in": int(weight.shape[1]),
+                "out": int(weight.shape[0]),
+                "bias": f"layer{block}.bias" in head,
+            }
+        )
         linear_index = len(layers) - 1
         bn_index = None
         if f"layer{block}_bn.running_mean" in head:
-            layers.append({"type": "bn", "dim": int(head[f"layer{block}_bn.running_mean"].shape[0]), "affine": f"layer{block}_bn.weight" in head})
+            layers.append(
+                {
+                    "type": "bn",
+                    "dim": int(head[f"layer{block}_bn.running_mean"].shape[0]),
+                    "affine": f"layer{block}_bn.weight" in head,
+                }
+            )
             bn_index = len(layers) - 1
             parts.append((f"layer{block}_bn", 3 * (block - 1) + 1))
         for name, paper_index in parts:
             ours = linear_index if not name.endswith("_bn") else bn_index
             for key in [k for k in head if k.startswith(name + ".")]:
-                leaf = key[len(name) + 1:]
+                leaf = key[len(name) + 1 :]
                 weights[f"{ours}.{leaf}"] = head[key]
                 used.add(prefix + key)
                 aliases[f"{prefix}layers.{paper_index}.{leaf}"] = prefix + key
@@ -91,7 +108,11 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """torch.save keeps shared storage shared, so aliases usually are one tensor; otherwise compare values."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    one = a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.storage_offset() == b.storage_offset() and a.stride() == b.stride()
+    one = (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.stride() == b.stride()
+    )
     return one or torch.equal(a, b)
 
 
@@ -100,7 +121,9 @@ def _check_aliases(sd: StateDict, aliases: dict[str, str], used: set[str], sourc
         if alias not in sd:
             continue
         if not _same(sd[alias], sd[primary]):
-            raise NormprobeError(f"{source}: {alias} and {primary} should be the same tensor (the paper registers each module twice) but differ")
+            raise NormprobeError(
+                f"{source}: {alias} and {primary} should be the same tensor (the paper registers each module twice) but differ"
+            )
         used.add(alias)
 
 
@@ -117,7 +140,7 @@ def build(obj: StateDict, source: str, arch: Arch | None) -> BuildResult:
 
     projector, projector_weights = _named_head(obj, "enc.1.", source, used, aliases)
     for key in [k for k in obj if k.startswith("enc.1.")]:  # SimCLR registers enc.1 again as `projector`
-        aliases["projector." + key[len("enc.1."):]] = aliases.get(key, key)
+        aliases["projector." + key[len("enc.1.") :]] = aliases.get(key, key)
     predictor = predictor_weights = None
     if "predictor.layer1.weight" in obj:
         predictor, predictor_weights = _named_head(obj, "predictor.", source, used, aliases)
@@ -127,16 +150,27 @@ def build(obj: StateDict, source: str, arch: Arch | None) -> BuildResult:
     check_consumed(obj, used, source, "paper (SSLEmbeddingNorms)")
 
     method = "byol" if target else "simsiam" if predictor else "simclr"
-    notes.append("the paper registers backbone and heads twice (backbone/enc.0, projector/enc.1, layerN/layers.M): the copies were checked identical and loaded once")
+    notes.append(
+        "the paper registers backbone and heads twice (backbone/enc.0, projector/enc.1, layerN/layers.M): the copies were checked identical and loaded once"
+    )
     if target:
         notes.append("ignored the BYOL target_encoder (EMA copy): embeddings come from the online encoder")
     if predictor is None and method != "simclr":
         raise NormprobeError(f"{source}: {method} checkpoint without a predictor")
     stem_size = 32 if spec.get("stem") == "cifar" else 128
     preprocess = make_preprocess(stem_size, "none")
-    notes.append(f"preprocessing as the paper's code: [0,1] without mean/std, {stem_size}x{stem_size} ({spec.get('stem')} stem)")
+    notes.append(
+        f"preprocessing as the paper's code: [0,1] without mean/std, {stem_size}x{stem_size} ({spec.get('stem')} stem)"
+    )
     remapped = Remapped(
-        spec, backbone_sd, preprocess, method,
-        projector, projector_weights, predictor, predictor_weights or {}, notes,
+        spec,
+        backbone_sd,
+        preprocess,
+        method,
+        projector,
+        projector_weights,
+        predictor,
+        predictor_weights or {},
+        notes,
     )
     return assemble(remapped, source, arch)

@@ -38,7 +38,9 @@ class Adapter:
 
 def _build_native(obj: Any, source: str, arch: Arch | None) -> BuildResult:
     if arch is not None and arch.backbone is not None:
-        raise NormprobeError(f"{source}: a normprobe checkpoint describes its own architecture; --arch {arch.text} can only set input_size/norm")
+        raise NormprobeError(
+            f"{source}: a normprobe checkpoint describes its own architecture; --arch {arch.text} can only set input_size/norm"
+        )
     module, preprocess, method, meta = load_native(obj, source)
     if arch is not None:
         preprocess = arch.preprocess(preprocess)
@@ -48,13 +50,50 @@ def _build_native(obj: Any, source: str, arch: Arch | None) -> BuildResult:
 
 ADAPTERS: list[Adapter] = [
     Adapter("normprobe", "normprobe's own checkpoint file (Contract 1)", is_native, _build_native),
-    Adapter("paper", "the paper's SimCLR/SimSiam/BYOL state_dict (SSLEmbeddingNorms: backbone + enc.0 + enc.1)", paper.detect, paper.build),
-    Adapter("solo-learn", "solo-learn Lightning .ckpt (backbone/projector/predictor, args.json beside it)", solo_learn.detect, solo_learn.build),
-    Adapter("lightly", "lightly Lightning .ckpt (backbone, projection_head, prediction_head)", lightly.detect, lightly.build),
-    Adapter("torchvision", "bare torchvision ResNet state_dict (conv1, layer1..4, fc dropped): feats only", backbone_only.detect_torchvision, backbone_only.build),
-    Adapter("timm", "bare timm ViT state_dict (patch_embed, blocks, head dropped): feats only", backbone_only.detect_timm, backbone_only.build),
-    Adapter("torchscript", "TorchScript archive (torch.jit.save) of any architecture", foreign.detect_torchscript, foreign.build_torchscript, file_level=True),
-    Adapter("torch.export", "torch.export archive (.pt2) of any architecture", foreign.detect_exported, foreign.build_exported, file_level=True),
+    Adapter(
+        "paper",
+        "the paper's SimCLR/SimSiam/BYOL state_dict (SSLEmbeddingNorms: backbone + enc.0 + enc.1)",
+        paper.detect,
+        paper.build,
+    ),
+    Adapter(
+        "solo-learn",
+        "solo-learn Lightning .ckpt (backbone/projector/predictor, args.json beside it)",
+        solo_learn.detect,
+        solo_learn.build,
+    ),
+    Adapter(
+        "lightly",
+        "lightly Lightning .ckpt (backbone, projection_head, prediction_head)",
+        lightly.detect,
+        lightly.build,
+    ),
+    Adapter(
+        "torchvision",
+        "bare torchvision ResNet state_dict (conv1, layer1..4, fc dropped): feats only",
+        backbone_only.detect_torchvision,
+        backbone_only.build,
+    ),
+    Adapter(
+        "timm",
+        "bare timm ViT state_dict (patch_embed, blocks, head dropped): feats only",
+        backbone_only.detect_timm,
+        backbone_only.build,
+    ),
+    Adapter(
+        "torchscript",
+        "TorchScript archive (torch.jit.save) of any architecture",
+        foreign.detect_torchscript,
+        foreign.build_torchscript,
+        file_level=True,
+    ),
+    Adapter(
+        "torch.export",
+        "torch.export archive (.pt2) of any architecture",
+        foreign.detect_exported,
+        foreign.build_exported,
+        file_level=True,
+    ),
 ]
 
 

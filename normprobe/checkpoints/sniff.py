@@ -113,7 +113,9 @@ def unpickling_failure(path: Path, error_text: str) -> str:
     """
     summary = summarize_pickle(path)
     named = re.search(r"GLOBAL ([\w.]+)", error_text)
-    foreign = sorted(g for g in (summary.globals if summary else ()) if not g.startswith(("torch.", "collections.")))
+    foreign = sorted(
+        g for g in (summary.globals if summary else ()) if not g.startswith(("torch.", "collections."))
+    )
     objects = [named.group(1)] if named else foreign[:3]
     if not objects:
         return f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or not written by torch.save): {_detail(error_text)}"

@@ -40,8 +40,13 @@ from normprobe.checkpoints.layouts import (
 from normprobe.errors import NormprobeError
 
 # dataset -> (input size, normalisation name), as in solo-learn's data pipelines.
-DATASETS = {"cifar10": (32, "cifar10"), "cifar100": (32, "cifar100"), "stl10": (96, "stl10"),
-            "imagenet100": (224, "imagenet"), "imagenet": (224, "imagenet")}
+DATASETS = {
+    "cifar10": (32, "cifar10"),
+    "cifar100": (32, "cifar100"),
+    "stl10": (96, "stl10"),
+    "imagenet100": (224, "imagenet"),
+    "imagenet": (224, "imagenet"),
+}
 IGNORED = ("classifier.", "momentum_", "queue", "prototypes.")
 
 
@@ -57,7 +62,11 @@ def detect(obj: Any) -> bool:
     if sd is None:
         return False
     prefixes = set(top_prefixes(sd))
-    return bool(prefixes & {"backbone", "encoder"}) and bool(prefixes & {"projector", "classifier"}) and "projection_head" not in prefixes
+    return (
+        bool(prefixes & {"backbone", "encoder"})
+        and bool(prefixes & {"projector", "classifier"})
+        and "projection_head" not in prefixes
+    )
 
 
 def _read_args(source: str, obj: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -68,14 +77,18 @@ def _read_args(source: str, obj: dict[str, Any], notes: list[str]) -> dict[str, 
         except (OSError, ValueError) as err:
             raise NormprobeError(f"{path}: unreadable solo-learn args.json ({err})") from err
         if not isinstance(args, dict):
-            raise NormprobeError(f"{path}: solo-learn args.json should hold an object, not {type(args).__name__}")
+            raise NormprobeError(
+                f"{path}: solo-learn args.json should hold an object, not {type(args).__name__}"
+            )
         notes.append(f"read the run config {path}")
         return args
     hyper = obj.get("hyper_parameters")
     if isinstance(hyper, dict) and hyper:
         notes.append("no args.json beside the checkpoint: used its hyper_parameters")
         return hyper.get("cfg") if isinstance(hyper.get("cfg"), dict) else hyper
-    notes.append("no args.json beside the checkpoint: architecture, method and preprocessing read off the weights")
+    notes.append(
+        "no args.json beside the checkpoint: architecture, method and preprocessing read off the weights"
+    )
     return {}
 
 
@@ -114,12 +127,16 @@ def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
     ignored = [k for k in sd if k.startswith(IGNORED) and k not in used]
     check_consumed(sd, used | set(ignored), source, "solo-learn")
     if ignored:
-        notes.append(f"ignored {', '.join(p for p in top_prefixes(ignored))}: momentum copies, the online linear probe and training state are not the encoder")
+        notes.append(
+            f"ignored {', '.join(p for p in top_prefixes(ignored))}: momentum copies, the online linear probe and training state are not the encoder"
+        )
 
     spec, backbone = infer_backbone(under(sd, prefix), source, notes, cifar_stem_padding=2, arch=arch)
     named = _arg(args, "backbone.name", "backbone", "encoder")
     if named and not str(spec["name"]).removeprefix("timm:").startswith(str(named)):
-        notes.append(f"args.json names backbone {named!r} but the weights are a {spec['name']}: built what the weights say")
+        notes.append(
+            f"args.json names backbone {named!r} but the weights are a {spec['name']}: built what the weights say"
+        )
     projector_sd = under(sd, "projector.")  # absent in solo-learn's linear-evaluation checkpoints
     projector = infer_mlp(projector_sd, source, "projector") if projector_sd else None
     predictor_sd = under(sd, "predictor.")
@@ -128,15 +145,29 @@ def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
 
     size = native_input_size(spec)  # a ViT's own image size wins over the dataset's
     if dataset in DATASETS:
-        size, norm = (size if spec["name"].startswith("timm:") else DATASETS[dataset][0]), DATASETS[dataset][1]
+        size, norm = (
+            (size if spec["name"].startswith("timm:") else DATASETS[dataset][0]),
+            DATASETS[dataset][1],
+        )
     else:
         norm = "cifar10" if size == 32 else "imagenet"
-        notes.append(f"dataset {dataset or 'unknown'}: assumed {size}x{size} input with {norm} mean/std (override with --arch input_size=N:norm=...)")
+        notes.append(
+            f"dataset {dataset or 'unknown'}: assumed {size}x{size} input with {norm} mean/std (override with --arch input_size=N:norm=...)"
+        )
     if method == "mocov2plus":
-        notes.append("solo-learn's MoCo v2+ forward L2-normalises the projector output; z here is the raw projector output")
+        notes.append(
+            "solo-learn's MoCo v2+ forward L2-normalises the projector output; z here is the raw projector output"
+        )
     remapped = Remapped(
-        spec, backbone, make_preprocess(size, norm), method,
-        projector, projector_sd, predictor, predictor_sd, notes,
+        spec,
+        backbone,
+        make_preprocess(size, norm),
+        method,
+        projector,
+        projector_sd,
+        predictor,
+        predictor_sd,
+        notes,
         {"run_config": args, "epoch": obj.get("epoch"), "global_step": obj.get("global_step")},
     )
     return assemble(remapped, source, arch)

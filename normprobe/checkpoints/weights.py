@@ -19,7 +19,12 @@ def _finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
-def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, ignore_missing: tuple[str, ...] = ()) -> None:
+def load_weights(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    ignore_missing: tuple[str, ...] = (),
+) -> None:
     """``module.load_state_dict`` with one clear error listing missing, unexpected and mis-shaped keys.
 
     ``ignore_missing`` names keys that may legitimately be absent (e.g. BatchNorm's
@@ -41,7 +46,9 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
     if mismatched:
         problems.append(f"wrong shape for {_sample(mismatched, 3)}")
     if problems:
-        raise NormprobeError(f"{source}: weights do not fit the architecture ({'; '.join(problems)}); try --arch")
+        raise NormprobeError(
+            f"{source}: weights do not fit the architecture ({'; '.join(problems)}); try --arch"
+        )
     bad = [k for k, v in state_dict.items() if torch.is_floating_point(v) and not _finite(v)]
     if bad:
         raise NormprobeError(f"{source}: NaN or Inf in weights ({_sample(bad)})")

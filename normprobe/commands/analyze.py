@@ -38,54 +38,148 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name")
+    parser.add_argument(
+        "checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name"
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--id", dest="id_dataset", default=d.id_dataset, metavar="NAME",
-                      help=f"in-distribution dataset (a manifest with train and test splits; default: {d.id_dataset})")
-    data.add_argument("--ood", action="append", metavar="SET",
-                      help="OOD set: a dataset name (cifar100, cifar100:train, tinyimagenet, mnist, ...), an image folder "
-                      "or an .npz file; repeat or give a comma list (default: cifar100)")
-    data.add_argument("--data-root", default=None, metavar="DIR", help="data root (default: $NORMPROBE_DATA, else ~/.cache/normprobe/data)")
-    data.add_argument("--max-train", type=int, default=None, metavar="N",
-                      help="use only the first N ID-train samples (deterministic; recorded; default: all)")
-    data.add_argument("--max-per-split", type=int, default=None, metavar="N",
-                      help="use only the first N samples of ID-test and of each OOD set (default: all)")
-    data.add_argument("--human", default=d.human, metavar="SETS",
-                      help="human label sets: auto (those describing the ID dataset that exist), none, or a comma list "
-                      "(cifar10n,cifar10h) (default: auto)")
+    data.add_argument(
+        "--id",
+        dest="id_dataset",
+        default=d.id_dataset,
+        metavar="NAME",
+        help=f"in-distribution dataset (a manifest with train and test splits; default: {d.id_dataset})",
+    )
+    data.add_argument(
+        "--ood",
+        action="append",
+        metavar="SET",
+        help="OOD set: a dataset name (cifar100, cifar100:train, tinyimagenet, mnist, ...), an image folder "
+        "or an .npz file; repeat or give a comma list (default: cifar100)",
+    )
+    data.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="data root (default: $NORMPROBE_DATA, else ~/.cache/normprobe/data)",
+    )
+    data.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only the first N ID-train samples (deterministic; recorded; default: all)",
+    )
+    data.add_argument(
+        "--max-per-split",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only the first N samples of ID-test and of each OOD set (default: all)",
+    )
+    data.add_argument(
+        "--human",
+        default=d.human,
+        metavar="SETS",
+        help="human label sets: auto (those describing the ID dataset that exist), none, or a comma list "
+        "(cifar10n,cifar10h) (default: auto)",
+    )
     model = parser.add_argument_group("model and embedding")
-    model.add_argument("--head", default=None, help="primary head for kNN, scorers and buckets (default: z when present, else feats)")
-    model.add_argument("--heads", default=None, metavar="H1,H2",
-                       help="heads to embed, comma list (default: every head of the checkpoint)")
-    model.add_argument("--arch", default=None, help="architecture for checkpoint formats that do not record it (e.g. resnet18)")
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available, else CPU)")
-    model.add_argument("--precision", default=d.precision, help=f"embedding precision: fp32 or bf16 (default: {d.precision})")
-    model.add_argument("--batch-size", type=int, default=d.batch_size, help=f"embedding batch size (default: {d.batch_size})")
-    model.add_argument("--cache-dir", default=None, metavar="DIR",
-                       help="embedding cache (default: $NORMPROBE_CACHE, else ~/.cache/normprobe/embeddings)")
-    model.add_argument("--no-cache", action="store_true", help="always run the encoder; neither read nor write the cache")
+    model.add_argument(
+        "--head",
+        default=None,
+        help="primary head for kNN, scorers and buckets (default: z when present, else feats)",
+    )
+    model.add_argument(
+        "--heads",
+        default=None,
+        metavar="H1,H2",
+        help="heads to embed, comma list (default: every head of the checkpoint)",
+    )
+    model.add_argument(
+        "--arch",
+        default=None,
+        help="architecture for checkpoint formats that do not record it (e.g. resnet18)",
+    )
+    model.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available, else CPU)"
+    )
+    model.add_argument(
+        "--precision", default=d.precision, help=f"embedding precision: fp32 or bf16 (default: {d.precision})"
+    )
+    model.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"embedding batch size (default: {d.batch_size})"
+    )
+    model.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="embedding cache (default: $NORMPROBE_CACHE, else ~/.cache/normprobe/embeddings)",
+    )
+    model.add_argument(
+        "--no-cache", action="store_true", help="always run the encoder; neither read nor write the cache"
+    )
     analysis = parser.add_argument_group("analysis")
-    analysis.add_argument("--k", type=int, default=d.k, help=f"neighbours of the weighted kNN classifier (default: {d.k})")
-    analysis.add_argument("--temperature", type=float, default=d.temperature,
-                          help=f"kNN vote weight exp(sim / T) (default: {d.temperature})")
-    analysis.add_argument("--ood-k", type=int, default=d.ood_k, help=f"k of the kNN OOD score (Sun et al. 2022; default: {d.ood_k})")
-    analysis.add_argument("--buckets", type=int, default=d.buckets, help=f"number of norm buckets (default: {d.buckets})")
-    analysis.add_argument("--bucket-scaling", choices=("max", "minmax", "quantile"), default=d.bucket_scaling,
-                          help="norm scaling before bucketing: max (paper: norm / max), minmax, or quantile "
-                          f"(equal-count buckets) (default: {d.bucket_scaling})")
-    analysis.add_argument("--min-bucket-count", type=int, default=d.min_bucket_count,
-                          help=f"hide kNN-accuracy buckets with fewer samples (default: {d.min_bucket_count})")
-    analysis.add_argument("--human-min-bucket-count", type=int, default=d.human_min_bucket_count,
-                          help="hide human-label buckets with fewer samples (paper Fig. 4: 50; "
-                          f"default: {d.human_min_bucket_count})")
-    analysis.add_argument("--scorers", default=",".join(d.scorers), metavar="LIST",
-                          help=f"OOD scorers, comma list (default: {','.join(DEFAULT_SCORERS)})")
-    analysis.add_argument("--seed", type=int, default=d.seed, help=f"seed of the bootstrap intervals (default: {d.seed})")
+    analysis.add_argument(
+        "--k", type=int, default=d.k, help=f"neighbours of the weighted kNN classifier (default: {d.k})"
+    )
+    analysis.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help=f"kNN vote weight exp(sim / T) (default: {d.temperature})",
+    )
+    analysis.add_argument(
+        "--ood-k",
+        type=int,
+        default=d.ood_k,
+        help=f"k of the kNN OOD score (Sun et al. 2022; default: {d.ood_k})",
+    )
+    analysis.add_argument(
+        "--buckets", type=int, default=d.buckets, help=f"number of norm buckets (default: {d.buckets})"
+    )
+    analysis.add_argument(
+        "--bucket-scaling",
+        choices=("max", "minmax", "quantile"),
+        default=d.bucket_scaling,
+        help="norm scaling before bucketing: max (paper: norm / max), minmax, or quantile "
+        f"(equal-count buckets) (default: {d.bucket_scaling})",
+    )
+    analysis.add_argument(
+        "--min-bucket-count",
+        type=int,
+        default=d.min_bucket_count,
+        help=f"hide kNN-accuracy buckets with fewer samples (default: {d.min_bucket_count})",
+    )
+    analysis.add_argument(
+        "--human-min-bucket-count",
+        type=int,
+        default=d.human_min_bucket_count,
+        help="hide human-label buckets with fewer samples (paper Fig. 4: 50; "
+        f"default: {d.human_min_bucket_count})",
+    )
+    analysis.add_argument(
+        "--scorers",
+        default=",".join(d.scorers),
+        metavar="LIST",
+        help=f"OOD scorers, comma list (default: {','.join(DEFAULT_SCORERS)})",
+    )
+    analysis.add_argument(
+        "--seed", type=int, default=d.seed, help=f"seed of the bootstrap intervals (default: {d.seed})"
+    )
     output = parser.add_argument_group("output")
-    output.add_argument("--out", default="normprobe-results", metavar="DIR", help="results folder (default: normprobe-results)")
-    output.add_argument("--force", action="store_true", help="overwrite DIR if it holds a previous results folder")
+    output.add_argument(
+        "--out",
+        default="normprobe-results",
+        metavar="DIR",
+        help="results folder (default: normprobe-results)",
+    )
+    output.add_argument(
+        "--force", action="store_true", help="overwrite DIR if it holds a previous results folder"
+    )
     output.add_argument("--no-report", action="store_true", help="skip report.html")
-    output.add_argument("--quiet", action="store_true", help="no progress bars or log lines (the summary is still printed)")
+    output.add_argument(
+        "--quiet", action="store_true", help="no progress bars or log lines (the summary is still printed)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -126,15 +220,22 @@ def format_summary(results: Results) -> str:
     run = results.run
     table = summary_table(run)
     text = table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
-    lines = [f"normprobe analyze: {run['checkpoint']['path']} ({run['checkpoint']['adapter']}, {run['checkpoint']['method']}); "
-             f"primary head {run['primary_head']}; kNN k={run['settings']['k']} T={run['settings']['temperature']}", text]
-    lines.append("norm/train: mean norm / ID-train mean; kNN acc: ID-train by leave-one-out; "
-                 "AUROC: ID-test positive, larger score = more familiar")
+    lines = [
+        f"normprobe analyze: {run['checkpoint']['path']} ({run['checkpoint']['adapter']}, {run['checkpoint']['method']}); "
+        f"primary head {run['primary_head']}; kNN k={run['settings']['k']} T={run['settings']['temperature']}",
+        text,
+    ]
+    lines.append(
+        "norm/train: mean norm / ID-train mean; kNN acc: ID-train by leave-one-out; "
+        "AUROC: ID-test positive, larger score = more familiar"
+    )
     for entry in run["datasets"]:
         for note in entry["notes"]:
             lines.append(f"note: {entry['name']}/{entry['split']}: {note}")
     cached = sum(bool(v) for v in run["timings"]["embeddings_from_cache"].values())
-    lines.append(f"embeddings: {cached} of {len(run['datasets'])} sets from the cache; total {run['timings']['total_s']:.1f}s")
+    lines.append(
+        f"embeddings: {cached} of {len(run['datasets'])} sets from the cache; total {run['timings']['total_s']:.1f}s"
+    )
     report = results.path / REPORT_FILE
     lines.append(f"results: {results.path}" + (f"  (report: {report})" if report.is_file() else ""))
     return "\n".join(lines)
@@ -146,8 +247,12 @@ def run(args: argparse.Namespace) -> int:
     from normprobe.analyses.pipeline import run_analysis
 
     settings = settings_from_args(args)
-    command = ["normprobe", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("normprobe") else list(sys.argv)
-    results = run_analysis(args.checkpoint, args.out, settings, force=args.force, command=command, progress=not args.quiet)
+    command = (
+        ["normprobe", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("normprobe") else list(sys.argv)
+    )
+    results = run_analysis(
+        args.checkpoint, args.out, settings, force=args.force, command=command, progress=not args.quiet
+    )
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(format_summary(results))
     return 0

@@ -30,15 +30,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Hash every local mirror file named by a manifest and compare with the manifest's sha256. "
         "Exit status 2 if any file differs; missing files are reported and only fail with --strict.",
     )
-    verify.add_argument("--strict", action="store_true", help="also fail (exit 2) when a mirror file is missing")
+    verify.add_argument(
+        "--strict", action="store_true", help="also fail (exit 2) when a mirror file is missing"
+    )
     for sub in (listing, verify):
-        sub.add_argument("--data-root", default=None, type=Path, help="data root (default: $NORMPROBE_DATA, else ~/.cache/normprobe/data)")
+        sub.add_argument(
+            "--data-root",
+            default=None,
+            type=Path,
+            help="data root (default: $NORMPROBE_DATA, else ~/.cache/normprobe/data)",
+        )
     parser.set_defaults(func=run)
 
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def _split_row(name: str, split: str, root: Path) -> list[str]:
@@ -53,7 +62,15 @@ def _split_row(name: str, split: str, root: Path) -> list[str]:
         try:
             shapes = npz_shapes(root / spec["file"])
         except NormprobeError:
-            return [name, "images", split, str(size), f"0/{size}", f"{spec['file']} (unreadable)", "none: the file is not a readable .npz"]
+            return [
+                name,
+                "images",
+                split,
+                str(size),
+                f"0/{size}",
+                f"{spec['file']} (unreadable)",
+                "none: the file is not a readable .npz",
+            ]
         if "offsets" in shapes and "jpeg" in shapes:
             available = shapes["offsets"][0] - 1
         else:
@@ -90,9 +107,25 @@ def _label_row(name: str, root: Path) -> list[str]:
     try:
         shapes = npz_shapes(root / file)
     except NormprobeError:
-        return [name, "labels", "-", str(size), f"0/{size}", f"{file} (unreadable)", "none: the file is not a readable .npz"]
+        return [
+            name,
+            "labels",
+            "-",
+            str(size),
+            f"0/{size}",
+            f"{file} (unreadable)",
+            "none: the file is not a readable .npz",
+        ]
     rows = min((shape[0] for shape in shapes.values()), default=0)
-    return [name, "labels", "-", str(size), f"{rows}/{size}", f"{file} (present)", f"mirror:{file} ({target}; fields {', '.join(shapes)})"]
+    return [
+        name,
+        "labels",
+        "-",
+        str(size),
+        f"{rows}/{size}",
+        f"{file} (present)",
+        f"mirror:{file} ({target}; fields {', '.join(shapes)})",
+    ]
 
 
 def list_datasets(root: Path) -> str:
@@ -118,13 +151,21 @@ def run(args: argparse.Namespace) -> int:
         print(list_datasets(root))
         return 0
     rows = data.verify(root)
-    print(_table([["status", "file", "sha256 / path"]] + [[status, file, detail] for file, status, detail in rows]))
+    print(
+        _table(
+            [["status", "file", "sha256 / path"]] + [[status, file, detail] for file, status, detail in rows]
+        )
+    )
     mismatched = [file for file, status, _ in rows if status == "MISMATCH"]
     missing = [file for file, status, _ in rows if status == "missing"]
     ok = len(rows) - len(mismatched) - len(missing)
     print(f"{ok} ok, {len(mismatched)} mismatched, {len(missing)} missing")
     if mismatched:
-        raise NormprobeError(f"{len(mismatched)} mirror file(s) in {root} do not match the manifest sha256: {', '.join(mismatched)}")
+        raise NormprobeError(
+            f"{len(mismatched)} mirror file(s) in {root} do not match the manifest sha256: {', '.join(mismatched)}"
+        )
     if missing and args.strict:
-        raise NormprobeError(f"{len(missing)} mirror file(s) missing from {root} (--strict): {', '.join(missing)}")
+        raise NormprobeError(
+            f"{len(missing)} mirror file(s) missing from {root} (--strict): {', '.join(missing)}"
+        )
     return 0

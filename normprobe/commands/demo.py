@@ -28,17 +28,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="normprobe-demo", help="results folder to write (default: %(default)s; a previous demo there is replaced)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="zoo model to analyse (default: %(default)s; see `normprobe zoo list`)")
-    parser.add_argument("--data-root", default=None, help=f"use the full datasets in this folder instead of the bundled sample (default: ${DATA_ROOT_ENV} if it holds CIFAR-10)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU)")
+    parser.add_argument(
+        "--out",
+        default="normprobe-demo",
+        help="results folder to write (default: %(default)s; a previous demo there is replaced)",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="zoo model to analyse (default: %(default)s; see `normprobe zoo list`)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help=f"use the full datasets in this folder instead of the bundled sample (default: ${DATA_ROOT_ENV} if it holds CIFAR-10)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     parser.set_defaults(func=run)
 
 
 def _has_cifar10(root: Path) -> bool:
     manifest = load_manifest("cifar10")
-    return (root / manifest.mirror["train"]["file"]).is_file() or (root / manifest.upstream["folder"]).is_dir()
+    return (root / manifest.mirror["train"]["file"]).is_file() or (
+        root / manifest.upstream["folder"]
+    ).is_dir()
 
 
 def choose_data_root(explicit: str | None) -> tuple[Path, str]:
@@ -48,7 +64,10 @@ def choose_data_root(explicit: str | None) -> tuple[Path, str]:
     env = os.environ.get(DATA_ROOT_ENV)
     if env and _has_cifar10(Path(env)):
         return Path(env), f"the full datasets in ${DATA_ROOT_ENV}"
-    return SAMPLE_ROOT, "the real image sample bundled with normprobe (5,000 images; set --data-root for the full datasets)"
+    return (
+        SAMPLE_ROOT,
+        "the real image sample bundled with normprobe (5,000 images; set --data-root for the full datasets)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,11 +79,23 @@ def run(args: argparse.Namespace) -> int:
     entry = zoo_entry(args.model)
     root, why = choose_data_root(args.data_root)
     if not args.quiet:
-        print(f"normprobe demo: {entry.name} ({entry.card.get('method', '?')}, {entry.card.get('backbone', '?')}) on {why}", file=sys.stderr)
+        print(
+            f"normprobe demo: {entry.name} ({entry.card.get('method', '?')}, {entry.card.get('backbone', '?')}) on {why}",
+            file=sys.stderr,
+        )
     settings = AnalysisSettings(id_dataset="cifar10", ood=DEMO_OOD, data_root=str(root), device=args.device)
-    results = run_analysis(entry.checkpoint, args.out, settings, force=True, command=["normprobe", *sys.argv[1:]], progress=not args.quiet)
+    results = run_analysis(
+        entry.checkpoint,
+        args.out,
+        settings,
+        force=True,
+        command=["normprobe", *sys.argv[1:]],
+        progress=not args.quiet,
+    )
     print(format_summary(results))
     out = Path(args.out).resolve()
     print(f"\nOpen the report:   {out / 'report.html'}")
-    print(f"Explore the results: streamlit run {Path(__file__).resolve().parents[2] / 'app' / 'main.py'} -- --results {out}")
+    print(
+        f"Explore the results: streamlit run {Path(__file__).resolve().parents[2] / 'app' / 'main.py'} -- --results {out}"
+    )
     return 0

@@ -51,26 +51,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name")
     parser.add_argument(
-        "--dataset", required=True, metavar="DATA",
+        "checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name"
+    )
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        metavar="DATA",
         help="dataset name (see `normprobe datasets list`; `cifar10:test` also names the split), an image folder or an .npz file",
     )
-    parser.add_argument("--split", default=None, help="split of a named dataset (default: test, or the dataset's only split)")
-    parser.add_argument("--out", required=True, type=Path, metavar="PATH", help="output file: .npz or .parquet")
-    parser.add_argument("--heads", default=None, metavar="H1,H2", help="comma-separated heads to save (default: all the encoder has)")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32",
+        "--split", default=None, help="split of a named dataset (default: test, or the dataset's only split)"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="PATH", help="output file: .npz or .parquet"
+    )
+    parser.add_argument(
+        "--heads",
+        default=None,
+        metavar="H1,H2",
+        help="comma-separated heads to save (default: all the encoder has)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
         help="fp32 (default) or bf16 autocast: about 2x faster on GPUs and on CPUs with bf16 instructions "
         "(AVX512-BF16, AMX), slower on CPUs without them; features within ~0.5%% relative L2, mean norms within 0.1%%",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ... (default: auto)")
-    parser.add_argument("--data-root", default=None, type=Path, help="folder with the dataset files (default: $NORMPROBE_DATA, else ~/.cache/normprobe/data)")
-    parser.add_argument("--arch", default=None, help="architecture for checkpoints that do not record it (e.g. resnet18, resnet50)")
-    parser.add_argument("--adapter", default=None, help="force a checkpoint adapter instead of auto-detection")
-    parser.add_argument("--no-cache", action="store_true", help="always recompute; neither read nor write the embedding cache")
-    parser.add_argument("--cache-dir", default=None, type=Path, help="embedding cache folder (default: $NORMPROBE_CACHE, else ~/.cache/normprobe/embeddings)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ... (default: auto)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        type=Path,
+        help="folder with the dataset files (default: $NORMPROBE_DATA, else ~/.cache/normprobe/data)",
+    )
+    parser.add_argument(
+        "--arch",
+        default=None,
+        help="architecture for checkpoints that do not record it (e.g. resnet18, resnet50)",
+    )
+    parser.add_argument(
+        "--adapter", default=None, help="force a checkpoint adapter instead of auto-detection"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="always recompute; neither read nor write the embedding cache"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        type=Path,
+        help="embedding cache folder (default: $NORMPROBE_CACHE, else ~/.cache/normprobe/embeddings)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(func=run)
 
@@ -84,9 +121,21 @@ def _parse_heads(spec: str | None) -> tuple[str, ...] | None:
     return heads
 
 
-def write_npz(path: Path, heads: dict[str, np.ndarray], index: np.ndarray, labels: np.ndarray, ids: np.ndarray, config: dict[str, Any]) -> None:
+def write_npz(
+    path: Path,
+    heads: dict[str, np.ndarray],
+    index: np.ndarray,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    config: dict[str, Any],
+) -> None:
     arrays = {name: np.asarray(values, dtype=np.float32) for name, values in heads.items()}
-    arrays.update(index=index.astype(np.int64), labels=labels.astype(np.int64), ids=ids.astype(str), config=np.array(json.dumps(config)))
+    arrays.update(
+        index=index.astype(np.int64),
+        labels=labels.astype(np.int64),
+        ids=ids.astype(str),
+        config=np.array(json.dumps(config)),
+    )
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -96,7 +145,12 @@ def write_npz(path: Path, heads: dict[str, np.ndarray], index: np.ndarray, label
 
 
 def write_parquet(
-    path: Path, heads: dict[str, np.ndarray], index: np.ndarray, labels: np.ndarray, ids: np.ndarray, config: dict[str, Any],
+    path: Path,
+    heads: dict[str, np.ndarray],
+    index: np.ndarray,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    config: dict[str, Any],
 ) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -122,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     if out.suffix.lower() not in FORMATS:
-        raise NormprobeError(f"--out {out}: unknown output format {out.suffix!r} (use {' or '.join(FORMATS)})")
+        raise NormprobeError(
+            f"--out {out}: unknown output format {out.suffix!r} (use {' or '.join(FORMATS)})"
+        )
     if out.is_dir():
         raise NormprobeError(f"--out {out} is a folder; give a file name ending in {' or '.join(FORMATS)}")
     if args.batch_size < 1:
@@ -145,27 +201,49 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     loaded = load_encoder(checkpoint, arch=args.arch, adapter=args.adapter)
-    imageset = data.load_any(args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0])
-    print(f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})")
+    imageset = data.load_any(
+        args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0]
+    )
+    print(
+        f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})"
+    )
     print(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}")
     for note in imageset.notes:
         print(f"  note: {note}")
     for file, reason in imageset.skipped[:5]:
         print(f"  skipped: {file} ({reason})")
     if args.precision == "bf16" and not bf16_is_native(device):
-        print(f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here")
+        print(
+            f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here"
+        )
 
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     embeddings = extract(
-        loaded, imageset, heads, batch_size=args.batch_size, device=device, precision=args.precision,
-        cache=cache, progress=not args.no_progress,
+        loaded,
+        imageset,
+        heads,
+        batch_size=args.batch_size,
+        device=device,
+        precision=args.precision,
+        cache=cache,
+        progress=not args.no_progress,
     )
     config = {
         "normprobe": __version__,
-        "checkpoint": {"path": loaded.path, "sha256": loaded.sha256, "adapter": loaded.adapter, "method": loaded.method},
+        "checkpoint": {
+            "path": loaded.path,
+            "sha256": loaded.sha256,
+            "adapter": loaded.adapter,
+            "method": loaded.method,
+        },
         "dataset": {
-            "spec": args.dataset, "name": imageset.name, "split": imageset.split, "source": imageset.source,
-            "fingerprint": imageset.fingerprint, "size": len(imageset), "notes": list(imageset.notes),
+            "spec": args.dataset,
+            "name": imageset.name,
+            "split": imageset.split,
+            "source": imageset.source,
+            "fingerprint": imageset.fingerprint,
+            "size": len(imageset),
+            "notes": list(imageset.notes),
             "classes": list(imageset.classes),
         },
         "preprocess": loaded.preprocess.describe(),
@@ -176,12 +254,17 @@ def run(args: argparse.Namespace) -> int:
     writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
     writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
 
-    dims = ", ".join(f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})" for h, v in embeddings.heads.items())
+    dims = ", ".join(
+        f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})"
+        for h, v in embeddings.heads.items()
+    )
     if embeddings.from_cache:
         print(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
     else:
         rate = len(imageset) / max(embeddings.seconds, 1e-9)
         cached = "not cached (--no-cache)" if cache is None else f"cached in {cache.root}"
-        print(f"embeddings: computed on {device} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})")
+        print(
+            f"embeddings: computed on {device} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
+        )
     print(f"wrote {out}")
     return 0

@@ -34,25 +34,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name")
     parser.add_argument(
-        "data", metavar="DATA",
+        "checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name"
+    )
+    parser.add_argument(
+        "data",
+        metavar="DATA",
         help="an image folder (any size/format Pillow reads; class sub-folders give labels), a dataset "
         "(cifar10, cifar10:test, ...) or an .npz of images",
     )
-    parser.add_argument("--out", required=True, help="output table, .csv or .parquet; the contact sheets go beside it")
-    parser.add_argument("--top", type=int, default=100, help="images per side (least / most familiar) in the contact sheets (default: 100)")
-    parser.add_argument("--head", default="auto", help="embedding head: feats, z, p, or auto = z when the checkpoint has a projector, else feats (default: auto)")
-    parser.add_argument("--reference", default=None, help="reference set for the kNN score: dataset (train split by default, or name:split), folder or .npz (default: none)")
-    parser.add_argument("--reference-size", type=int, default=None, help="use this many random reference images (seeded by --seed; default: all)")
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"k of the kNN distance score (default: {DEFAULT_K}, Sun et al. 2022)")
-    parser.add_argument("--by", choices=SCORES, default="norm", help="the score that sets `rank` (default: norm)")
-    parser.add_argument("--split", default=None, help="split of a DATA dataset given without one (default: test)")
+    parser.add_argument(
+        "--out", required=True, help="output table, .csv or .parquet; the contact sheets go beside it"
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=100,
+        help="images per side (least / most familiar) in the contact sheets (default: 100)",
+    )
+    parser.add_argument(
+        "--head",
+        default="auto",
+        help="embedding head: feats, z, p, or auto = z when the checkpoint has a projector, else feats (default: auto)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="reference set for the kNN score: dataset (train split by default, or name:split), folder or .npz (default: none)",
+    )
+    parser.add_argument(
+        "--reference-size",
+        type=int,
+        default=None,
+        help="use this many random reference images (seeded by --seed; default: all)",
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=DEFAULT_K,
+        help=f"k of the kNN distance score (default: {DEFAULT_K}, Sun et al. 2022)",
+    )
+    parser.add_argument(
+        "--by", choices=SCORES, default="norm", help="the score that sets `rank` (default: norm)"
+    )
+    parser.add_argument(
+        "--split", default=None, help="split of a DATA dataset given without one (default: test)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for --reference-size (default: 0)")
-    parser.add_argument("--data-root", default=None, help="folder of the dataset mirrors (default: $NORMPROBE_DATA)")
+    parser.add_argument(
+        "--data-root", default=None, help="folder of the dataset mirrors (default: $NORMPROBE_DATA)"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto = CUDA if available)")
-    parser.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of using the on-disk cache")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto = CUDA if available)"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="recompute embeddings instead of using the on-disk cache"
+    )
     parser.add_argument("--no-sheet", action="store_true", help="write only the table, no contact sheets")
     parser.set_defaults(func=run)
 
@@ -62,9 +100,19 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise NormprobeError(f"--top must be >= 1, got {args.top}")
     ranking = run_rank(
-        args.checkpoint, args.data, head=args.head, reference=args.reference, k=args.k, by=args.by, split=args.split,
-        reference_size=args.reference_size, seed=args.seed, data_root=args.data_root, batch_size=args.batch_size,
-        device=args.device, use_cache=not args.no_cache,
+        args.checkpoint,
+        args.data,
+        head=args.head,
+        reference=args.reference,
+        k=args.k,
+        by=args.by,
+        split=args.split,
+        reference_size=args.reference_size,
+        seed=args.seed,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        device=args.device,
+        use_cache=not args.no_cache,
     )
     write_table(ranking.table, out)
     table = ranking.table
@@ -80,4 +128,3 @@ def run(args: argparse.Namespace) -> int:
     for row in unreadable.itertuples():
         print(f"unreadable, skipped: {row.id}: {row.reason}", file=sys.stderr)
     return 0
-

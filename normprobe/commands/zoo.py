@@ -40,7 +40,17 @@ def run(args: argparse.Namespace) -> int:
     if args.zoo_action == "show":
         print(zoo_entry(args.name).card_path.read_text())
         return 0
-    header = ["name", "method", "backbone", "init", "epochs", "kNN feats", "kNN z", "mean norms (train)", "sha256"]
+    header = [
+        "name",
+        "method",
+        "backbone",
+        "init",
+        "epochs",
+        "kNN feats",
+        "kNN z",
+        "mean norms (train)",
+        "sha256",
+    ]
     rows = [header] + [_row(e.name, e.card) for e in zoo_entries()]
     if len(rows) == 1:
         print("no zoo models installed")

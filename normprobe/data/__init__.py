@@ -22,8 +22,17 @@ from normprobe.data.subsets import imbalanced_indices
 from normprobe.errors import NormprobeError
 
 __all__ = [
-    "ImageSet", "Manifest", "load", "load_any", "load_labels", "load_manifest", "manifest_names",
-    "resolve_data_root", "imbalanced_indices", "from_folder", "default_split",
+    "ImageSet",
+    "Manifest",
+    "load",
+    "load_any",
+    "load_labels",
+    "load_manifest",
+    "manifest_names",
+    "resolve_data_root",
+    "imbalanced_indices",
+    "from_folder",
+    "default_split",
 ]
 
 
@@ -53,7 +62,9 @@ def load(name: str, split: str, data_root: str | Path | None = None, download: b
         raise NormprobeError(f"{name} has no split {split!r} (splits: {', '.join(manifest.splits)})")
     root = resolve_data_root(data_root)
     classes = _classes(manifest, root)
-    imageset = from_mirror(manifest, split, root, classes) or from_torchvision(manifest, split, root, classes, download)
+    imageset = from_mirror(manifest, split, root, classes) or from_torchvision(
+        manifest, split, root, classes, download
+    )
     if imageset is None:
         wanted = manifest.mirror.get(split, {}).get("file")
         hint = f"{wanted} or " if wanted else ""
@@ -66,7 +77,9 @@ def load(name: str, split: str, data_root: str | Path | None = None, download: b
     return imageset
 
 
-def load_any(spec: str, split: str | None, data_root: str | Path | None = None, image_size: int = 32) -> ImageSet:
+def load_any(
+    spec: str, split: str | None, data_root: str | Path | None = None, image_size: int = 32
+) -> ImageSet:
     """A manifest name (``cifar10`` or ``cifar10:test``), an image folder, or an .npz file."""
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -77,7 +90,9 @@ def load_any(spec: str, split: str | None, data_root: str | Path | None = None, 
         return from_npz_file(path)
     name, _, named_split = spec.partition(":")
     if name not in manifest_names():
-        raise NormprobeError(f"{spec!r} is neither a folder, an .npz file nor a known dataset ({', '.join(manifest_names('images'))})")
+        raise NormprobeError(
+            f"{spec!r} is neither a folder, an .npz file nor a known dataset ({', '.join(manifest_names('images'))})"
+        )
     return load(name, named_split or split or default_split(name, "test"), data_root)
 
 
@@ -96,7 +111,11 @@ def verify(data_root: str | Path | None = None) -> list[tuple[str, str, str]]:
             rows.append((file, "missing", str(path)))
             continue
         actual = file_sha256(path)
-        rows.append((file, "ok" if actual == expected else "MISMATCH", actual if actual != expected else expected[:16]))
+        rows.append(
+            (
+                file,
+                "ok" if actual == expected else "MISMATCH",
+                actual if actual != expected else expected[:16],
+            )
+        )
     return rows
-
-

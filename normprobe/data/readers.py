@@ -97,11 +97,17 @@ class EncodedReader:
         try:
             return decode_image_bytes(self._bytes(row).tobytes())
         except Exception as err:  # Pillow raises many types for bad bytes; each one means "unreadable"
-            raise NormprobeError(f"encoded image {row} cannot be decoded ({type(err).__name__}: {err})") from err
+            raise NormprobeError(
+                f"encoded image {row} cannot be decoded ({type(err).__name__}: {err})"
+            ) from err
 
     def _decode_jpeg_batch(self, rows: np.ndarray) -> list[torch.Tensor] | None:
         starts, ends = self._offsets[rows], self._offsets[rows + 1]
-        if (ends - starts < 4).any() or (self._data[starts] != 0xFF).any() or (self._data[starts + 1] != 0xD8).any():
+        if (
+            (ends - starts < 4).any()
+            or (self._data[starts] != 0xFF).any()
+            or (self._data[starts + 1] != 0xD8).any()
+        ):
             return None  # not all JPEG (SOI marker FF D8)
         decode = _libjpeg_turbo_decoder()
         if decode is None:
@@ -109,7 +115,10 @@ class EncodedReader:
         import torch
 
         try:
-            return [decode(torch.from_numpy(self._data[a:b])) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+            return [
+                decode(torch.from_numpy(self._data[a:b]))
+                for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+            ]
         except RuntimeError:  # a JPEG libjpeg-turbo refuses: Pillow gets the batch
             return None
 

@@ -75,8 +75,12 @@ def build_sample(source_root: Path, dest: Path = SAMPLE_ROOT) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", type=Path, required=True, help="a full data root (e.g. ../shared/data)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--from", dest="source", type=Path, required=True, help="a full data root (e.g. ../shared/data)"
+    )
     parser.add_argument("--to", dest="dest", type=Path, default=SAMPLE_ROOT)
     args = parser.parse_args()
     for path in build_sample(args.source, args.dest):

@@ -36,7 +36,11 @@ def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                     continue
                 with archive.open(member) as fh:
                     version = np.lib.format.read_magic(fh)
-                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shapes[member[: -len(".npy")]] = tuple(header(fh)[0])
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         raise NormprobeError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
@@ -77,7 +81,11 @@ def _make_set(
 
 
 def read_npz_images(
-    npz: np.lib.npyio.NpzFile, path: Path, images_key: str, labels_key: str | None, image_size: tuple[int, int] | None
+    npz: np.lib.npyio.NpzFile,
+    path: Path,
+    images_key: str,
+    labels_key: str | None,
+    image_size: tuple[int, int] | None,
 ) -> tuple[ArrayReader | EncodedReader, np.ndarray]:
     """A reader and labels from an .npz of decoded arrays or of encoded bytes (``jpeg`` + ``offsets``)."""
     if "jpeg" in npz.files and "offsets" in npz.files:
@@ -88,11 +96,19 @@ def read_npz_images(
         reader: ArrayReader | EncodedReader = EncodedReader(data, offsets, (int(size[0]), int(size[1])))
     elif images_key in npz.files:
         images = npz[images_key]
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-            raise NormprobeError(f"{path}: '{images_key}' must be uint8 N×H×W, N×H×W×1 or N×H×W×3, got {images.dtype} {images.shape}")
+        if (
+            images.dtype != np.uint8
+            or images.ndim not in (3, 4)
+            or (images.ndim == 4 and images.shape[-1] not in (1, 3))
+        ):
+            raise NormprobeError(
+                f"{path}: '{images_key}' must be uint8 N×H×W, N×H×W×1 or N×H×W×3, got {images.dtype} {images.shape}"
+            )
         reader = ArrayReader(images)
     else:
-        raise NormprobeError(f"{path}: no '{images_key}' array and no 'jpeg' + 'offsets' arrays (has: {', '.join(npz.files)})")
+        raise NormprobeError(
+            f"{path}: no '{images_key}' array and no 'jpeg' + 'offsets' arrays (has: {', '.join(npz.files)})"
+        )
     n = len(reader)
     labels = npz[labels_key] if labels_key and labels_key in npz.files else np.full(n, -1, np.int64)
     if len(labels) != n:
@@ -110,7 +126,11 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
         return None
     npz = open_npz(path)
     reader, labels = read_npz_images(
-        npz, path, spec.get("images_key", "images"), spec.get("labels_key", "labels"), tuple(manifest.raw["image_size"])
+        npz,
+        path,
+        spec.get("images_key", "images"),
+        spec.get("labels_key", "labels"),
+        tuple(manifest.raw["image_size"]),
     )
     # A partial copy of a mirror file (e.g. the bundled sample) records original positions in `index`.
     index_key = spec.get("index_key", "index")
@@ -124,7 +144,9 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
         )
     if manifest.raw.get("channels") == 1:
         notes = (*notes, "greyscale images converted to RGB by repeating the channel")
-    return _make_set(manifest.name, split, reader, labels, index, classes, f"mirror:{path.name}", file_sha256(path), notes)
+    return _make_set(
+        manifest.name, split, reader, labels, index, classes, f"mirror:{path.name}", file_sha256(path), notes
+    )
 
 
 def from_torchvision(
@@ -141,13 +163,23 @@ def from_torchvision(
     try:
         dataset = getattr(tvd, class_name)(str(root), download=download, **kwargs)
     except (RuntimeError, OSError) as err:
-        raise NormprobeError(f"{manifest.name} {split}: torchvision could not read {root / upstream['folder']}: {err}") from err
+        raise NormprobeError(
+            f"{manifest.name} {split}: torchvision could not read {root / upstream['folder']}: {err}"
+        ) from err
     images = np.asarray(dataset.data)
     labels = np.asarray(dataset.targets)
     content = fingerprint(images, labels)
     notes = ("greyscale images converted to RGB by repeating the channel",) if images.ndim == 3 else ()
     return _make_set(
-        manifest.name, split, ArrayReader(images), labels, np.arange(len(images)), classes, f"torchvision:{class_name}", content, notes
+        manifest.name,
+        split,
+        ArrayReader(images),
+        labels,
+        np.arange(len(images)),
+        classes,
+        f"torchvision:{class_name}",
+        content,
+        notes,
     )
 
 
@@ -177,15 +209,26 @@ def from_folder(path: Path, image_size: int, name: str | None = None) -> ImageSe
         raise NormprobeError(f"{path}: none of the {len(files)} image files could be read")
     labelled = bool(class_dirs) and all(p.parent != path for p in good)
     classes = tuple(class_dirs) if labelled else ()
-    labels = np.array([class_dirs.index(p.relative_to(path).parts[0]) for p in good] if labelled else [-1] * len(good))
+    labels = np.array(
+        [class_dirs.index(p.relative_to(path).parts[0]) for p in good] if labelled else [-1] * len(good)
+    )
     rel = np.array([str(p.relative_to(path)) for p in good], dtype=object)
     content = fingerprint(*(p.read_bytes() for p in good), str(image_size))
     notes = (f"images resized (shorter side) and centre-cropped to {image_size}x{image_size}",)
     if skipped:
         notes = (*notes, f"{len(skipped)} unreadable file(s) skipped")
     return _make_set(
-        name or path.name, "folder", FileReader(good, image_size), labels, np.arange(len(good)), classes,
-        f"folder:{path}", content, notes, ids=rel, skipped=tuple(skipped),
+        name or path.name,
+        "folder",
+        FileReader(good, image_size),
+        labels,
+        np.arange(len(good)),
+        classes,
+        f"folder:{path}",
+        content,
+        notes,
+        ids=rel,
+        skipped=tuple(skipped),
     )
 
 
@@ -194,4 +237,13 @@ def from_npz_file(path: Path, name: str | None = None) -> ImageSet:
     npz = open_npz(path)
     reader, labels = read_npz_images(npz, path, "images", "labels", None)
     classes = tuple(str(c) for c in npz["classes"]) if "classes" in npz.files else ()
-    return _make_set(name or path.stem, "all", reader, labels, np.arange(len(reader)), classes, f"npz:{path}", file_sha256(path))
+    return _make_set(
+        name or path.stem,
+        "all",
+        reader,
+        labels,
+        np.arange(len(reader)),
+        classes,
+        f"npz:{path}",
+        file_sha256(path),
+    )

@@ -16,7 +16,9 @@ IMBALANCE_RULES: dict[str, tuple[float, float]] = {"cifar10": (5000.0, 1.5), "ci
 def imbalanced_class_sizes(dataset: str, num_classes: int) -> np.ndarray:
     """n_i = floor(n_0 / base**i) for class i."""
     if dataset not in IMBALANCE_RULES:
-        raise NormprobeError(f"no imbalanced split is defined for {dataset!r} (only {', '.join(IMBALANCE_RULES)})")
+        raise NormprobeError(
+            f"no imbalanced split is defined for {dataset!r} (only {', '.join(IMBALANCE_RULES)})"
+        )
     n0, base = IMBALANCE_RULES[dataset]
     return np.floor(n0 / base ** np.arange(num_classes)).astype(np.int64)
 

@@ -20,7 +20,9 @@ HEADS = ("feats", "z", "p")
 
 
 class Encoder(nn.Module):
-    def __init__(self, backbone: nn.Module, projector: nn.Module | None = None, predictor: nn.Module | None = None) -> None:
+    def __init__(
+        self, backbone: nn.Module, projector: nn.Module | None = None, predictor: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector
@@ -28,7 +30,11 @@ class Encoder(nn.Module):
 
     @property
     def heads(self) -> tuple[str, ...]:
-        return ("feats",) + (("z",) if self.projector is not None else ()) + (("p",) if self.predictor is not None else ())
+        return (
+            ("feats",)
+            + (("z",) if self.projector is not None else ())
+            + (("p",) if self.predictor is not None else ())
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {"feats": self.backbone(x)}
@@ -49,7 +55,7 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
         except TypeError as err:
             raise NormprobeError(f"bad options for backbone {name}: {err}") from err
     if name.startswith("timm:"):
-        return build_vit(name[len("timm:"):], **options)
+        return build_vit(name[len("timm:") :], **options)
     raise NormprobeError(f"unknown backbone {name!r} (known: {', '.join(ARCHITECTURES)}, timm:<model>)")
 
 

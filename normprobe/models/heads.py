@@ -59,9 +59,14 @@ def simclr_projector(d_in: int, hidden: int = 2048, out: int = 256) -> list[Laye
 def simsiam_projector(d_in: int, dim: int = 2048) -> list[LayerSpec]:
     """SimSiam: 3 fc layers with BN on each, ReLU on all but the output, whose BN has no affine."""
     return [
-        _linear(d_in, dim, bias=False), _bn(dim), RELU,
-        _linear(dim, dim, bias=False), _bn(dim), RELU,
-        _linear(dim, dim, bias=False), _bn(dim, affine=False),
+        _linear(d_in, dim, bias=False),
+        _bn(dim),
+        RELU,
+        _linear(dim, dim, bias=False),
+        _bn(dim),
+        RELU,
+        _linear(dim, dim, bias=False),
+        _bn(dim, affine=False),
     ]
 
 
@@ -83,12 +88,23 @@ def mocov2_projector(d_in: int, hidden: int = 2048, out: int = 128) -> list[Laye
 def mocov3_projector(d_in: int, hidden: int = 4096, out: int = 256) -> list[LayerSpec]:
     """MoCo v3: 3-layer MLP with BN on every layer, the last BN without affine."""
     return [
-        _linear(d_in, hidden, bias=False), _bn(hidden), RELU,
-        _linear(hidden, hidden, bias=False), _bn(hidden), RELU,
-        _linear(hidden, out, bias=False), _bn(out, affine=False),
+        _linear(d_in, hidden, bias=False),
+        _bn(hidden),
+        RELU,
+        _linear(hidden, hidden, bias=False),
+        _bn(hidden),
+        RELU,
+        _linear(hidden, out, bias=False),
+        _bn(out, affine=False),
     ]
 
 
 def mocov3_predictor(dim: int = 256, hidden: int = 4096) -> list[LayerSpec]:
     """MoCo v3: 2-layer predictor, the last BN without affine."""
-    return [_linear(dim, hidden, bias=False), _bn(hidden), RELU, _linear(hidden, dim, bias=False), _bn(dim, affine=False)]
+    return [
+        _linear(dim, hidden, bias=False),
+        _bn(hidden),
+        RELU,
+        _linear(hidden, dim, bias=False),
+        _bn(dim, affine=False),
+    ]

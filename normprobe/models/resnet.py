@@ -74,7 +74,9 @@ ARCHITECTURES: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, i
 class ResNet(nn.Module):
     """A ResNet trunk ending in global average pooling; ``forward`` returns ``N×num_features``."""
 
-    def __init__(self, name: str = "resnet18", stem: Stem = "cifar", width: int = 64, stem_padding: int = 1) -> None:
+    def __init__(
+        self, name: str = "resnet18", stem: Stem = "cifar", width: int = 64, stem_padding: int = 1
+    ) -> None:
         super().__init__()
         block, depths = ARCHITECTURES[name]
         if stem == "cifar":

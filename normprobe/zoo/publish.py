@@ -46,7 +46,9 @@ def measure(checkpoint: Path, data_root: str | None, cache: EmbeddingCache) -> d
     train, test = data.load("cifar10", "train", data_root), data.load("cifar10", "test", data_root)
     emb_train = extract(loaded, train, cache=cache).heads
     emb_test = extract(loaded, test, cache=cache).heads
-    summary = knn_accuracy_and_norms(emb_train, train.labels, emb_test, test.labels, k=KNN_K, temperature=KNN_T)
+    summary = knn_accuracy_and_norms(
+        emb_train, train.labels, emb_test, test.labels, k=KNN_K, temperature=KNN_T
+    )
     result: dict[str, Any] = {
         "knn_accuracy": {h: s["knn"] for h, s in summary.items()},
         "mean_norms": {h: s["norm_train"] for h, s in summary.items()},
@@ -58,7 +60,10 @@ def measure(checkpoint: Path, data_root: str | None, cache: EmbeddingCache) -> d
 
 def test_embeddings(checkpoint: Path, data_root: str | None, cache: EmbeddingCache) -> dict[str, np.ndarray]:
     loaded = load_encoder(checkpoint)
-    return {h: np.asarray(v) for h, v in extract(loaded, data.load("cifar10", "test", data_root), cache=cache).heads.items()}
+    return {
+        h: np.asarray(v)
+        for h, v in extract(loaded, data.load("cifar10", "test", data_root), cache=cache).heads.items()
+    }
 
 
 def init_text(cut: float | None) -> str:
@@ -82,9 +87,15 @@ def render_card(card: dict[str, Any]) -> str:
         "|---|---|---|" + ("---|" if "p" in card["mean_norms"] else ""),
     ]
     heads = list(card["mean_norms"])
-    lines.append("| kNN accuracy, CIFAR-10 test (k=200, T=0.1) | " + " | ".join(f"{100 * card['knn_accuracy'][h]:.2f}%" for h in heads) + " |")
+    lines.append(
+        "| kNN accuracy, CIFAR-10 test (k=200, T=0.1) | "
+        + " | ".join(f"{100 * card['knn_accuracy'][h]:.2f}%" for h in heads)
+        + " |"
+    )
     lines.append("| mean norm, train | " + " | ".join(f"{card['mean_norms'][h]:.3f}" for h in heads) + " |")
-    lines.append("| mean norm, test | " + " | ".join(f"{card['mean_norms_test'][h]:.3f}" for h in heads) + " |")
+    lines.append(
+        "| mean norm, test | " + " | ".join(f"{card['mean_norms_test'][h]:.3f}" for h in heads) + " |"
+    )
     lines += [
         "",
         f"- Backbone: {card['backbone']}; preprocessing: {card['preprocess']}",
@@ -104,8 +115,18 @@ def render_card(card: dict[str, Any]) -> str:
         "|---|" + "---|" * len(card["history_columns"]),
     ]
     for row in card["history"]:
-        lines.append(f"| {row['epoch']} | " + " | ".join(_cell(row.get(c)) for c in card["history_columns"]) + " |")
-    lines += ["", "## Resolved training config", "", "```json", json.dumps(card["config"], indent=2), "```", ""]
+        lines.append(
+            f"| {row['epoch']} | " + " | ".join(_cell(row.get(c)) for c in card["history_columns"]) + " |"
+        )
+    lines += [
+        "",
+        "## Resolved training config",
+        "",
+        "```json",
+        json.dumps(card["config"], indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -113,7 +134,9 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def publish(source: Path, name: str, command: str, data_root: str | None, dest: Path = ZOO_ROOT) -> dict[str, Any]:
+def publish(
+    source: Path, name: str, command: str, data_root: str | None, dest: Path = ZOO_ROOT
+) -> dict[str, Any]:
     payload = read_torch_file(source)
     training = payload.get("training", {})
     config = training.get("config", {})
@@ -124,9 +147,24 @@ def publish(source: Path, name: str, command: str, data_root: str | None, dest: 
     cache = EmbeddingCache()
     half = measure(target, data_root, cache)
     full = test_embeddings(source, data_root, cache)
-    rel_l2 = {h: float(np.linalg.norm(half["embeddings_test"][h] - full[h]) / np.linalg.norm(full[h])) for h in full}
+    rel_l2 = {
+        h: float(np.linalg.norm(half["embeddings_test"][h] - full[h]) / np.linalg.norm(full[h])) for h in full
+    }
     history = training.get("history", [])
-    columns = [c for c in ("loss", "lr", "knn_feats", "knn_z", "norm_train_feats", "norm_train_z", "norm_train_p", "norm_test_z") if any(c in r for r in history)]
+    columns = [
+        c
+        for c in (
+            "loss",
+            "lr",
+            "knn_feats",
+            "knn_z",
+            "norm_train_feats",
+            "norm_train_z",
+            "norm_train_p",
+            "norm_test_z",
+        )
+        if any(c in r for r in history)
+    ]
     card = {
         "name": name,
         "method": payload["method"],
@@ -156,14 +194,23 @@ def publish(source: Path, name: str, command: str, data_root: str | None, dest: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", type=Path, help="a training checkpoint (Contract 1)")
     parser.add_argument("--name", required=True, help="zoo name, e.g. simclr-r18w16")
     parser.add_argument("--command", required=True, help="the exact training command, for the card")
-    parser.add_argument("--data-root", default=None, help="full data root with the CIFAR-10 mirror (default: $NORMPROBE_DATA)")
+    parser.add_argument(
+        "--data-root", default=None, help="full data root with the CIFAR-10 mirror (default: $NORMPROBE_DATA)"
+    )
     args = parser.parse_args()
     card = publish(args.checkpoint, args.name, args.command, args.data_root)
-    print(json.dumps({k: card[k] for k in ("name", "epochs", "knn_accuracy", "mean_norms", "size_bytes", "sha256")}, indent=2))
+    print(
+        json.dumps(
+            {k: card[k] for k in ("name", "epochs", "knn_accuracy", "mean_norms", "size_bytes", "sha256")},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

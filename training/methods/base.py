@@ -53,7 +53,9 @@ class Method(nn.Module):
     name: str = ""
     loss_head: str = "z"
 
-    def __init__(self, config: dict[str, Any], projector: list[LayerSpec], predictor: list[LayerSpec] | None) -> None:
+    def __init__(
+        self, config: dict[str, Any], projector: list[LayerSpec], predictor: list[LayerSpec] | None
+    ) -> None:
         super().__init__()
         opts = config["method_options"]
         norm = opts.get("head_norm", "bn")

@@ -37,7 +37,9 @@ class MoCoV2(Method):
         self.symmetric = bool(opts.get("symmetric", False))
         self.target = self.make_target()
         generator = torch.Generator().manual_seed(int(config["seed"]))
-        self.register_buffer("queue", F.normalize(torch.randn(int(opts["queue_size"]), out, generator=generator), dim=1))
+        self.register_buffer(
+            "queue", F.normalize(torch.randn(int(opts["queue_size"]), out, generator=generator), dim=1)
+        )
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()

@@ -20,15 +20,24 @@ class SimSiam(Method):
     def __init__(self, config: dict[str, Any]) -> None:
         opts = config["method_options"]
         d, dim = backbone_dim(config["backbone"]), int(opts["proj_dim"])
-        super().__init__(config, simsiam_projector(d, dim), bottleneck_predictor(dim, int(opts["pred_hidden"])))
+        super().__init__(
+            config, simsiam_projector(d, dim), bottleneck_predictor(dim, int(opts["pred_hidden"]))
+        )
         self.fix_predictor_lr = bool(opts.get("fix_predictor_lr", True))
 
     def param_groups(self) -> list[dict[str, Any]]:
         enc = self.encoder
         assert enc.projector is not None and enc.predictor is not None
         return [
-            {"name": "backbone+projector", "params": [*enc.backbone.parameters(), *enc.projector.parameters()]},
-            {"name": "predictor", "params": list(enc.predictor.parameters()), "fixed_lr": self.fix_predictor_lr},
+            {
+                "name": "backbone+projector",
+                "params": [*enc.backbone.parameters(), *enc.projector.parameters()],
+            },
+            {
+                "name": "predictor",
+                "params": list(enc.predictor.parameters()),
+                "fixed_lr": self.fix_predictor_lr,
+            },
         ]
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
