@@ -15,7 +15,7 @@ from typing import Any
 from normprobe.errors import NormprobeError
 
 ZOO_ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL = "simclr-r18w8"
+DEFAULT_MODEL = "simclr-r18w16-e60"
 
 
 @dataclass(frozen=True)

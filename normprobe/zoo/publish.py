@@ -154,7 +154,9 @@ def publish(
     columns = [
         c
         for c in (
-            "loss",
+            "train_loss",
+            "train_norm_z",
+            "train_norm_p",
             "lr",
             "knn_feats",
             "knn_z",
