@@ -7,6 +7,7 @@ and is tested directly. Score direction, as everywhere in normprobe: larger = mo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -118,6 +119,25 @@ def positions_in(imageset_index: np.ndarray, original: np.ndarray) -> np.ndarray
             f"{int(missing.sum())} sample(s) (e.g. index {int(original[missing][0])}) are not in the dataset found at the data root"
         )
     return positions
+
+
+_MARKDOWN_SPECIALS = frozenset("\\`*_{}[]()#!|<>~$:&")
+_LIST_MARKER = re.compile(r"^(\d+)([.)])|^([-+=])")
+
+
+def plain(value: object) -> str:
+    """``value`` as literal text inside Streamlit markdown (captions, headers, messages).
+
+    Strings from a results folder (run.json, dataset and file names, class names) are data, not
+    markup: a crafted name must not render bold, link, or fetch a remote image (a tracking pixel).
+    CommonMark lets a backslash escape any ASCII punctuation; escaping the characters that open
+    markup (and Streamlit's ``:color[...]`` / ``:icon:`` directives) disarms it while numbers such as
+    ``0.708`` stay as they are. The text becomes one line (control characters turn into spaces),
+    so only a list marker at its very start needs escaping too.
+    """
+    text = "".join(" " if (ord(c) < 32 or ord(c) == 127) else c for c in str(value))
+    text = "".join("\\" + c if c in _MARKDOWN_SPECIALS else c for c in text)
+    return _LIST_MARKER.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", text, count=1)
 
 
 def upscale(images: np.ndarray, size: int) -> np.ndarray:

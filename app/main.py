@@ -20,6 +20,8 @@ from app.session import Session
 from app.views import curves, exemplars, norms, overview, unfamiliar
 from normprobe.errors import NormprobeError
 
+NOT_RESULTS = "this is not a results folder of `normprobe analyze` (a valid run.json and samples.parquet)."
+
 SECTIONS = {
     "Overview": overview.render,
     "Norms": norms.render,
@@ -71,8 +73,10 @@ def main() -> None:
     files = loading.stamp(folder)
     try:
         results = loading.open_results(folder, files)
-    except NormprobeError as err:
-        st.error(f"Cannot open the results folder: {err}")
+    except NormprobeError:
+        # One message for every path that is not a valid results folder: the page must not tell a
+        # visitor which server paths exist or what they hold (`normprobe explore` prints the reason).
+        st.error(f"Cannot open the results folder: {NOT_RESULTS}")
         return
     heads = explore.heads(results.samples)
     primary = results.run.get("primary_head")
@@ -83,7 +87,7 @@ def main() -> None:
         key="head",
         help="The embedding whose norm ranks the samples in the exemplar and unfamiliar views.",
     )
-    st.sidebar.caption(f"{len(results.samples):,} samples · {path}")
+    st.sidebar.caption(f"{len(results.samples):,} samples · {explore.plain(path)}")
     session = Session(
         path=folder,
         files=files,

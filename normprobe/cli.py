@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "analyze",
     "rank",
     "embed",
+    "explore",
     "datasets",
     "zoo",
     "simulate",

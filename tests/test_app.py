@@ -163,6 +163,51 @@ def test_a_missing_or_malformed_folder_is_a_message_not_a_traceback(
     assert not app.tabs
 
 
+def test_every_invalid_path_gets_the_same_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, analyzed_results: Path
+) -> None:
+    """?results=ANY_PATH must not reveal whether a server path exists or what it holds."""
+    (tmp_path / "secret.txt").write_text("x")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(analyzed_results, damaged)
+    (damaged / "run.json").write_text("{}")
+    messages = set()
+    for path in (tmp_path / "absent", tmp_path / "secret.txt", tmp_path, damaged, Path("/etc")):
+        app = _app(monkeypatch, path)
+        assert not app.exception, [e.value for e in app.exception]
+        messages |= {e.value for e in app.error}
+    assert len(messages) == 1, messages
+    assert str(tmp_path) not in next(iter(messages))
+
+
+CRAFTED = "![pixel](http://127.0.0.1:9/pixel.png) **bold** :red[red] <img src=x>"
+
+
+def test_strings_from_run_json_render_as_text_not_markdown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, analyzed_results: Path
+) -> None:
+    folder = tmp_path / "results"
+    shutil.copytree(analyzed_results, folder)
+    run = json.loads((folder / "run.json").read_text())
+    run["checkpoint"]["path"] = CRAFTED
+    run["checkpoint"]["adapter"] = CRAFTED
+    run["notes"] = [CRAFTED]
+    (folder / "run.json").write_text(json.dumps(run))
+    app = _app(monkeypatch, folder)
+    _no_failure(app)
+    shown = [e.value for e in (*app.markdown, *app.caption)]
+    assert any("pixel" in text for text in shown), "the crafted strings are shown (as text)"
+    for text in shown:
+        assert "![" not in text and "**bold**" not in text and ":red[" not in text, text
+
+
+def test_plain_escapes_markdown_and_control_characters() -> None:
+    assert explore.plain("a*b_c") == "a\\*b\\_c"
+    assert explore.plain("line\nbreak\x1b[31m") == "line break \\[31m"
+    assert explore.plain("cat 0.708 · kNN dog") == "cat 0.708 · kNN dog"
+    assert explore.plain("1. item") == "1\\. item" and explore.plain("- item") == "\\- item"
+
+
 def test_every_section_renders_on_a_real_run(monkeypatch: pytest.MonkeyPatch, analyzed_results: Path) -> None:
     app = _app(monkeypatch, analyzed_results)
     _no_failure(app)
@@ -279,3 +324,22 @@ def test_the_results_folder_can_come_from_the_url(
     _no_failure(app)
     assert app.sidebar.text_input(key="results-dir").value == str(analyzed_results)
     assert [t.label for t in app.tabs][0] == "Overview"
+
+
+def test_explore_refuses_what_is_not_a_results_folder_before_starting_a_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from normprobe.cli import main
+
+    (tmp_path / "run.json").write_text("{}")
+    assert main(["explore", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("normprobe: error:")
+
+
+def test_explore_binds_to_localhost_unless_told() -> None:
+    from normprobe.commands.explore import LOCALHOST, streamlit_command
+
+    command = streamlit_command(Path("/r"), 8501, LOCALHOST)
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    assert command[command.index("--browser.gatherUsageStats") + 1] == "false"

@@ -59,6 +59,25 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None
     raise AssertionError(f"streamlit did not answer within {STARTUP_SECONDS} s:\n{log.read_text()}")
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on ``port``, from /proc/net/tcp and tcp6."""
+    found = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                if len(address) == 8:
+                    found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
+                else:  # tcp6: four little-endian 32-bit words
+                    words = bytes.fromhex(address)
+                    raw = b"".join(words[i : i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, raw))
+    return found
+
+
 @pytest.fixture
 def app_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if not CHROMIUM.exists():
@@ -66,31 +85,15 @@ def app_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     analyzed_results: Path = request.getfixturevalue("analyzed_results")  # only when the test can run
     port = _free_port()
     log = tmp_path / "streamlit.log"
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app/main.py",
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.fileWatcherType",
-        "none",
-        "--browser.gatherUsageStats",
-        "false",
-        "--",
-        "--results",
-        str(analyzed_results),
-    ]
+    # The user's way in: `normprobe explore`, which binds the server to 127.0.0.1 by itself.
+    command = [sys.executable, "-m", "normprobe", "explore", str(analyzed_results), "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_healthy(url, process, log)
+            assert _listening_addresses(port) == {"127.0.0.1"}, "the explorer must serve this machine only"
+            assert "Network URL" not in log.read_text()
             yield url
         finally:
             process.terminate()

@@ -109,10 +109,10 @@ def knn_bucket_figure(path: str, files: FileStamp, norm_column: str, buckets: Bu
 
 
 def bucket_section(session: Session, buckets: Buckets) -> None:
-    st.subheader(f"kNN accuracy per ‖{session.head}‖ bucket (paper Fig. 4, left)")
+    st.subheader(f"kNN accuracy per ‖{explore.plain(session.head)}‖ bucket (paper Fig. 4, left)")
     table, problems = knn_buckets(session.path, session.files, session.norm_column, buckets)
     for problem in problems:
-        st.warning(problem)
+        st.warning(explore.plain(problem))
     if table.empty:
         st.info("No split of this run has kNN correctness.")
         return
@@ -154,7 +154,7 @@ def human_label_figures(path: str, files: FileStamp, head: str, buckets: Buckets
 def human_label_section(session: Session, buckets: Buckets) -> None:
     if not signal_columns(session.samples):
         return
-    st.subheader(f"Human labels per ‖{session.head}‖ bucket (paper Fig. 4, middle and right)")
+    st.subheader(f"Human labels per ‖{explore.plain(session.head)}‖ bucket (paper Fig. 4, middle and right)")
     for i, fig in enumerate(human_label_figures(session.path, session.files, session.head, buckets)):
         st.plotly_chart(fig, key=f"human-figure-{i}")
     st.dataframe(
@@ -177,7 +177,7 @@ def roc_section(session: Session) -> None:
     try:
         metrics, figure = roc(session.path, session.files)
     except NormprobeError as err:
-        st.warning(f"No ROC curves: {err}")
+        st.warning(f"No ROC curves: {explore.plain(err)}")
         return
     if figure is None:
         st.info("This run has no OOD scores.")

@@ -34,10 +34,10 @@ def render(session: Session) -> None:
         in_class.iloc[chosen.loc[chosen["extreme"] == e, "position"].to_numpy()]
         for e in ("highest", "lowest")
     )
-    head = session.head
+    head = explore.plain(session.head)
 
     st.markdown(
-        f"**Highest ‖{head}‖: what the encoder finds most familiar** ({len(in_class):,} {classes[label]} images)"
+        f"**Highest ‖{head}‖: what the encoder finds most familiar** ({len(in_class):,} {explore.plain(classes[label])} images)"
     )
     gallery.show(session, group, highest, key="exemplars-highest", n_columns=per_row)
     st.markdown(f"**Lowest ‖{head}‖: what it finds least familiar**")

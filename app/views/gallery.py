@@ -34,7 +34,7 @@ def _enlarge(session: Session, group: Group, row: dict[str, Any]) -> None:
     try:
         image = _images(session, group, frame, loading.LARGE_SIZE)[0]
     except NormprobeError as err:
-        st.warning(f"The image is not available: {err}")
+        st.warning(f"The image is not available: {explore.plain(err)}")
     else:
         st.image(image, caption=f"{group.label} · index {row['index']}", output_format="PNG")
     details = pd.DataFrame({"field": list(row), "value": [str(v) for v in row.values()]})
@@ -57,12 +57,18 @@ def show(
     try:
         images = _images(session, group, frame, loading.THUMBNAIL_SIZE)
     except NormprobeError as err:
-        st.warning(f"Images of {group.label} are not available: {err}. Set the data root in the sidebar.")
+        st.warning(
+            f"Images of {explore.plain(group.label)} are not available: {explore.plain(err)}. "
+            "Set the data root in the sidebar."
+        )
         return
     rows = frame.to_dict("records")
     captions = [explore.caption(pd.Series(r), session.norm_column, session.id_classes) for r in rows]
+    # Class names come from the results folder: markdown-escaped in the caption, raw in the alt text.
+    shown = [explore.plain(c) for c in captions]
     if prefixes is not None:
         captions = [f"{p} · {c}" for p, c in zip(prefixes, captions, strict=True)]
+        shown = [f"{p} · {c}" for p, c in zip(prefixes, shown, strict=True)]
     with st.container(key=key):
         for line in explore.grid(len(rows), n_columns):
             for column, i in zip(st.columns(n_columns), line, strict=False):
@@ -72,4 +78,4 @@ def show(
                         "enlarge", key=f"{key}-zoom-{i}", type="tertiary", icon=":material/zoom_in:"
                     ):
                         _enlarge(session, group, rows[i])
-                    st.caption(captions[i])
+                    st.caption(shown[i])

@@ -33,7 +33,7 @@ def render(session: Session) -> None:
     try:
         table, bars = summary(session.path, session.files)
     except NormprobeError as err:
-        st.warning(f"No norm summary: {err}")
+        st.warning(f"No norm summary: {explore.plain(err)}")
         return
     st.plotly_chart(histogram(session.path, session.files, head), key="norms-histogram")
     st.caption("Click a legend entry to hide or show a split.")

@@ -54,35 +54,41 @@ def render(session: Session) -> None:
     checkpoint = run.get("checkpoint", {})
     summary = run.get("summary", {})
     metrics = {
-        "Method": str(checkpoint.get("method", "?")),
-        "In-distribution": str(run.get("id_dataset", "?")),
+        "Method": explore.plain(checkpoint.get("method", "?")),
+        "In-distribution": explore.plain(run.get("id_dataset", "?")),
         "Samples": f"{len(session.samples):,}",
         **_knn_metrics(summary),
     }
     for column, (name, value) in zip(st.columns(len(metrics)), metrics.items(), strict=True):
         column.metric(name, value)
+    # Every value here comes from run.json: shown as text, never as markdown.
+    text = explore.plain
     st.markdown(
-        f"**Checkpoint** `{checkpoint.get('path', '?')}` · sha256 `{str(checkpoint.get('sha256', '?'))[:16]}…` · "
-        f"adapter `{checkpoint.get('adapter', '?')}` · heads {', '.join(map(str, run.get('heads', [])))} "
-        f"(primary `{run.get('primary_head', '?')}`) · normprobe {run.get('normprobe_version', '?')} · "
-        f"{run.get('created_utc', '?')}"
+        f"**Checkpoint** {text(checkpoint.get('path', '?'))} · sha256 {text(str(checkpoint.get('sha256', '?'))[:16])}… · "
+        f"adapter {text(checkpoint.get('adapter', '?'))} · heads {text(', '.join(map(str, run.get('heads', []))))} "
+        f"(primary {text(run.get('primary_head', '?'))}) · normprobe {text(run.get('normprobe_version', '?'))} · "
+        f"{text(run.get('created_utc', '?'))}"
     )
     command = run.get("command")
     if command:
         st.code(command if isinstance(command, str) else " ".join(map(str, command)), language="bash")
     for note in run.get("notes") or []:
-        st.caption(str(note))
+        st.caption(explore.plain(note))
 
     ood = ood_table(summary)
     if not ood.empty:
         st.subheader("OOD detection")
         st.caption(
-            str(summary.get("ood_convention", "Larger score = more familiar; ID-test is the positive class."))
+            explore.plain(
+                summary.get("ood_convention", "Larger score = more familiar; ID-test is the positive class.")
+            )
         )
         st.dataframe(ood, hide_index=True, width="stretch")
     spearman = summary.get("spearman")
     if isinstance(spearman, dict) and spearman and all(isinstance(v, dict) for v in spearman.values()):
-        st.subheader(f"Spearman correlation of ‖{run.get('primary_head', '?')}‖ with kNN correctness")
+        st.subheader(
+            f"Spearman correlation of ‖{explore.plain(run.get('primary_head', '?'))}‖ with kNN correctness"
+        )
         st.dataframe(pd.DataFrame(spearman).T, width="stretch")
 
     st.subheader("Datasets")
@@ -91,7 +97,7 @@ def render(session: Session) -> None:
         st.dataframe(datasets.astype(str), hide_index=True, width="stretch")
     st.caption(
         "Rows in samples.parquet: "
-        + ", ".join(f"{g.label}: {g.n:,}" for g in explore.groups(session.samples))
+        + ", ".join(f"{explore.plain(g.label)}: {g.n:,}" for g in explore.groups(session.samples))
     )
     left, right = st.columns(2)
     with left:

@@ -52,7 +52,7 @@ def render(session: Session) -> None:
     )
     picked = explore.select(samples, group, labels=chosen, correctness=correctness if known else "all")
     lowest = explore.ranked(picked, rank_by).head(int(how_many))
-    st.caption(f"{len(lowest):,} of {len(picked):,} matching samples, lowest {rank_by} first.")
+    st.caption(f"{len(lowest):,} of {len(picked):,} matching samples, lowest {explore.plain(rank_by)} first.")
     st.download_button(
         "Download CSV",
         explore.to_csv(lowest),
