@@ -8,7 +8,7 @@ network is the user's explicit choice, never a default.
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"normprobe explore: http://{args.address}:{args.port}  (Ctrl-C stops the server)", flush=True)
-    try:
-        return subprocess.call(streamlit_command(results, args.port, args.address))
-    except KeyboardInterrupt:
-        return 130
+    sys.stderr.flush()
+    # Become the server (no child left behind when this process is stopped or killed).
+    command = streamlit_command(results, args.port, args.address)
+    os.execv(command[0], command)
+    return 0  # not reached
