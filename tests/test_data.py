@@ -325,6 +325,7 @@ def test_datasets_verify_detects_a_modified_file(tmp_path: Path, capsys: pytest.
     )
 
 
+@pytest.mark.data_mirror
 def test_datasets_list_counts_what_is_really_there(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

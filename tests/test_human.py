@@ -113,6 +113,7 @@ def test_partial_mirror_aligns_by_original_index() -> None:
     assert list(frame.columns) == ["human_c100n_noisy_label", "human_c100n_noisy_correct"]
 
 
+@pytest.mark.data_mirror
 def test_select_label_sets_auto_explicit_and_missing(tmp_path: Path) -> None:
     auto, notes = human.select_label_sets("cifar10", "auto", DATA_ROOT)
     assert sorted(auto) == ["cifar10h", "cifar10n"] and notes == []
