@@ -229,3 +229,14 @@ def test_lars_step_uses_the_trust_ratio_and_skips_excluded_groups() -> None:
         and groups[1]["weight_decay"] == 0
         and groups[1]["lars_exclude"]
     )
+
+
+def test_repeated_set_options_accumulate(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from training.__main__ import main
+
+    argv = ["--config", "simclr_cifar10", "--set", "epochs=1", "--set", "cut=3", "backbone.width=16"]
+    assert main([*argv, "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["epochs"], cfg["cut"], cfg["backbone"]["width"]) == (1, 3, 16)

@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512)",
+        help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512); "
+        "repeated --set options add up",
     )
     parser.add_argument(
         "--resume",
