@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,43 @@ def test_repeated_set_options_accumulate(capsys: pytest.CaptureFixture[str]) -> 
     assert main([*argv, "--print-config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert (cfg["epochs"], cfg["cut"], cfg["backbone"]["width"]) == (1, 3, 16)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr must be a number > 0"),
+        ("optimizer.lr=fast", "optimizer.lr must be a number > 0 (got 'fast')"),
+        ("optimizer.lr=.nan", "optimizer.lr must be a number > 0"),
+        ("backbone.width=-8", "backbone.width must be an integer >= 1"),
+        ("backbone.width=0", "backbone.width must be an integer >= 1"),
+        ("checkpoint.every=0", "checkpoint.every must be an integer >= 1"),
+        ("monitor.k=0", "monitor.k must be an integer >= 1"),
+        ("augment.crop_scale=[0.9,0.2]", "augment.crop_scale must be [lower, upper] with lower <= upper"),
+        ("augment.crop_scale=[0,1]", "augment.crop_scale must be a list of 2 numbers in (0, 1]"),
+        ("augment.flip_p=2", "augment.flip_p must be a number in [0, 1]"),
+        ("dataset=cifar10", "dataset must be a mapping of keys (got 'cifar10')"),
+        ("optimizer=[sgd]", "optimizer must be a mapping of keys"),
+        ("epochs=1.5", "epochs must be an integer >= 1"),
+        ("epochs=true", "epochs must be an integer >= 1"),
+        ("cut=0", "cut must be a number > 0"),
+        ("gradscale=-1", "gradscale must be a number >= 0"),
+        ("dataset.subset=1", "dataset.subset must be an integer >= 2"),
+        ("dataset.imbalance=maybe", "dataset.imbalance must be true or false"),
+        ("method=dino", "method must be one of simclr"),
+        ("method_options.out_dim=0", "method_options.out_dim must be an integer >= 1"),
+        ("method_options.head_norm=gn", "method_options.head_norm must be one of bn, ln, none"),
+        ("optimizer.momentum=1", "optimizer.momentum must be a number in [0, 1)"),
+        ("out_dir=''", "out_dir must be a non-empty string"),
+        ("preprocess.std=[0.2,0,0.2]", "preprocess.std must be a list of 3 numbers > 0"),
+    ],
+)
+def test_invalid_config_values_are_rejected_up_front(override: str, message: str) -> None:
+    with pytest.raises(NormprobeError, match=f"^config: {re.escape(message)}"):
+        load_config("simclr_cifar10", [override])
+
+
+def test_numbers_yaml_reads_as_strings_are_taken_as_numbers() -> None:
+    # YAML 1.1 reads 1e-3 (no dot) as a string: it means the number, and is stored as one
+    cfg = load_config("simclr_cifar10", ["optimizer.lr=1e-3", "optimizer.weight_decay=5e-4"])
+    assert (cfg["optimizer"]["lr"], cfg["optimizer"]["weight_decay"]) == (0.001, 0.0005)
