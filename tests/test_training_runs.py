@@ -195,3 +195,43 @@ def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
     ]
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
+
+
+def test_new_run_refuses_a_previous_runs_folder_and_force_deletes_only_its_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.__main__ import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "NOTES.md").write_text("my notes")  # a folder with only the user's files is fine
+    sets = ["--config", "simclr_cifar10", "--set", *overrides("simclr", out, "monitor.every=0")]
+    assert main([*sets, "--set", "epochs=2"]) == 0
+    (out / "checkpoints" / "README.txt").write_text("mine too")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    assert main(sets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a previous run" in err[0] and "--resume" in err[0] and "--force" in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    assert main([*sets, "--force"]) == 0
+    assert (out / "NOTES.md").read_text() == "my notes"
+    assert (out / "checkpoints" / "README.txt").read_text() == "mine too"
+    # nothing of the 2-epoch run is left for --resume to pick up or for the logs to mix with
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["epoch_0001.pt"]
+    assert [r["step"] for r in steps(out)] == [1, 2]
+    assert load_encoder(out / "final.pt").meta["training"]["epoch"] == 1
+
+
+def test_resume_repairs_a_torn_last_line_of_the_step_log(tmp_path: Path) -> None:
+    from training.__main__ import main
+
+    sets = overrides("simclr", tmp_path, "epochs=2", "monitor.every=0")
+    assert main(["--config", "simclr_cifar10", "--set", *sets]) == 0
+    whole = steps(tmp_path)
+    with (tmp_path / "steps.jsonl").open("a") as fh:
+        fh.write('{"epoch": 2, "step": 3, "lo')  # a kill in the middle of an append
+    assert main(["--resume", str(tmp_path / "checkpoints" / "epoch_0001.pt")]) == 0
+    assert steps(tmp_path) == whole  # the torn line is gone and epoch 2 is logged once, as before

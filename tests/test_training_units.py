@@ -281,3 +281,16 @@ def test_numbers_yaml_reads_as_strings_are_taken_as_numbers() -> None:
     # YAML 1.1 reads 1e-3 (no dot) as a string: it means the number, and is stored as one
     cfg = load_config("simclr_cifar10", ["optimizer.lr=1e-3", "optimizer.weight_decay=5e-4"])
     assert (cfg["optimizer"]["lr"], cfg["optimizer"]["weight_decay"]) == (0.001, 0.0005)
+
+
+def test_step_log_truncation_drops_a_torn_tail_but_not_a_broken_middle(tmp_path: Path) -> None:
+    from training.loop import _truncate_steps
+
+    log = tmp_path / "steps.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
+    _truncate_steps(log, 2)
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    log.write_text('{"step": 1}\ngarbage\n{"step": 3}\n')
+    with pytest.raises(NormprobeError, match="line 2 is not a step record"):
+        _truncate_steps(log, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["steps.jsonl"]  # no temporary left behind

@@ -16,6 +16,7 @@ examples:
   python -m training --config simsiam_cifar10 --set cut=3 out_dir=runs/simsiam-cut3
   python -m training --config simclr_cifar10 --set gradscale=1 schedule.preset=gradscale
   python -m training --resume runs/simclr-w16                # continue exactly where it stopped
+  python -m training --config simclr_cifar10 --set out_dir=runs/simclr-w16 --force   # start that run over
   torchrun --nproc_per_node 2 -m training --config simclr_cifar10   # DDP (gloo on CPU, nccl on GPU)
 
 Interventions on the embedding norm (Draganov et al., ICML 2025): optimizer.weight_decay,
@@ -23,6 +24,7 @@ cut=C (divide every weight by C at initialisation), gradscale=P (backward scales
 gradient by ||z||^P; with schedule.preset=gradscale: base LR / 6 and 100 warm-up epochs).
 Outputs in out_dir: config.yaml/json, checkpoints/epoch_NNNN.pt (keep-last-N), final.pt,
 metrics.csv/jsonl (kNN accuracy and mean norms per head), steps.jsonl (loss and LR per step).
+A new run refuses an out_dir that holds a previous run's files unless --resume or --force.
 Checkpoints are normprobe checkpoints: `normprobe analyze out_dir/final.pt`.
 """
 
@@ -47,11 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512); "
         "repeated --set options add up",
     )
-    parser.add_argument(
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume",
         metavar="RUN_OR_CKPT",
         help="continue a run from its newest checkpoint (a run folder) or from a given checkpoint file; "
         "the config stored in the checkpoint is used, with --set applied on top",
+    )
+    start.add_argument(
+        "--force",
+        action="store_true",
+        help="start a new run even if out_dir holds a previous one, deleting that run's files "
+        "(checkpoints, final.pt, metrics, steps.jsonl, config); other files in out_dir are kept",
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
@@ -101,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(yaml.safe_dump(config, sort_keys=False), end="")
             return 0
-        train(config, Path(resume) if resume else None)
+        train(config, Path(resume) if resume else None, force=args.force)
         return 0
     except NormprobeError as err:
         print(f"normprobe-train: error: {err}", file=sys.stderr)

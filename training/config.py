@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from normprobe.atomic import atomic_write
 from normprobe.errors import NormprobeError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -327,11 +328,6 @@ def validate(config: dict[str, Any]) -> None:
 
 def save_config(config: dict[str, Any], out_dir: Path) -> None:
     """The resolved config beside the checkpoints, as YAML (for people) and JSON (for programs)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        ("config.yaml", yaml.safe_dump(config, sort_keys=False)),
-        ("config.json", json.dumps(config, indent=2)),
-    ):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    as_yaml, as_json = yaml.safe_dump(config, sort_keys=False), json.dumps(config, indent=2)
+    atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(as_yaml))
+    atomic_write(out_dir / "config.json", lambda tmp: tmp.write_text(as_json))

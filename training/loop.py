@@ -26,6 +26,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from normprobe import data
+from normprobe.atomic import atomic_write
 from normprobe.checkpoints import save_checkpoint
 from normprobe.device import pick_device
 from normprobe.errors import NormprobeError
@@ -37,7 +38,15 @@ from training.methods import Method, build_method
 from training.monitor import evaluate, in_memory, pick_subset
 from training.optim import build_optimizer
 from training.schedule import WarmupCosine
-from training.state import copy_atomic, epoch_checkpoints, keep_last, read_resume, rng_state, set_rng_state
+from training.state import (
+    clear_previous_run,
+    copy_atomic,
+    epoch_checkpoints,
+    keep_last,
+    read_resume,
+    rng_state,
+    set_rng_state,
+)
 
 GRADSCALE_LR_DIVISOR = 6.0
 GRADSCALE_WARMUP_EPOCHS = 100
@@ -64,12 +73,29 @@ def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _truncate_steps(path: Path, last_step: int) -> None:
-    """Drop step-log lines written after the checkpoint a run resumes from."""
-    if path.is_file():
-        kept = [
-            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
+    """Drop step-log lines written after the checkpoint a run resumes from.
+
+    A kill in the middle of an append leaves a torn last line (no newline at its end). Its step
+    came after the newest checkpoint (an epoch's steps are logged before its checkpoint is
+    written), so it is dropped with the others; any other line that is not a record is an error.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise NormprobeError(
+                f"{path}: line {number} is not a step record ({err}); remove it to resume"
+            ) from err
+        if step <= last_step:
+            kept.append(line + "\n")
+    atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
 
 
 def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -78,13 +104,10 @@ def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
-    for name, text in (
-        ("metrics.csv", buf.getvalue()),
-        ("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)),
-    ):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    atomic_write(out_dir / "metrics.csv", lambda tmp: tmp.write_text(buf.getvalue()))
+    atomic_write(
+        out_dir / "metrics.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    )
 
 
 class Trainer:
@@ -422,7 +445,14 @@ class Trainer:
         return final
 
 
-def train(config: dict[str, Any], resume: Path | None = None) -> Path:
+def train(config: dict[str, Any], resume: Path | None = None, force: bool = False) -> Path:
+    """Train ``config`` (continuing from the checkpoint ``resume``) and return ``final.pt``.
+
+    A new run does not start in a folder that holds a previous run's files unless ``force`` says
+    to delete them: mixing two runs' checkpoints and step logs would make both unreadable.
+    """
+    if resume is None:
+        clear_previous_run(Path(config["out_dir"]), force)
     trainer = Trainer(config, resume)
     try:
         return trainer.run()
