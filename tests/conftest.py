@@ -15,6 +15,9 @@ import pytest
 import torch
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
+# Commands the tests start as subprocesses run without the allocator re-exec (one process each, as
+# a killed or timed test expects); the test of the re-exec itself removes this.
+os.environ.setdefault("NORMPROBE_NO_REEXEC", "1")
 
 
 @pytest.fixture(scope="session")

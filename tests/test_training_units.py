@@ -294,3 +294,25 @@ def test_step_log_truncation_drops_a_torn_tail_but_not_a_broken_middle(tmp_path:
     with pytest.raises(NormprobeError, match="line 2 is not a step record"):
         _truncate_steps(log, 3)
     assert [p.name for p in tmp_path.iterdir()] == ["steps.jsonl"]  # no temporary left behind
+
+
+def test_training_command_reexecs_itself_with_the_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from normprobe import allocator
+    from training.__main__ import main
+
+    calls: list[list[str]] = []
+
+    def execve(path: str, args: list[str], env: dict[str, str]) -> None:
+        assert env[allocator.NO_REEXEC_ENV] == "1" and allocator.has_tunables(env)
+        calls.append(args)
+        raise OSError("stop here")  # a failed execve goes on in this process
+
+    monkeypatch.setattr(allocator.os, "execve", execve)
+    monkeypatch.setattr(allocator, "should_reexec", lambda env=None: True)
+    monkeypatch.setattr(sys, "argv", ["normprobe-train", "--config", "simclr_cifar10", "--print-config"])
+    assert main() == 0
+    assert calls == [[sys.executable, "-m", "training", "--config", "simclr_cifar10", "--print-config"]]
+    assert main(["--config", "simclr_cifar10", "--print-config"]) == 0  # in-process: no re-exec
+    assert len(calls) == 1

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from normprobe.allocator import reexec_with_tunables
 from normprobe.errors import NormprobeError
 
 EPILOG = """\
@@ -68,26 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _reexec_with_tunables(argv: list[str]) -> None:
-    """Restart as ``python -m training ARGV`` with glibc's malloc tuned (see :mod:`normprobe.allocator`:
-    large activations stay in the heap instead of being mapped and unmapped every step)."""
-    from normprobe.allocator import env_with_tunables, should_reexec
-
-    if should_reexec():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execve(
-                sys.executable, [sys.executable, "-m", "training", *argv], env_with_tunables(os.environ)
-            )
-        except OSError:
-            return
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command line, not an in-process call (tests, notebooks)
         argv = sys.argv[1:]
-        _reexec_with_tunables(list(argv))
+        # glibc's malloc tuned (see normprobe.allocator): large activations stay in the heap
+        # instead of being mapped and unmapped every step
+        reexec_with_tunables("training", list(argv))
     args = build_parser().parse_args(list(argv))
     try:
         import yaml
