@@ -316,3 +316,27 @@ def test_training_command_reexecs_itself_with_the_allocator_settings(monkeypatch
     assert calls == [[sys.executable, "-m", "training", "--config", "simclr_cifar10", "--print-config"]]
     assert main(["--config", "simclr_cifar10", "--print-config"]) == 0  # in-process: no re-exec
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "resnet18", "stem": "cifar", "width": 8},
+        {"name": "resnet34", "width": 16},
+        {"name": "resnet50", "stem": "cifar", "width": 4},
+        {"name": "resnet18"},
+        {
+            "name": "timm:vit_tiny_patch16_224",
+            "img_size": 32,
+            "patch_size": 8,
+            "depth": 1,
+            "embed_dim": 16,
+            "num_heads": 2,
+        },
+    ],
+)
+def test_backbone_dim_equals_the_built_backbones_width(spec: dict) -> None:
+    from normprobe.models import build_backbone
+    from training.methods.base import backbone_dim
+
+    assert backbone_dim(spec) == build_backbone(spec).num_features
