@@ -80,7 +80,8 @@ def test_every_method_trains_an_epoch_and_writes_a_loadable_checkpoint(method: s
     loaded = load_encoder(final)
     assert loaded.method == method and loaded.heads == heads
     assert loaded.meta["training"]["history"][-1]["epoch"] == 1
-    x = loaded.preprocess(trainer.test.images(slice(0, 16)))
+    assert trainer.monitor is not None
+    x = loaded.preprocess(trainer.monitor.test.images(slice(0, 16)))
     trainer.method.encoder.eval()
     with torch.no_grad():
         ours, theirs = trainer.method.encoder(x), loaded.encoder(x)
