@@ -26,6 +26,9 @@ Outputs in out_dir: config.yaml/json, checkpoints/epoch_NNNN.pt (keep-last-N), f
 metrics.csv/jsonl (kNN accuracy and mean norms per head), steps.jsonl (loss and LR per step).
 A new run refuses an out_dir that holds a previous run's files unless --resume or --force.
 Checkpoints are normprobe checkpoints: `normprobe analyze out_dir/final.pt`.
+
+Compare finished or running runs (kNN and norms per head, curves per epoch; see compare --help):
+  python -m training compare runs/simclr-w16 runs/simsiam-cut3 --out runs/compared
 """
 
 
@@ -74,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # glibc's malloc tuned (see normprobe.allocator): large activations stay in the heap
         # instead of being mapped and unmapped every step
         reexec_with_tunables("training", list(argv))
+    if list(argv)[:1] == ["compare"]:  # the one subcommand; a bare command line trains
+        from training.compare import main as compare
+
+        return compare(list(argv)[1:])
     args = build_parser().parse_args(list(argv))
     try:
         import yaml
