@@ -8,9 +8,10 @@ each 4 KiB of them; on CPU that costs 30-45 % of the extraction time. Two glibc 
 freed heap memory back), so the same pages are reused batch after batch.
 
 glibc reads tunables only when a process starts, so :func:`reexec_with_tunables` re-executes the
-command once with them set. The CLI calls it first thing; it does nothing on other platforms or C
-libraries, when the settings are already there, when ``NORMPROBE_NO_REEXEC`` is set, or when
-``main`` is called in-process with an explicit argv (tests, notebooks).
+command once with them set. The ``normprobe`` and ``python -m training`` commands call it first
+thing; it does nothing on other platforms or C libraries, when the settings are already there or
+when ``NORMPROBE_NO_REEXEC`` is set (the test suite sets it), and ``main`` called in-process with
+an explicit argv (tests, notebooks) does not call it.
 """
 
 from __future__ import annotations
@@ -47,17 +48,11 @@ def _is_glibc() -> bool:
 
 def should_reexec(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
-    return (
-        _is_glibc()
-        and bool(sys.executable)
-        and NO_REEXEC_ENV not in env
-        and "PYTEST_CURRENT_TEST" not in env
-        and not has_tunables(env)
-    )
+    return _is_glibc() and bool(sys.executable) and NO_REEXEC_ENV not in env and not has_tunables(env)
 
 
-def reexec_with_tunables(argv: list[str]) -> None:
-    """Replace this process by ``python -m normprobe ARGV`` with the tunables set; return if not needed.
+def reexec_with_tunables(module: str, argv: list[str]) -> None:
+    """Replace this process by ``python -m MODULE ARGV`` with the tunables set; return if not needed.
 
     The child carries ``NORMPROBE_NO_REEXEC=1``, so it never re-executes again, even if the C library
     ignored the tunables. If ``execve`` itself fails, the command simply goes on in this process.
@@ -67,6 +62,6 @@ def reexec_with_tunables(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "normprobe", *argv], env_with_tunables(os.environ))
+        os.execve(sys.executable, [sys.executable, "-m", module, *argv], env_with_tunables(os.environ))
     except OSError:
         return

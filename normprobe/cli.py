@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a real command line, not an in-process call: fix the allocator first
-        reexec_with_tunables(sys.argv[1:])
+        reexec_with_tunables("normprobe", sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -18,6 +18,9 @@ import pytest
 import torch
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
+# Commands the tests start as subprocesses run without the allocator re-exec (one process each, as
+# a killed or timed test expects); the test of the re-exec itself removes this.
+os.environ.setdefault("NORMPROBE_NO_REEXEC", "1")
 MIRROR_PROBE = "cifar10_test_jpeg.npz"
 NO_MIRROR = f"needs the real data mirror: {DATA_ROOT / MIRROR_PROBE} is absent (set NORMPROBE_DATA)"
 

@@ -256,11 +256,7 @@ def test_real_subprocess_reexecs_once_with_the_allocator_settings(
         f"with open({str(log)!r}, 'a') as fh:\n"
         "    fh.write(os.environ.get('GLIBC_TUNABLES', '<none>') + '\\n')\n"
     )
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTEST_CURRENT_TEST", "GLIBC_TUNABLES", allocator.NO_REEXEC_ENV)
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", allocator.NO_REEXEC_ENV)}
     env["PYTHONPATH"] = os.pathsep.join([str(probe), env.get("PYTHONPATH", "")])
     out = tmp_path / "sub.parquet"
     cmd = [
@@ -296,14 +292,13 @@ def test_allocator_settings_merge_and_never_loop(monkeypatch: pytest.MonkeyPatch
     assert not allocator.should_reexec(merged)  # the child never re-executes again
     plain = {"PATH": "/usr/bin"}
     assert allocator.should_reexec(plain) == allocator._is_glibc()
-    assert not allocator.should_reexec({**plain, "PYTEST_CURRENT_TEST": "x"})
+    assert not allocator.should_reexec({**plain, allocator.NO_REEXEC_ENV: "1"})
     assert not allocator.should_reexec({**plain, "GLIBC_TUNABLES": merged["GLIBC_TUNABLES"]})
 
     def refuse(*args: object) -> None:
         raise AssertionError("in-process main(argv) must not re-execute")
 
     monkeypatch.setattr(os, "execve", refuse)
-    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     monkeypatch.delenv(allocator.NO_REEXEC_ENV, raising=False)
     with pytest.raises(SystemExit) as info:
         main(["--version"])

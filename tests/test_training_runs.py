@@ -80,7 +80,8 @@ def test_every_method_trains_an_epoch_and_writes_a_loadable_checkpoint(method: s
     loaded = load_encoder(final)
     assert loaded.method == method and loaded.heads == heads
     assert loaded.meta["training"]["history"][-1]["epoch"] == 1
-    x = loaded.preprocess(trainer.test.images(slice(0, 16)))
+    assert trainer.monitor is not None
+    x = loaded.preprocess(trainer.monitor.test.images(slice(0, 16)))
     trainer.method.encoder.eval()
     with torch.no_grad():
         ours, theirs = trainer.method.encoder(x), loaded.encoder(x)
@@ -195,3 +196,150 @@ def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
     ]
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
+
+
+def test_new_run_refuses_a_previous_runs_folder_and_force_deletes_only_its_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.__main__ import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "NOTES.md").write_text("my notes")  # a folder with only the user's files is fine
+    sets = ["--config", "simclr_cifar10", "--set", *overrides("simclr", out, "monitor.every=0")]
+    assert main([*sets, "--set", "epochs=2"]) == 0
+    (out / "checkpoints" / "README.txt").write_text("mine too")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    assert main(sets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a previous run" in err[0] and "--resume" in err[0] and "--force" in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    assert main([*sets, "--force"]) == 0
+    assert (out / "NOTES.md").read_text() == "my notes"
+    assert (out / "checkpoints" / "README.txt").read_text() == "mine too"
+    # nothing of the 2-epoch run is left for --resume to pick up or for the logs to mix with
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["epoch_0001.pt"]
+    assert [r["step"] for r in steps(out)] == [1, 2]
+    assert load_encoder(out / "final.pt").meta["training"]["epoch"] == 1
+
+
+def test_resume_repairs_a_torn_last_line_of_the_step_log(tmp_path: Path) -> None:
+    from training.__main__ import main
+
+    sets = overrides("simclr", tmp_path, "epochs=2", "monitor.every=0")
+    assert main(["--config", "simclr_cifar10", "--set", *sets]) == 0
+    whole = steps(tmp_path)
+    with (tmp_path / "steps.jsonl").open("a") as fh:
+        fh.write('{"epoch": 2, "step": 3, "lo')  # a kill in the middle of an append
+    assert main(["--resume", str(tmp_path / "checkpoints" / "epoch_0001.pt")]) == 0
+    assert steps(tmp_path) == whole  # the torn line is gone and epoch 2 is logged once, as before
+
+
+ZOO_METRICS = (
+    Path(__file__).parent / "data" / "simclr-r18w16-e60"
+)  # config.json + metrics.jsonl of the zoo candidate
+
+
+@pytest.fixture(scope="module")
+def compared_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny real runs (one on the imbalanced subset, with cut-initialisation) and a copy of the
+    60-epoch zoo candidate's metrics, as ``compare`` finds run folders."""
+    from training.__main__ import main
+
+    root = tmp_path_factory.mktemp("compare")
+    runs = {"plain": root / "plain", "imbalanced": root / "imbalanced-cut3", "zoo": root / ZOO_METRICS.name}
+    assert main(["--config", "simclr_cifar10", "--set", *overrides("simclr", runs["plain"], "epochs=2")]) == 0
+    imbalanced = overrides(
+        "simclr", runs["imbalanced"], "epochs=2", "dataset.imbalance=true", "dataset.subset=256"
+    )
+    assert main(["--config", "simclr_cifar10", "--set", *imbalanced, "cut=3"]) == 0
+    runs["zoo"].mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (runs["zoo"] / name).write_bytes((ZOO_METRICS / name).read_bytes())
+    return runs
+
+
+def test_compare_tabulates_knn_and_norms_of_real_runs(compared_runs: dict[str, Path], tmp_path: Path) -> None:
+    import pandas as pd
+
+    from training.__main__ import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, compared_runs.values()), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "compare.csv").set_index("run")
+    assert list(table.index) == ["plain", "imbalanced-cut3", "simclr-r18w16-e60"]
+
+    zoo = table.loc["simclr-r18w16-e60"]
+    rows = [json.loads(line) for line in (ZOO_METRICS / "metrics.jsonl").read_text().splitlines()]
+    by_epoch = {r["epoch"]: r for r in rows}
+    assert (zoo["method"], zoo["epochs"], zoo["epochs_done"], zoo["final_epoch"]) == ("simclr", 60, 60, 60)
+    assert zoo["knn_feats"] == by_epoch[60]["knn_feats"] == 0.6371 and zoo["knn_z"] == by_epoch[60]["knn_z"]
+    assert zoo["norm_test_z"] == pytest.approx(by_epoch[60]["norm_test_z"])
+    assert zoo["norm_train_feats"] == pytest.approx(by_epoch[60]["norm_train_feats"])
+    # monitored every 10 epochs: 10 -> 10, 25 -> 20 (a tie goes to the earlier epoch), 50 -> 50
+    assert (zoo["epoch@10"], zoo["epoch@25"], zoo["epoch@50"]) == (10, 20, 50)
+    assert zoo["knn_z@25"] == by_epoch[20]["knn_z"] and zoo["knn_feats@50"] == by_epoch[50]["knn_feats"]
+
+    tiny = table.loc["imbalanced-cut3"]
+    last = json.loads((compared_runs["imbalanced"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (tiny["cut"], bool(tiny["imbalanced"]), tiny["weight_decay"]) == (3, True, 1e-6)
+    assert tiny["knn_z"] == pytest.approx(last["knn_z"]) and tiny["norm_test_feats"] == pytest.approx(
+        last["norm_test_feats"]
+    )
+    assert table.loc[["plain", "imbalanced-cut3"], ["epoch@10", "knn_z@10", "epoch@50"]].isna().all().all()
+    assert "spearman_z" not in table.columns and not (out / "compare_classes.csv").exists()
+
+    md = (out / "compare.md").read_text()
+    assert "| simclr-r18w16-e60 | simclr |" in md and "0.6371" in md and "--per-class" in md
+    page = (out / "compare.html").read_text()
+    assert "<script src" not in page and len(page) > 1_000_000  # plotly.js is inline: it opens offline
+    assert all(name in page for name in table.index)
+
+    assert (
+        main(["compare", str(compared_runs["plain"]), "--out", str(out)]) == 2
+    )  # not replaced without --force
+    assert main(["compare", str(compared_runs["plain"]), "--out", str(out), "--force"]) == 0
+    assert list(pd.read_csv(out / "compare.csv")["run"]) == ["plain"]
+
+
+def test_compare_per_class_norms_of_an_imbalanced_run(compared_runs: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from training.__main__ import main
+    from training.loop import load_train_set
+
+    out = tmp_path / "cmp"
+    runs = [str(compared_runs["plain"]), str(compared_runs["imbalanced"])]
+    assert main(["compare", *runs, "--out", str(out), "--per-class"]) == 0
+    classes = pd.read_csv(out / "compare_classes.csv")
+    assert set(classes["run"]) == {"imbalanced-cut3"}  # only imbalanced runs have a per-class table
+    config = json.loads((compared_runs["imbalanced"] / "config.json").read_text())
+    labels = load_train_set(config).labels
+    counts = np.bincount(labels)
+    assert list(classes["images"]) == [int(c) for c in counts if c] and classes["images"].sum() == 256
+    assert classes["frequency"].sum() == pytest.approx(1.0)
+    assert (classes[["norm_feats", "norm_z"]] > 0).all().all()
+
+    table = pd.read_csv(out / "compare.csv").set_index("run")
+    rho = table.loc["imbalanced-cut3", "spearman_z"]
+    assert rho == pytest.approx(spearmanr(classes["images"], classes["norm_z"]).statistic)
+    assert np.isnan(table.loc["plain", "spearman_z"])
+    md = (out / "compare.md").read_text()
+    assert "Spearman correlation of class size and mean norm: feats" in md and "| airplane |" in md
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.__main__ import main
+
+    (tmp_path / "notes").mkdir()
+    assert main(["compare", str(tmp_path / "notes"), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a training run folder (it has no config.json)" in err[0]
+    assert not (tmp_path / "cmp").exists()  # nothing written before the inputs are read

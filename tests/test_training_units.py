@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,113 @@ def test_lars_step_uses_the_trust_ratio_and_skips_excluded_groups() -> None:
         and groups[1]["weight_decay"] == 0
         and groups[1]["lars_exclude"]
     )
+
+
+def test_repeated_set_options_accumulate(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from training.__main__ import main
+
+    argv = ["--config", "simclr_cifar10", "--set", "epochs=1", "--set", "cut=3", "backbone.width=16"]
+    assert main([*argv, "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["epochs"], cfg["cut"], cfg["backbone"]["width"]) == (1, 3, 16)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr must be a number > 0"),
+        ("optimizer.lr=fast", "optimizer.lr must be a number > 0 (got 'fast')"),
+        ("optimizer.lr=.nan", "optimizer.lr must be a number > 0"),
+        ("backbone.width=-8", "backbone.width must be an integer >= 1"),
+        ("backbone.width=0", "backbone.width must be an integer >= 1"),
+        ("checkpoint.every=0", "checkpoint.every must be an integer >= 1"),
+        ("monitor.k=0", "monitor.k must be an integer >= 1"),
+        ("augment.crop_scale=[0.9,0.2]", "augment.crop_scale must be [lower, upper] with lower <= upper"),
+        ("augment.crop_scale=[0,1]", "augment.crop_scale must be a list of 2 numbers in (0, 1]"),
+        ("augment.flip_p=2", "augment.flip_p must be a number in [0, 1]"),
+        ("dataset=cifar10", "dataset must be a mapping of keys (got 'cifar10')"),
+        ("optimizer=[sgd]", "optimizer must be a mapping of keys"),
+        ("epochs=1.5", "epochs must be an integer >= 1"),
+        ("epochs=true", "epochs must be an integer >= 1"),
+        ("cut=0", "cut must be a number > 0"),
+        ("gradscale=-1", "gradscale must be a number >= 0"),
+        ("dataset.subset=1", "dataset.subset must be an integer >= 2"),
+        ("dataset.imbalance=maybe", "dataset.imbalance must be true or false"),
+        ("method=dino", "method must be one of simclr"),
+        ("method_options.out_dim=0", "method_options.out_dim must be an integer >= 1"),
+        ("method_options.head_norm=gn", "method_options.head_norm must be one of bn, ln, none"),
+        ("optimizer.momentum=1", "optimizer.momentum must be a number in [0, 1)"),
+        ("out_dir=''", "out_dir must be a non-empty string"),
+        ("preprocess.std=[0.2,0,0.2]", "preprocess.std must be a list of 3 numbers > 0"),
+    ],
+)
+def test_invalid_config_values_are_rejected_up_front(override: str, message: str) -> None:
+    with pytest.raises(NormprobeError, match=f"^config: {re.escape(message)}"):
+        load_config("simclr_cifar10", [override])
+
+
+def test_numbers_yaml_reads_as_strings_are_taken_as_numbers() -> None:
+    # YAML 1.1 reads 1e-3 (no dot) as a string: it means the number, and is stored as one
+    cfg = load_config("simclr_cifar10", ["optimizer.lr=1e-3", "optimizer.weight_decay=5e-4"])
+    assert (cfg["optimizer"]["lr"], cfg["optimizer"]["weight_decay"]) == (0.001, 0.0005)
+
+
+def test_step_log_truncation_drops_a_torn_tail_but_not_a_broken_middle(tmp_path: Path) -> None:
+    from training.loop import _truncate_steps
+
+    log = tmp_path / "steps.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
+    _truncate_steps(log, 2)
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    log.write_text('{"step": 1}\ngarbage\n{"step": 3}\n')
+    with pytest.raises(NormprobeError, match="line 2 is not a step record"):
+        _truncate_steps(log, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["steps.jsonl"]  # no temporary left behind
+
+
+def test_training_command_reexecs_itself_with_the_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from normprobe import allocator
+    from training.__main__ import main
+
+    calls: list[list[str]] = []
+
+    def execve(path: str, args: list[str], env: dict[str, str]) -> None:
+        assert env[allocator.NO_REEXEC_ENV] == "1" and allocator.has_tunables(env)
+        calls.append(args)
+        raise OSError("stop here")  # a failed execve goes on in this process
+
+    monkeypatch.setattr(allocator.os, "execve", execve)
+    monkeypatch.setattr(allocator, "should_reexec", lambda env=None: True)
+    monkeypatch.setattr(sys, "argv", ["normprobe-train", "--config", "simclr_cifar10", "--print-config"])
+    assert main() == 0
+    assert calls == [[sys.executable, "-m", "training", "--config", "simclr_cifar10", "--print-config"]]
+    assert main(["--config", "simclr_cifar10", "--print-config"]) == 0  # in-process: no re-exec
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "resnet18", "stem": "cifar", "width": 8},
+        {"name": "resnet34", "width": 16},
+        {"name": "resnet50", "stem": "cifar", "width": 4},
+        {"name": "resnet18"},
+        {
+            "name": "timm:vit_tiny_patch16_224",
+            "img_size": 32,
+            "patch_size": 8,
+            "depth": 1,
+            "embed_dim": 16,
+            "num_heads": 2,
+        },
+    ],
+)
+def test_backbone_dim_equals_the_built_backbones_width(spec: dict) -> None:
+    from normprobe.models import build_backbone
+    from training.methods.base import backbone_dim
+
+    assert backbone_dim(spec) == build_backbone(spec).num_features

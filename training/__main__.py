@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from normprobe.allocator import reexec_with_tunables
 from normprobe.errors import NormprobeError
 
 EPILOG = """\
@@ -16,6 +16,7 @@ examples:
   python -m training --config simsiam_cifar10 --set cut=3 out_dir=runs/simsiam-cut3
   python -m training --config simclr_cifar10 --set gradscale=1 schedule.preset=gradscale
   python -m training --resume runs/simclr-w16                # continue exactly where it stopped
+  python -m training --config simclr_cifar10 --set out_dir=runs/simclr-w16 --force   # start that run over
   torchrun --nproc_per_node 2 -m training --config simclr_cifar10   # DDP (gloo on CPU, nccl on GPU)
 
 Interventions on the embedding norm (Draganov et al., ICML 2025): optimizer.weight_decay,
@@ -23,7 +24,11 @@ cut=C (divide every weight by C at initialisation), gradscale=P (backward scales
 gradient by ||z||^P; with schedule.preset=gradscale: base LR / 6 and 100 warm-up epochs).
 Outputs in out_dir: config.yaml/json, checkpoints/epoch_NNNN.pt (keep-last-N), final.pt,
 metrics.csv/jsonl (kNN accuracy and mean norms per head), steps.jsonl (loss and LR per step).
+A new run refuses an out_dir that holds a previous run's files unless --resume or --force.
 Checkpoints are normprobe checkpoints: `normprobe analyze out_dir/final.pt`.
+
+Compare finished or running runs (kNN and norms per head, curves per epoch; see compare --help):
+  python -m training compare runs/simclr-w16 runs/simsiam-cut3 --out runs/compared
 """
 
 
@@ -41,15 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512)",
+        help="override config entries with dotted keys, values parsed as YAML (e.g. epochs=5 dataset.subset=512); "
+        "repeated --set options add up",
     )
-    parser.add_argument(
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume",
         metavar="RUN_OR_CKPT",
         help="continue a run from its newest checkpoint (a run folder) or from a given checkpoint file; "
         "the config stored in the checkpoint is used, with --set applied on top",
+    )
+    start.add_argument(
+        "--force",
+        action="store_true",
+        help="start a new run even if out_dir holds a previous one, deleting that run's files "
+        "(checkpoints, final.pt, metrics, steps.jsonl, config); other files in out_dir are kept",
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
@@ -57,26 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _reexec_with_tunables(argv: list[str]) -> None:
-    """Restart as ``python -m training ARGV`` with glibc's malloc tuned (see :mod:`normprobe.allocator`:
-    large activations stay in the heap instead of being mapped and unmapped every step)."""
-    from normprobe.allocator import env_with_tunables, should_reexec
-
-    if should_reexec():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execve(
-                sys.executable, [sys.executable, "-m", "training", *argv], env_with_tunables(os.environ)
-            )
-        except OSError:
-            return
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command line, not an in-process call (tests, notebooks)
         argv = sys.argv[1:]
-        _reexec_with_tunables(list(argv))
+        # glibc's malloc tuned (see normprobe.allocator): large activations stay in the heap
+        # instead of being mapped and unmapped every step
+        reexec_with_tunables("training", list(argv))
+    if list(argv)[:1] == ["compare"]:  # the one subcommand; a bare command line trains
+        from training.compare import main as compare
+
+        return compare(list(argv)[1:])
     args = build_parser().parse_args(list(argv))
     try:
         import yaml
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(yaml.safe_dump(config, sort_keys=False), end="")
             return 0
-        train(config, Path(resume) if resume else None)
+        train(config, Path(resume) if resume else None, force=args.force)
         return 0
     except NormprobeError as err:
         print(f"normprobe-train: error: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from normprobe import data
+from normprobe.atomic import atomic_write
 from normprobe.checkpoints import save_checkpoint
 from normprobe.device import pick_device
 from normprobe.errors import NormprobeError
@@ -37,7 +39,15 @@ from training.methods import Method, build_method
 from training.monitor import evaluate, in_memory, pick_subset
 from training.optim import build_optimizer
 from training.schedule import WarmupCosine
-from training.state import copy_atomic, epoch_checkpoints, keep_last, read_resume, rng_state, set_rng_state
+from training.state import (
+    clear_previous_run,
+    copy_atomic,
+    epoch_checkpoints,
+    keep_last,
+    read_resume,
+    rng_state,
+    set_rng_state,
+)
 
 GRADSCALE_LR_DIVISOR = 6.0
 GRADSCALE_WARMUP_EPOCHS = 100
@@ -64,12 +74,29 @@ def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _truncate_steps(path: Path, last_step: int) -> None:
-    """Drop step-log lines written after the checkpoint a run resumes from."""
-    if path.is_file():
-        kept = [
-            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
+    """Drop step-log lines written after the checkpoint a run resumes from.
+
+    A kill in the middle of an append leaves a torn last line (no newline at its end). Its step
+    came after the newest checkpoint (an epoch's steps are logged before its checkpoint is
+    written), so it is dropped with the others; any other line that is not a record is an error.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise NormprobeError(
+                f"{path}: line {number} is not a step record ({err}); remove it to resume"
+            ) from err
+        if step <= last_step:
+            kept.append(line + "\n")
+    atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
 
 
 def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -78,13 +105,115 @@ def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
-    for name, text in (
-        ("metrics.csv", buf.getvalue()),
-        ("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)),
-    ):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    atomic_write(out_dir / "metrics.csv", lambda tmp: tmp.write_text(buf.getvalue()))
+    atomic_write(
+        out_dir / "metrics.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    )
+
+
+def start_processes(config: dict[str, Any]) -> tuple[torch.device, int, int]:
+    """The device, this process's rank and the number of processes (``torchrun`` sets up DDP; each
+    rank then takes the GPU of its local rank)."""
+    device = pick_device(config["device"])
+    distributed.init_from_env(config["distributed"]["backend"], device)
+    if distributed.is_distributed() and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if config["threads"]:
+        torch.set_num_threads(int(config["threads"]))
+    return device, distributed.rank(), distributed.world_size()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batch_layout(config: dict[str, Any], world: int) -> tuple[int, int]:
+    """Images per forward pass (the global batch, split across processes) and passes per step."""
+    batch, accumulate = int(config["batch_size"]), int(config["accumulate"])
+    if batch % world:
+        raise NormprobeError(f"batch_size {batch} is not divisible by the {world} processes")
+    return batch, accumulate
+
+
+def optimiser_steps_per_epoch(images: int, batch: int, accumulate: int) -> int:
+    steps = images // (batch * accumulate)
+    if steps == 0:
+        raise NormprobeError(
+            f"{images} training images make no optimiser step of {batch} x {accumulate} images; "
+            "lower batch_size or accumulate"
+        )
+    return steps
+
+
+def build_augment(options: dict[str, Any], size: int) -> BatchAugment:
+    return BatchAugment(
+        size=size,
+        crop_scale=(float(options["crop_scale"][0]), float(options["crop_scale"][1])),
+        flip_p=options["flip_p"],
+        jitter=tuple(options["jitter"]),
+        jitter_p=options["jitter_p"],
+        gray_p=options["gray_p"],
+    )
+
+
+def build_model(
+    config: dict[str, Any], device: torch.device, memory_format: torch.memory_format, world: int
+) -> Method:
+    """The method on its device, with SyncBatchNorm across processes when asked for."""
+    method = build_method(config).to(device).to(memory_format=memory_format)
+    if world > 1 and config["distributed"]["sync_bn"]:
+        if device.type != "cuda":
+            raise NormprobeError(
+                "distributed.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)"
+            )
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    return method
+
+
+def peak_lr_and_warmup(config: dict[str, Any], effective_batch: int) -> tuple[float, float]:
+    """The peak learning rate (base LR x batch / 256 unless ``optimizer.scale_lr`` is off) and the
+    warm-up epochs; ``schedule.preset=gradscale`` is the GradScale setting of the paper's runs:
+    base LR / 6 and 100 warm-up epochs."""
+    opt, schedule = config["optimizer"], config["schedule"]
+    base_lr, warmup_epochs = float(opt["lr"]), float(schedule["warmup_epochs"])
+    if schedule["preset"] == "gradscale":
+        base_lr, warmup_epochs = base_lr / GRADSCALE_LR_DIVISOR, GRADSCALE_WARMUP_EPOCHS
+    lr = base_lr * effective_batch / 256 if opt.get("scale_lr", True) else base_lr
+    return lr, warmup_epochs
+
+
+def wrap_for_processes(method: Method, device: torch.device, world: int) -> torch.nn.Module:
+    """What the training step calls: the method, or its DDP wrapper when there are several processes."""
+    if world == 1:
+        return method
+    return torch.nn.parallel.DistributedDataParallel(
+        method, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+@dataclass(frozen=True)
+class MonitorSets:
+    """What rank 0 evaluates on: the kNN bank (training images), the test subset, the whole test split."""
+
+    bank: data.ImageSet
+    test: data.ImageSet
+    full_test: data.ImageSet
+
+
+def build_monitor_sets(config: dict[str, Any], train_set: data.ImageSet, images: torch.Tensor) -> MonitorSets:
+    mon, ds, seed = config["monitor"], config["dataset"], int(config["seed"])
+    bank_pos = pick_subset(len(images), mon["train_subset"], seed)
+    bank = in_memory(
+        train_set.subset(bank_pos, "monitor-bank"),
+        images[torch.from_numpy(bank_pos).to(images.device)],
+        "decoded",
+    )
+    full_test = data.load(ds["name"], ds["test_split"], ds["data_root"])
+    test = full_test.subset(pick_subset(len(full_test), mon["subset"], seed), "monitor-test")
+    return MonitorSets(bank, in_memory(test, test.images(), "decoded"), full_test)
 
 
 class Trainer:
@@ -93,104 +222,48 @@ class Trainer:
     def __init__(self, config: dict[str, Any], resume: Path | None = None, log: Any = None) -> None:
         self.config = config
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        device = pick_device(config["device"])
-        distributed.init_from_env(config["distributed"]["backend"], device)
-        if distributed.is_distributed() and device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        self.device = device
-        self.rank, self.world = distributed.rank(), distributed.world_size()
-        if config["threads"]:
-            torch.set_num_threads(int(config["threads"]))
-        seed = int(config["seed"])
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        self.device, self.rank, self.world = start_processes(config)
+        seed_everything(int(config["seed"]))
         self.out_dir = Path(config["out_dir"])
         self.ckpt_dir = self.out_dir / "checkpoints"
 
-        batch, accumulate = int(config["batch_size"]), int(config["accumulate"])
-        if batch % self.world:
-            raise NormprobeError(f"batch_size {batch} is not divisible by the {self.world} processes")
-        self.batch, self.accumulate = batch, accumulate
+        self.batch, self.accumulate = batch_layout(config, self.world)
+        self.effective_batch = self.batch * self.accumulate
         self.train_set = load_train_set(config)
-        self.images = self.train_set.images().to(device)  # decoded once, uint8 N×H×W×3
-        self.steps_per_epoch = len(self.images) // (batch * accumulate)
-        if self.steps_per_epoch == 0:
-            raise NormprobeError(
-                f"{len(self.images)} training images make no optimiser step of {batch} x {accumulate} images; "
-                "lower batch_size or accumulate"
-            )
+        self.images = self.train_set.images().to(self.device)  # decoded once, uint8 N×H×W×3
+        self.steps_per_epoch = optimiser_steps_per_epoch(len(self.images), self.batch, self.accumulate)
         self.total_steps = int(config["epochs"]) * self.steps_per_epoch
-
         # The paper's models take [0, 1] inputs (mean/std null); the checkpoint records whichever was used.
         self.preprocess = Preprocess.from_dict(
             {"input_size": list(self.images.shape[1:3]), **config["preprocess"]}
         )
-        aug = config["augment"]
-        self.augment = BatchAugment(
-            size=self.images.shape[1],
-            crop_scale=tuple(aug["crop_scale"]),
-            flip_p=aug["flip_p"],
-            jitter=tuple(aug["jitter"]),
-            jitter_p=aug["jitter_p"],
-            gray_p=aug["gray_p"],
-        )
-        self.memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
-        self.method: Method = build_method(config).to(device, memory_format=self.memory_format)
-        if self.world > 1 and config["distributed"]["sync_bn"]:
-            if device.type != "cuda":
-                raise NormprobeError(
-                    "distributed.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)"
-                )
-            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.augment = build_augment(config["augment"], int(self.images.shape[1]))
 
-        opt = config["optimizer"]
-        base_lr = float(opt["lr"])
-        warmup_epochs = float(config["schedule"]["warmup_epochs"])
-        if config["schedule"]["preset"] == "gradscale":
-            base_lr, warmup_epochs = base_lr / GRADSCALE_LR_DIVISOR, GRADSCALE_WARMUP_EPOCHS
-        self.effective_batch = batch * accumulate
-        self.lr = base_lr * self.effective_batch / 256 if opt.get("scale_lr", True) else base_lr
-        self.optimizer = build_optimizer(opt, self.method.param_groups(), self.method, self.lr)
+        self.memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+        self.method = build_model(config, self.device, self.memory_format, self.world)
+        self.lr, warmup_epochs = peak_lr_and_warmup(config, self.effective_batch)
+        self.optimizer = build_optimizer(
+            config["optimizer"], self.method.param_groups(), self.method, self.lr
+        )
         warmup_steps = min(self.total_steps, round(warmup_epochs * self.steps_per_epoch))
         self.scheduler = WarmupCosine(
             self.optimizer, self.lr, self.total_steps, warmup_steps, float(config["schedule"]["min_lr"])
         )
-        self.data_generator = torch.Generator().manual_seed(seed + 1)
-        self.augment_generator = torch.Generator().manual_seed(seed + 2)
-        self.epoch, self.step, self.history = 0, 0, []
+        self.data_generator = torch.Generator().manual_seed(int(config["seed"]) + 1)
+        self.augment_generator = torch.Generator().manual_seed(int(config["seed"]) + 2)
+
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         if resume is not None:
             self._restore(resume)
-        self.model: torch.nn.Module = self.method
-        if self.world > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self._monitor_sets()
+        self.model = wrap_for_processes(self.method, self.device, self.world)
+        monitored = self.rank == 0 and bool(config["monitor"]["every"])
+        self.monitor = build_monitor_sets(config, self.train_set, self.images) if monitored else None
 
-    # ---- monitoring -------------------------------------------------------------------------
-    def _monitor_sets(self) -> None:
-        mon, ds = self.config["monitor"], self.config["dataset"]
-        self.bank = self.test = None
-        if self.rank != 0 or not mon["every"]:
-            return
-        bank_pos = pick_subset(len(self.images), mon["train_subset"], int(self.config["seed"]))
-        self.bank = in_memory(
-            self.train_set.subset(bank_pos, "monitor-bank"),
-            self.images[torch.from_numpy(bank_pos).to(self.images.device)],
-            "decoded",
-        )
-        test = data.load(ds["name"], ds["test_split"], ds["data_root"])
-        self.full_test = test
-        test_pos = pick_subset(len(test), mon["subset"], int(self.config["seed"]))
-        test = test.subset(test_pos, "monitor-test")
-        self.test = in_memory(test, test.images(), "decoded")
-
-    def _evaluate(self, full: bool = False) -> dict[str, float]:
+    def _evaluate(self, sets: MonitorSets, full: bool = False) -> dict[str, float]:
         mon = self.config["monitor"]
-        kw = {
+        kw: dict[str, Any] = {
             "k": int(mon["k"]),
             "temperature": float(mon["temperature"]),
             "batch_size": int(mon["batch_size"]),
@@ -199,9 +272,9 @@ class Trainer:
             "progress": bool(self.config["progress"]),
         }
         if not full:
-            return evaluate(self.method.encoder, self.preprocess, self.bank, self.test, **kw)
+            return evaluate(self.method.encoder, self.preprocess, sets.bank, sets.test, **kw)
         bank = in_memory(self.train_set, self.images, "decoded")
-        test = in_memory(self.full_test, self.full_test.images(), "decoded")
+        test = in_memory(sets.full_test, sets.full_test.images(), "decoded")
         return evaluate(self.method.encoder, self.preprocess, bank, test, prefix="full_", **kw)
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -269,7 +342,7 @@ class Trainer:
 
     # ---- one optimiser step -----------------------------------------------------------------
     def _views(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, size = len(rows), tuple(self.images.shape[1:3])
+        n, size = len(rows), (int(self.images.shape[1]), int(self.images.shape[2]))
         p1 = self.augment.sample(n, self.augment_generator, size)
         p2 = self.augment.sample(n, self.augment_generator, size)
         local = n // self.world
@@ -388,13 +461,13 @@ class Trainer:
                 "seconds": round(seconds, 2),
                 "images_per_s": round(self.steps_per_epoch * self.effective_batch / seconds, 1),
             }
-            every = int(cfg["monitor"]["every"] or 0)
+            every = int(cfg["monitor"]["every"])
             if self.rank == 0:
                 _append_jsonl(steps_log, rows)
-                if every and (self.epoch % every == 0 or self.epoch == epochs):
-                    record.update(self._evaluate())
-                if self.epoch == epochs and every and cfg["monitor"]["final_full"]:
-                    record.update(self._evaluate(full=True))
+                if self.monitor is not None and (self.epoch % every == 0 or self.epoch == epochs):
+                    record.update(self._evaluate(self.monitor))
+                if self.monitor is not None and self.epoch == epochs and cfg["monitor"]["final_full"]:
+                    record.update(self._evaluate(self.monitor, full=True))
                 self.history.append(record)
                 _write_history(self.out_dir, self.history)
                 self.log(
@@ -422,7 +495,14 @@ class Trainer:
         return final
 
 
-def train(config: dict[str, Any], resume: Path | None = None) -> Path:
+def train(config: dict[str, Any], resume: Path | None = None, force: bool = False) -> Path:
+    """Train ``config`` (continuing from the checkpoint ``resume``) and return ``final.pt``.
+
+    A new run does not start in a folder that holds a previous run's files unless ``force`` says
+    to delete them: mixing two runs' checkpoints and step logs would make both unreadable.
+    """
+    if resume is None:
+        clear_previous_run(Path(config["out_dir"]), force)
     trainer = Trainer(config, resume)
     try:
         return trainer.run()

@@ -17,13 +17,13 @@ class _GradScale(torch.autograd.Function):
     """Identity forward; backward multiplies sample i's gradient by ||z_i||^p."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, power: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, z: torch.Tensor, power: float) -> torch.Tensor:
         ctx.save_for_backward(z)
         ctx.power = power
         return z.view_as(z)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors
         # half-precision embeddings get their norm in float32; float32/64 keep their precision
         wide = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z

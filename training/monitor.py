@@ -50,10 +50,19 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, float]:
     """``{knn_<head>, norm_train_<head>, norm_test_<head>}`` for every head of ``encoder``."""
-    heads = encoder.heads
-    kw = {"batch_size": batch_size, "device": device, "precision": precision, "progress": progress}
-    train = extract_arrays(encoder, preprocess, bank, heads, **kw)
-    queries = extract_arrays(encoder, preprocess, test, heads, **kw)
+    train, queries = (
+        extract_arrays(
+            encoder,
+            preprocess,
+            imageset,
+            encoder.heads,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=progress,
+        )
+        for imageset in (bank, test)
+    )
     summary = knn_accuracy_and_norms(
         train, bank.labels, queries, test.labels, k=min(k, len(bank)), temperature=temperature
     )

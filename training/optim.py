@@ -96,5 +96,5 @@ def build_optimizer(
         )
     if name == "adamw":
         betas = tuple(options.get("betas", (0.9, 0.999)))
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=wd)  # type: ignore[arg-type]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=wd)
     raise NormprobeError(f"unknown optimizer {name!r} (sgd, lars, adamw)")

@@ -71,6 +71,12 @@ ARCHITECTURES: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, i
 }
 
 
+def feature_dim(name: str, width: int = 64) -> int:
+    """The width of a ResNet's pooled output: its last stage's channels (8 x width, x4 with bottlenecks)."""
+    block, _ = ARCHITECTURES[name]
+    return width * 2**3 * block.expansion
+
+
 class ResNet(nn.Module):
     """A ResNet trunk ending in global average pooling; ``forward`` returns ``N×num_features``."""
 
@@ -98,7 +104,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = in_planes
+        self.num_features = feature_dim(name, width)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

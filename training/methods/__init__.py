@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from normprobe.errors import NormprobeError
@@ -11,7 +12,9 @@ from training.methods.moco import MoCoV2, MoCoV3
 from training.methods.simclr import SimCLR
 from training.methods.simsiam import SimSiam
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, SimSiam, BYOL, MoCoV2, MoCoV3)}
+METHODS: dict[str, Callable[[dict[str, Any]], Method]] = {
+    m.name: m for m in (SimCLR, SimSiam, BYOL, MoCoV2, MoCoV3)
+}
 
 
 def build_method(config: dict[str, Any]) -> Method:

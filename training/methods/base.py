@@ -4,13 +4,14 @@ cut-initialisation before any target copy is made, EMA targets, parameter groups
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from normprobe.models import Encoder, build_backbone, build_encoder
 from normprobe.models.heads import LayerSpec
+from normprobe.models.resnet import ARCHITECTURES, feature_dim
 from training.interventions import cut_initialisation
 
 
@@ -31,7 +32,14 @@ def with_head_norm(layers: list[LayerSpec], norm: str) -> list[LayerSpec]:
 
 
 def backbone_dim(spec: dict[str, Any]) -> int:
-    return int(build_backbone(spec).num_features)
+    """The width of the backbone's output, which the heads are sized by, without building its
+    weights: a ResNet's from its architecture, a timm model's from a copy on the meta device
+    (no memory allocated, no initialisation run)."""
+    if spec.get("name") in ARCHITECTURES:
+        return feature_dim(spec["name"], int(spec.get("width", 64)))
+    with torch.device("meta"):
+        backbone = build_backbone(spec)
+    return int(cast(int, backbone.num_features))
 
 
 @torch.no_grad()

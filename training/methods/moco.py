@@ -27,6 +27,8 @@ from training.schedule import cosine_increase
 class MoCoV2(Method):
     name = "mocov2"
     loss_head = "z"
+    queue: torch.Tensor  # K x out_dim, L2-normalised keys (a buffer)
+    queue_ptr: torch.Tensor  # where the next keys go (a 0-d buffer)
 
     def __init__(self, config: dict[str, Any]) -> None:
         opts = config["method_options"]
