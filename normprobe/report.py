@@ -412,14 +412,13 @@ def _overview_section(run: Mapping[str, Any]) -> Section:
 
 
 def _ood_section(run: Mapping[str, Any], ood: pd.DataFrame, roc: pd.DataFrame) -> Section:
-    shown = ood.drop(columns=["positive"])
     return Section(
         "OOD detection",
-        "Scorers are fitted on ID-train. Each OOD set is compared with ID-test (the positive class). "
+        "Scorers are fitted on ID-train. Each OOD set is compared with ID-test. "
         "AUROC and AUPR: larger is better; FPR@95TPR: smaller is better.\n\n"
         + run["summary"]["ood_convention"],
         figures={"fig-roc": roc_figure(roc, ood)},
-        html=table_html(shown, "{:.4f}"),
+        html=table_html(ood, "{:.4f}"),
     )
 
 

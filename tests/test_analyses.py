@@ -166,16 +166,22 @@ def test_ood_metrics_on_a_case_with_known_answers() -> None:
 
     ids = [1.0, 2.0, 3.0, 4.0]
     samples = _scored(ids, {"far": [-2.0, -1.0], "mixed": [0.0, 2.5], "reversed": [10.0, 11.0]})
-    table, roc = evaluate_ood(samples, ["s"])
+    table, roc = evaluate_ood(samples, ["s"], "z")
     table = table.set_index("ood_set")
-    assert table.loc["far/test", "auroc"] == 1.0 and table.loc["far/test", "fpr95"] == 0.0
-    assert table.loc["far/test", "aupr_in"] == 1.0 and table.loc["far/test", "aupr_out"] == 1.0
-    # ID-test (positive) beats 0.0 four times and 2.5 twice: 6 of 8 pairs
+    far = table.loc["far/test"]
+    assert far["auroc"] == 1.0 and far["fpr@95tpr_id"] == 0.0 and far["fpr@95tpr_ood"] == 0.0
+    assert far["aupr_in_ap"] == far["aupr_out_ap"] == far["aupr_in_trapz"] == far["aupr_out_trapz"] == 1.0
+    # ID-test beats 0.0 four times and 2.5 twice: 6 of 8 pairs
     assert table.loc["mixed/test", "auroc"] == pytest.approx(0.75)
     # the threshold keeping 95% of ID-test is the lowest ID score (1.0): 2.5 passes, 0.0 does not
-    assert table.loc["mixed/test", "fpr95"] == pytest.approx(0.5)
-    assert table.loc["reversed/test", "auroc"] == 0.0 and table.loc["reversed/test", "fpr95"] == 1.0
-    assert (table["positive"] == "id-test").all() and (table["n_id"] == 4).all()
+    assert table.loc["mixed/test", "fpr@95tpr_id"] == pytest.approx(0.5)
+    # flagging 95% of the OOD set (both) takes every score <= 2.5: ID 1.0 and 2.0 are flagged too
+    assert table.loc["mixed/test", "fpr@95tpr_ood"] == pytest.approx(0.5)
+    reversed_ = table.loc["reversed/test"]
+    assert (
+        reversed_["auroc"] == 0.0 and reversed_["fpr@95tpr_id"] == 1.0 and reversed_["fpr@95tpr_ood"] == 1.0
+    )
+    assert (table["n_id"] == 4).all() and (table["head"] == "z").all()
     far = roc[roc["ood_set"] == "far/test"]
     assert far["tpr"].iloc[0] == 1.0 and far["fpr"].iloc[0] == 0.0  # perfect separation: TPR 1 at FPR 0
     assert np.all(np.diff(roc.loc[roc["ood_set"] == "mixed/test", "tpr"]) >= 0)

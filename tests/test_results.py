@@ -61,7 +61,19 @@ def test_run_json_has_every_key(results: Results) -> None:
     assert set(run["summary"]["ood"]) == {"cifar100/test", "mnist/test"}
     for per_scorer in run["summary"]["ood"].values():
         assert set(per_scorer) == {"norm", "knn", "mahalanobis", "norm+knn", "norm@feats"}
-        assert all(set(m) == {"auroc", "aupr_in", "aupr_out", "fpr95"} for m in per_scorer.values())
+        assert all(
+            list(m)
+            == [
+                "auroc",
+                "fpr@95tpr_id",
+                "fpr@95tpr_ood",
+                "aupr_in_ap",
+                "aupr_out_ap",
+                "aupr_in_trapz",
+                "aupr_out_trapz",
+            ]
+            for m in per_scorer.values()
+        )
     assert any("partial mirror: 916 of 10000" in note for note in run["datasets"][2]["notes"])
 
 
@@ -135,7 +147,8 @@ def test_tables_are_written(results: Results) -> None:
     assert set(buckets["role"]) == {"id-test", "id-train"} and len(buckets) == 2 * 20
     assert buckets.groupby("role")["count"].sum().to_dict() == {"id-test": 60, "id-train": 160}
     ood = results.table("ood")
-    assert len(ood) == 2 * 5 and set(ood["positive"]) == {"id-test"}
+    assert len(ood) == 2 * 5 and set(ood["head"]) == {"z", "feats"}
+    assert {"fpr@95tpr_id", "fpr@95tpr_ood", "aupr_in_trapz"} <= set(ood.columns)
     exemplars = results.table("exemplars")
     assert set(exemplars["extreme"]) == {"highest", "lowest"}
     with pytest.raises(NormprobeError, match="no such table"):

@@ -1,10 +1,13 @@
 """OOD evaluation: every scorer fitted on ID-train, each OOD set against ID-test, one score direction.
 
 Convention (everywhere in normprobe): a larger score means *more familiar* (in-distribution).
-The positive class of every metric is the in-distribution set (ID-test): AUROC is the chance that
-a random ID-test sample outscores a random OOD sample; AUPR-in treats ID-test as positive, AUPR-out
-treats the OOD set as positive (scores negated); FPR@95TPR is the fraction of OOD samples that score
-at or above the threshold keeping 95% of ID-test.
+The in-distribution set is ID-test. Every metric of :data:`normprobe.metrics.OOD_METRICS` is
+reported under a name that states its positive class: AUROC is the chance that a random ID-test
+sample outscores a random OOD sample; ``fpr@95tpr_id`` is the fraction of OOD samples accepted at
+the threshold keeping 95% of ID-test, ``fpr@95tpr_ood`` (OpenOOD v1.5, pytorch-ood) the fraction
+of ID-test flagged at the threshold flagging 95% of the OOD set; the AUPRs come as average
+precision (``_ap``) and trapezoid-integrated PR curves (``_trapz``, OpenOOD / pytorch-ood), each
+with ID (``aupr_in``) or OOD (``aupr_out``) positive.
 
 Scorers (``normprobe.scores``): ``norm`` on every head (``norm`` for the primary head,
 ``norm@<head>`` for the others) and ``knn`` (Sun et al., 2022), ``mahalanobis`` and ``norm+knn``
@@ -27,20 +30,10 @@ from normprobe.errors import NormprobeError
 ROC_POINTS = 201
 """ROC curves are stored on a fixed grid of false positive rates (exact upper envelope), not per sample."""
 
-METRIC_COLUMNS = (
-    "ood_set",
-    "scorer",
-    "method",
-    "head",
-    "n_id",
-    "n_ood",
-    "auroc",
-    "aupr_in",
-    "aupr_out",
-    "fpr95",
-    "positive",
-)
-POSITIVE = "id-test"
+METRIC_KEYS = tuple(metric.key for metric in metrics.OOD_METRICS)
+METRIC_COLUMNS = ("ood_set", "scorer", "method", "head", "n_id", "n_ood", *METRIC_KEYS)
+ID_ROLE = "id-test"
+"""The in-distribution side of every OOD comparison."""
 
 
 def scorer_names() -> list[str]:
@@ -127,13 +120,16 @@ def roc_points(
     return grid, best[np.clip(at, 0, len(best) - 1)]
 
 
-def evaluate_ood(samples: pd.DataFrame, score_columns: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_ood(
+    samples: pd.DataFrame, score_columns: Sequence[str], primary: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and ROC curves of every scorer for every OOD set (rows with role ``ood``) vs ID-test.
 
-    Returns ``(metrics, roc)``: ``metrics`` has :data:`METRIC_COLUMNS`; ``roc`` has ``ood_set``,
-    ``scorer``, ``fpr``, ``tpr``.
+    Returns ``(metrics, roc)``: ``metrics`` has :data:`METRIC_COLUMNS` (``head`` names the head a
+    scorer ran on, ``primary`` for the unsuffixed columns); ``roc`` has ``ood_set``, ``scorer``,
+    ``fpr``, ``tpr``.
     """
-    id_rows = samples["role"] == POSITIVE
+    id_rows = samples["role"] == ID_ROLE
     if not id_rows.any():
         raise NormprobeError("OOD evaluation needs ID-test rows")
     ood = samples[samples["role"] == "ood"]
@@ -149,14 +145,10 @@ def evaluate_ood(samples: pd.DataFrame, score_columns: Sequence[str]) -> tuple[p
                     "ood_set": ood_set,
                     "scorer": column,
                     "method": method,
-                    "head": head or "primary",
+                    "head": head or primary,
                     "n_id": len(positive),
                     "n_ood": len(negative),
-                    "auroc": metrics.auroc(positive, negative),
-                    "aupr_in": metrics.aupr_in(positive, negative),
-                    "aupr_out": metrics.aupr_out(positive, negative),
-                    "fpr95": metrics.fpr_at_tpr(positive, negative, 0.95),
-                    "positive": POSITIVE,
+                    **metrics.ood_metrics(positive, negative),
                 }
             )
             fpr, tpr = roc_points(positive, negative)

@@ -35,7 +35,7 @@ from normprobe.analyses.accuracy import knn_predictions
 from normprobe.analyses.buckets import SELF_VOTE_NOTE, bucket_curve
 from normprobe.analyses.exemplars import describe_exemplars, norm_exemplars
 from normprobe.analyses.norms import embedding_norms, norm_summary
-from normprobe.analyses.ood import evaluate_ood, fit_and_score, norm_correctness_spearman
+from normprobe.analyses.ood import METRIC_KEYS, evaluate_ood, fit_and_score, norm_correctness_spearman
 from normprobe.analyses.settings import AnalysisSettings
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder, load_encoder
@@ -400,7 +400,7 @@ def run_analysis(
     norm_table = norm_summary(samples, heads)
     curves = _bucket_curves(samples, primary, settings)
     spearman = norm_correctness_spearman(samples, primary, seed=settings.seed)
-    ood_metrics, roc = evaluate_ood(samples, list(scores))
+    ood_metrics, roc = evaluate_ood(samples, list(scores), primary)
     exemplars = _exemplars(sets, samples, primary, settings)
     human_curves, human_corr, human_notes = _human(samples, sets, primary, settings)
     timings["analyses_s"] = time.perf_counter() - tick
@@ -524,13 +524,8 @@ def _run_record(
             "median_scaled": row.median_scaled,
         }
     ood: dict[str, Any] = {}
-    for row in ood_metrics.itertuples(index=False):
-        ood.setdefault(row.ood_set, {})[row.scorer] = {
-            "auroc": row.auroc,
-            "aupr_in": row.aupr_in,
-            "aupr_out": row.aupr_out,
-            "fpr95": row.fpr95,
-        }
+    for row in ood_metrics.to_dict("records"):
+        ood.setdefault(row["ood_set"], {})[row["scorer"]] = {key: row[key] for key in METRIC_KEYS}
     summary: dict[str, Any] = {
         "norms": norms,
         "knn_accuracy": knn,
@@ -545,8 +540,11 @@ def _run_record(
             for r in spearman.itertuples(index=False)
         },
         "ood": ood,
-        "ood_convention": "positive class = in-distribution (the ID-test split); larger score = more familiar; "
-        "fpr95 = fraction of OOD samples scored at or above the threshold that keeps 95% of ID-test",
+        "ood_convention": "ID = the ID-test split; larger score = more familiar; each metric's name states its "
+        "positive class: fpr@95tpr_id = fraction of OOD accepted at the threshold keeping 95% of ID-test "
+        "(Hendrycks / Sun et al.), fpr@95tpr_ood = fraction of ID-test flagged at the threshold flagging 95% "
+        "of the OOD set (OpenOOD v1.5, pytorch-ood); aupr_*_ap = average precision, aupr_*_trapz = "
+        "trapezoid-integrated PR curve (OpenOOD, pytorch-ood); aupr_in: ID positive, aupr_out: OOD positive",
     }
     if not human_corr.empty:
         summary["human"] = human.human_summary(human_curves, human_corr)
