@@ -187,6 +187,30 @@ def test_ood_metrics_on_a_case_with_known_answers() -> None:
     assert np.all(np.diff(roc.loc[roc["ood_set"] == "mixed/test", "tpr"]) >= 0)
 
 
+def test_ood_groups_and_their_means() -> None:
+    from normprobe.analyses.ood import evaluate_ood, group_means, ood_group
+
+    assert ood_group(("cifar100", "cifar100"), "near", (), ()) == "near"  # the manifest's group
+    assert ood_group(("cifar100", "cifar100"), "near", (), ("cifar100",)) == "far"  # --far wins
+    assert ood_group(("my_images/", "my_images"), None, (), ()) == "far"  # user folders
+    assert ood_group(("my_images/", "my_images"), None, ("my_images/",), ()) == "near"
+    with pytest.raises(NormprobeError, match="ood_group 'middle'"):
+        ood_group(("x",), "middle", (), ())
+    samples = _scored([1.0, 2.0, 3.0, 4.0], {"a": [-2.0, -1.0], "b": [0.0, 2.5], "c": [10.0, 11.0]})
+    table, _ = evaluate_ood(samples, ["s"], "z", {"a/test": "near", "b/test": "far"})
+    assert table.set_index("ood_set")["group"].to_dict() == {
+        "a/test": "near",
+        "b/test": "far",
+        "c/test": "far",
+    }
+    means = group_means(table).set_index("group")
+    assert means.loc["near", "auroc"] == 1.0 and means.loc["near", "n_sets"] == 1
+    assert means.loc["far", "ood_sets"] == "b/test;c/test" and means.loc["far", "n_sets"] == 2
+    assert means.loc["far", "auroc"] == pytest.approx((0.75 + 0.0) / 2)
+    assert means.loc["far", "fpr@95tpr_ood"] == pytest.approx((0.5 + 1.0) / 2)
+    assert list(means.index) == ["near", "far"]
+
+
 def test_scores_fit_on_train_and_leave_train_points_out() -> None:
     from normprobe.analyses.ood import fit_and_score
 

@@ -108,10 +108,16 @@ def test_quantile_buckets_and_a_second_head(shared: tuple[Path, Path, Path, str]
             "norm,knn",
             "--human",
             "none",
+            "--far",
+            "cifar100",
         )
     )
     assert status == 0, stderr
     results = read_results(tmp_path / "q")
+    assert results.run["summary"]["ood_groups"]["far"]["ood_sets"] == ["cifar100/test", "mnist/test"]
+    assert "near" not in results.run["summary"]["ood_groups"] and results.run["settings"]["far"] == [
+        "cifar100"
+    ]
     assert results.run["primary_head"] == "feats" and results.run["settings"]["bucket_scaling"] == "quantile"
     assert results.scorers == ["norm", "knn", "norm@z"]
     assert not any(c.startswith("human_") for c in results.samples.columns)
@@ -142,6 +148,8 @@ def _fails(*argv: str) -> str:
         (["--k", "500"], "--k 500 needs more than 500 ID-train samples"),
         (["--scorers", "norm,energy"], "unknown scorer 'energy'"),
         (["--max-per-split", "0"], "--max-per-split must be >= 1"),
+        (["--near", "svhn"], "--near svhn: not one of the OOD sets (--ood cifar100, mnist)"),
+        (["--near", "mnist", "--far", "mnist"], "mnist is given to both --near and --far"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

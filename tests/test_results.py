@@ -75,6 +75,11 @@ def test_run_json_has_every_key(results: Results) -> None:
             for m in per_scorer.values()
         )
     assert any("partial mirror: 916 of 10000" in note for note in run["datasets"][2]["notes"])
+    # OpenOOD's near-/far-OOD means: CIFAR-100 near, MNIST far (the manifests' ood_group)
+    assert [d.get("ood_group") for d in run["datasets"]] == [None, None, "near", "far"]
+    groups = run["summary"]["ood_groups"]
+    assert {g: groups[g]["ood_sets"] for g in groups} == {"near": ["cifar100/test"], "far": ["mnist/test"]}
+    assert groups["far"]["scorers"]["knn"] == run["summary"]["ood"]["mnist/test"]["knn"]
 
 
 def test_samples_have_every_column_with_the_right_types(results: Results) -> None:
@@ -142,13 +147,15 @@ def test_summary_values_agree_with_the_samples(results: Results) -> None:
 
 def test_tables_are_written(results: Results) -> None:
     names = {p.stem for p in (results.path / "tables").glob("*.csv")}
-    assert {"norms", "buckets", "ood", "spearman", "exemplars"} <= names
+    assert {"norms", "buckets", "ood", "ood_groups", "spearman", "exemplars"} <= names
     buckets = results.table("buckets")
     assert set(buckets["role"]) == {"id-test", "id-train"} and len(buckets) == 2 * 20
     assert buckets.groupby("role")["count"].sum().to_dict() == {"id-test": 60, "id-train": 160}
     ood = results.table("ood")
     assert len(ood) == 2 * 5 and set(ood["head"]) == {"z", "feats"}
     assert {"fpr@95tpr_id", "fpr@95tpr_ood", "aupr_in_trapz"} <= set(ood.columns)
+    groups = results.table("ood_groups")
+    assert groups[["group", "scorer"]].drop_duplicates().shape[0] == len(groups) == 2 * 5
     exemplars = results.table("exemplars")
     assert set(exemplars["extreme"]) == {"highest", "lowest"}
     with pytest.raises(NormprobeError, match="no such table"):

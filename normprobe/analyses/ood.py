@@ -16,7 +16,7 @@ on the primary head. For ID-train rows, kNN-based scores leave the point itself 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,13 @@ ROC_POINTS = 201
 """ROC curves are stored on a fixed grid of false positive rates (exact upper envelope), not per sample."""
 
 METRIC_KEYS = tuple(metric.key for metric in metrics.OOD_METRICS)
-METRIC_COLUMNS = ("ood_set", "scorer", "method", "head", "n_id", "n_ood", *METRIC_KEYS)
+METRIC_COLUMNS = ("ood_set", "group", "scorer", "method", "head", "n_id", "n_ood", *METRIC_KEYS)
 ID_ROLE = "id-test"
 """The in-distribution side of every OOD comparison."""
+OOD_GROUPS = ("near", "far")
+"""OpenOOD's two kinds of OOD set, whose mean metrics it reports: near-OOD (new classes among similar
+images: CIFAR-100 and Tiny-ImageNet for a CIFAR-10 model) and far-OOD (other image statistics: MNIST,
+Fashion-MNIST). A dataset manifest's ``ood_group`` gives the default; user folders and files are far."""
 
 
 def scorer_names() -> list[str]:
@@ -109,6 +113,43 @@ def fit_and_score(
     return out, all_cached
 
 
+def ood_group(names: Sequence[str], default: str | None, near: Sequence[str], far: Sequence[str]) -> str:
+    """The group of the OOD set known by ``names`` (its ``--ood`` value and dataset name).
+
+    ``near`` / ``far`` (``--near`` / ``--far``) naming it win; then ``default`` (the manifest's
+    ``ood_group``); a set neither names is far, as OpenOOD files anything unlike the training data.
+    """
+    if any(n in near for n in names):
+        return "near"
+    if any(n in far for n in names):
+        return "far"
+    if default is not None and default not in OOD_GROUPS:
+        raise NormprobeError(f"ood_group {default!r} of {names[0]} is not one of {', '.join(OOD_GROUPS)}")
+    return default or "far"
+
+
+def group_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Per group and scorer, every metric's mean over the group's OOD sets (OpenOOD's near-/far-OOD rows).
+
+    ``table`` is :func:`evaluate_ood`'s; columns: ``group``, ``scorer``, ``n_sets``, ``ood_sets``
+    (``;``-joined) and :data:`METRIC_KEYS`. Groups without sets have no rows.
+    """
+    rows = []
+    for (group, scorer), part in table.groupby(["group", "scorer"], sort=False):
+        rows.append(
+            {
+                "group": group,
+                "scorer": scorer,
+                "n_sets": len(part),
+                "ood_sets": ";".join(part["ood_set"]),
+                **{key: float(part[key].mean()) for key in METRIC_KEYS},
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["group", "scorer", "n_sets", "ood_sets", *METRIC_KEYS])
+    order = {group: i for i, group in enumerate(OOD_GROUPS)}
+    return frame.sort_values("group", key=lambda g: g.map(order), kind="stable", ignore_index=True)
+
+
 def roc_points(
     id_scores: np.ndarray, ood_scores: np.ndarray, n_points: int = ROC_POINTS
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -121,14 +162,19 @@ def roc_points(
 
 
 def evaluate_ood(
-    samples: pd.DataFrame, score_columns: Sequence[str], primary: str
+    samples: pd.DataFrame,
+    score_columns: Sequence[str],
+    primary: str,
+    groups: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and ROC curves of every scorer for every OOD set (rows with role ``ood``) vs ID-test.
 
     Returns ``(metrics, roc)``: ``metrics`` has :data:`METRIC_COLUMNS` (``head`` names the head a
-    scorer ran on, ``primary`` for the unsuffixed columns); ``roc`` has ``ood_set``, ``scorer``,
-    ``fpr``, ``tpr``.
+    scorer ran on, ``primary`` for the unsuffixed columns; ``group`` comes from ``groups``, OOD set
+    ``dataset/split`` -> ``near`` | ``far``, far where absent); ``roc`` has ``ood_set``,
+    ``scorer``, ``fpr``, ``tpr``.
     """
+    groups = groups or {}
     id_rows = samples["role"] == ID_ROLE
     if not id_rows.any():
         raise NormprobeError("OOD evaluation needs ID-test rows")
@@ -143,6 +189,7 @@ def evaluate_ood(
             rows.append(
                 {
                     "ood_set": ood_set,
+                    "group": groups.get(ood_set, "far"),
                     "scorer": column,
                     "method": method,
                     "head": head or primary,

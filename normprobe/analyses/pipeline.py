@@ -35,7 +35,14 @@ from normprobe.analyses.accuracy import knn_predictions
 from normprobe.analyses.buckets import SELF_VOTE_NOTE, bucket_curve
 from normprobe.analyses.exemplars import describe_exemplars, norm_exemplars
 from normprobe.analyses.norms import embedding_norms, norm_summary
-from normprobe.analyses.ood import METRIC_KEYS, evaluate_ood, fit_and_score, norm_correctness_spearman
+from normprobe.analyses.ood import (
+    METRIC_KEYS,
+    evaluate_ood,
+    fit_and_score,
+    group_means,
+    norm_correctness_spearman,
+    ood_group,
+)
 from normprobe.analyses.settings import AnalysisSettings
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder, load_encoder
@@ -94,9 +101,15 @@ def _primary_head(loaded: LoadedEncoder, settings: AnalysisSettings) -> tuple[st
     return primary, heads
 
 
+def _manifest_name(spec: str) -> str | None:
+    """The dataset manifest an ``--ood`` value names, or None for a folder or file."""
+    return None if Path(spec).expanduser().exists() else spec.partition(":")[0]
+
+
 def check_datasets(settings: AnalysisSettings) -> None:
-    """Name checks that need no data: a known ID dataset with train and test splits, and OOD sets that
-    are folders, .npz files or known dataset splits, none equal to an ID split or given twice."""
+    """Name checks that need no data: a known ID dataset with train and test splits, OOD sets that
+    are folders, .npz files or known dataset splits, none equal to an ID split or given twice, and
+    ``--near`` / ``--far`` values that name OOD sets."""
     manifest = data.load_manifest(settings.id_dataset)
     if manifest.kind != "images" or not {"train", "test"} <= set(manifest.splits):
         raise NormprobeError(
@@ -122,6 +135,24 @@ def check_datasets(settings: AnalysisSettings) -> None:
         if (name, split) in seen:
             raise NormprobeError(f"--ood {spec} is {name} {split}, the same split as {seen[(name, split)]}")
         seen[(name, split)] = f"--ood {spec}"
+    known = {*settings.ood, *filter(None, map(_manifest_name, settings.ood))}
+    for option, names in (("--near", settings.near), ("--far", settings.far)):
+        for name in names:
+            if name not in known:
+                raise NormprobeError(
+                    f"{option} {name}: not one of the OOD sets (--ood {', '.join(settings.ood)})"
+                )
+
+
+def _ood_groups(sets: list[AnalysedSet], settings: AnalysisSettings) -> dict[str, str]:
+    """``dataset/split`` -> ``near`` | ``far`` for every OOD set (see :data:`OOD_GROUPS`)."""
+    groups = {}
+    for s in sets:
+        if s.role == "ood":
+            manifest = _manifest_name(s.spec)
+            default = data.load_manifest(manifest).raw.get("ood_group") if manifest else None
+            groups[s.key] = ood_group((s.spec, s.imageset.name), default, settings.near, settings.far)
+    return groups
 
 
 def _load_sets(settings: AnalysisSettings, input_size: tuple[int, int]) -> list[tuple[ImageSet, str, str]]:
@@ -400,7 +431,9 @@ def run_analysis(
     norm_table = norm_summary(samples, heads)
     curves = _bucket_curves(samples, primary, settings)
     spearman = norm_correctness_spearman(samples, primary, seed=settings.seed)
-    ood_metrics, roc = evaluate_ood(samples, list(scores), primary)
+    groups = _ood_groups(sets, settings)
+    ood_metrics, roc = evaluate_ood(samples, list(scores), primary, groups)
+    ood_groups = group_means(ood_metrics)
     exemplars = _exemplars(sets, samples, primary, settings)
     human_curves, human_corr, human_notes = _human(samples, sets, primary, settings)
     timings["analyses_s"] = time.perf_counter() - tick
@@ -417,6 +450,8 @@ def run_analysis(
         norm_table=norm_table,
         spearman=spearman,
         ood_metrics=ood_metrics,
+        ood_groups=ood_groups,
+        group_of=groups,
         human_curves=human_curves,
         human_corr=human_corr,
         notes=human_notes,
@@ -428,6 +463,7 @@ def run_analysis(
         "norms": norm_table,
         "buckets": curves,
         "ood": ood_metrics,
+        "ood_groups": ood_groups,
         "spearman": spearman,
         "exemplars": exemplars,
     }
@@ -503,6 +539,8 @@ def _run_record(
     norm_table: pd.DataFrame,
     spearman: pd.DataFrame,
     ood_metrics: pd.DataFrame,
+    ood_groups: pd.DataFrame,
+    group_of: dict[str, str],
     human_curves: pd.DataFrame,
     human_corr: pd.DataFrame,
     notes: list[str],
@@ -526,6 +564,10 @@ def _run_record(
     ood: dict[str, Any] = {}
     for row in ood_metrics.to_dict("records"):
         ood.setdefault(row["ood_set"], {})[row["scorer"]] = {key: row[key] for key in METRIC_KEYS}
+    groups: dict[str, Any] = {}
+    for row in ood_groups.to_dict("records"):
+        entry = groups.setdefault(row["group"], {"ood_sets": row["ood_sets"].split(";"), "scorers": {}})
+        entry["scorers"][row["scorer"]] = {key: row[key] for key in METRIC_KEYS}
     summary: dict[str, Any] = {
         "norms": norms,
         "knn_accuracy": knn,
@@ -540,6 +582,7 @@ def _run_record(
             for r in spearman.itertuples(index=False)
         },
         "ood": ood,
+        "ood_groups": groups,
         "ood_convention": "ID = the ID-test split; larger score = more familiar; each metric's name states its "
         "positive class: fpr@95tpr_id = fraction of OOD accepted at the threshold keeping 95% of ID-test "
         "(Hendrycks / Sun et al.), fpr@95tpr_ood = fraction of ID-test flagged at the threshold flagging 95% "
@@ -575,6 +618,7 @@ def _run_record(
                 "spec": s.spec,
                 "image_size": list(s.imageset.image_size),
                 "embeddings_from_cache": s.from_cache,
+                **({"ood_group": group_of[s.key]} if s.role == "ood" else {}),
             }
             for s in sets
         ],
@@ -601,6 +645,8 @@ def _run_record(
                 )
             },
             "scorers": list(settings.scorers),
+            "near": list(settings.near),
+            "far": list(settings.far),
             "device": str(pick_device(settings.device)),
             "knn": "cosine, weighted vote exp(sim/T); ID-train by leave-one-out",
             "cache": settings.cache_dir or ("default" if settings.use_cache else "off"),

@@ -19,13 +19,17 @@ class AnalysisSettings:
     ``head`` is the primary head (kNN, scorers, buckets; default ``z`` when the encoder has a
     projector, else ``feats``); ``heads`` are the heads embedded (default: all), each getting a
     ``norm_<head>`` column and a norm scorer. ``max_train`` / ``max_per_split`` keep the first N
-    samples (deterministic) of ID-train / of every other set, for quick runs. ``min_bucket_count``
+    samples (deterministic) of ID-train / of every other set, for quick runs. ``near`` / ``far``
+    put OOD sets (each named by its ``ood`` value or dataset name) in OpenOOD's near- or far-OOD
+    group, overriding the manifests' ``ood_group`` (user folders and files are far by default). ``min_bucket_count``
     hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
     curves (50, as in the paper).
     """
 
     id_dataset: str = "cifar10"
     ood: tuple[str, ...] = ("cifar100",)
+    near: tuple[str, ...] = ()
+    far: tuple[str, ...] = ()
     head: str | None = None
     heads: tuple[str, ...] | None = None
     k: int = 200
@@ -87,6 +91,9 @@ class AnalysisSettings:
             )
         if not self.ood:
             raise NormprobeError("name at least one OOD set with --ood")
+        both = [name for name in self.near if name in self.far]
+        if both:
+            raise NormprobeError(f"{both[0]} is given to both --near and --far")
         known = scorer_names()
         unknown = [s for s in self.scorers if s not in known]
         if unknown:

@@ -57,6 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or an .npz file; repeat or give a comma list (default: cifar100)",
     )
     data.add_argument(
+        "--near",
+        action="append",
+        metavar="SET",
+        help="count these OOD sets (--ood values or dataset names) as near-OOD in the group means "
+        "(default: each manifest's ood_group: cifar100, tinyimagenet near; mnist, fashion-mnist far)",
+    )
+    data.add_argument(
+        "--far",
+        action="append",
+        metavar="SET",
+        help="count these OOD sets as far-OOD (default for folders and .npz files)",
+    )
+    data.add_argument(
         "--data-root",
         default=None,
         metavar="DIR",
@@ -187,6 +200,8 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
     return AnalysisSettings(
         id_dataset=args.id_dataset,
         ood=split_ood_specs(args.ood or ["cifar100"]),
+        near=split_ood_specs(args.near or []),
+        far=split_ood_specs(args.far or []),
         head=args.head,
         heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None,
         k=args.k,
