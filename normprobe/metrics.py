@@ -142,18 +142,29 @@ def aupr_out_trapz(scores_id: object, scores_ood: object) -> float:
     return _trapezoid_pr_area(-_scores(scores_ood, "scores_ood"), -_scores(scores_id, "scores_id"))
 
 
-def _fpr_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr: float) -> float:
-    """Fraction of ``neg`` at or above the ``ceil(tpr * n_pos)``-th largest ``pos`` score.
+def acceptance_threshold(scores: object, fraction: float) -> float:
+    """The largest threshold ``t`` with ``mean(scores >= t) >= fraction``: the ``ceil(fraction * n)``-th largest score.
 
-    That score is the largest threshold whose TPR (``mean(pos >= t)``) reaches ``tpr``: the first
-    point of the ROC curve with ``tpr`` reached.
+    The threshold behind ``fpr@95tpr_id`` / ``fpr@95tpr_ood`` and the scorers' calibrated
+    ``offset_`` (:mod:`normprobe.scores`): accepting ``score >= t`` keeps at least ``fraction``
+    of ``scores`` (more when scores tie at ``t``).
+    """
+    s = _scores(scores, "scores")
+    if not 0.0 < fraction <= 1.0:
+        raise NormprobeError(f"the accepted fraction must be in (0, 1], got {fraction}")
+    # the small slack keeps e.g. 0.95 * 20 = 19.000000000000004 from rounding up to 20
+    m = max(1, math.ceil(fraction * s.size - 1e-9))
+    return float(np.partition(s, s.size - m)[s.size - m])
+
+
+def _fpr_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr: float) -> float:
+    """Fraction of ``neg`` at or above the :func:`acceptance_threshold` that keeps ``tpr`` of ``pos``.
+
+    That threshold is the first point of the ROC curve where the TPR reaches ``tpr``.
     """
     if not 0.0 < tpr <= 1.0:
         raise NormprobeError(f"tpr must be in (0, 1], got {tpr}")
-    # the small slack keeps e.g. 0.95 * 20 = 19.000000000000004 from rounding up to 20
-    m = max(1, math.ceil(tpr * pos.size - 1e-9))
-    threshold = np.partition(pos, pos.size - m)[pos.size - m]
-    return float(np.mean(neg >= threshold))
+    return float(np.mean(neg >= acceptance_threshold(pos, tpr)))
 
 
 def fpr_at_tpr(scores_id: object, scores_ood: object, tpr: float = 0.95) -> float:

@@ -58,18 +58,19 @@ def fit_and_score(
     primary: str,
     scorers: Sequence[str],
     ood_k: int,
-    seed: int = 0,
     device: torch.device | None = None,
     cache: EmbeddingCache | None = None,
     keys: Sequence[dict[str, str]] | None = None,
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Score every row (ID-train first, then each of ``others`` in order) with every scorer.
 
-    Returns ``({column name: scores}, all_from_cache)``, scores concatenated in row order. Scorers
-    are built with ``k=ood_k`` and ``seed`` (the run's seed; norm+knn subsamples with it) and fitted on ``train`` (placed on ``device``, default the CPU, where the scoring then runs);
-    ID-train rows are scored with the point itself left out where the scorer uses neighbours.
-    With a ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
-    ``others``), each set's scores are cached, and a scorer is fitted only if some are missing.
+    Returns ``({column name: scores}, all_from_cache)``, scores concatenated in row order. Each
+    scorer is built by its class's ``from_settings(k=ood_k)`` and fitted on ``train`` (placed on
+    ``device``, default the CPU, where the scoring then runs); ID-train rows get the scorer's
+    ``train_scores_`` (the point itself left out where the scorer uses neighbours). With a
+    ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
+    ``others``), each set's scores are cached under the scorer's parameters, and a scorer is
+    fitted only if some are missing.
     """
     plan = [(name, primary) for name in scorers]
     if "norm" in scorers:
@@ -78,31 +79,25 @@ def fit_and_score(
     out: dict[str, np.ndarray] = {}
     all_cached = True
     for name, head in plan:
-        scorer: scores.Scorer | None = None
+        scorer = scores.scorer_class(name).from_settings(k=ood_k)
+        params = repr(sorted(scorer.get_params().items()))
+        fitted = False
         parts = []
         for i, embeddings in enumerate(sets):
             key = None
             if cache is not None and keys is not None:
-                seeded = ("seed", str(seed)) if issubclass(scores.SCORERS[name], scores.SEEDED) else ()
                 key = fingerprint(
-                    "analyze-score/1",
-                    name,
-                    str(ood_k),
-                    keys[0][head],
-                    keys[i][head],
-                    "loo" if i == 0 else "",
-                    *seeded,
+                    "analyze-score/2", name, params, keys[0][head], keys[i][head], "loo" if i == 0 else ""
                 )
-            values = cache.get(key) if key is not None else None
+            values = cache.get(key) if cache is not None and key is not None else None
             if values is None:
-                if scorer is None:
-                    scorer = scores.make_scorer(name, k=ood_k, seed=seed).fit(
-                        torch.as_tensor(train[head], device=device), train_labels
-                    )
+                if not fitted:
+                    scorer.fit(torch.as_tensor(train[head], device=device), train_labels)
+                    fitted = True
                 values = scorer.score_samples(
                     None if i == 0 else torch.as_tensor(embeddings[head], device=device)
                 )
-                if key is not None:
+                if cache is not None and key is not None:
                     cache.put(key, values)
                 all_cached = False
             parts.append(np.asarray(values, dtype=np.float64))

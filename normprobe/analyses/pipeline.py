@@ -418,7 +418,6 @@ def run_analysis(
         primary=primary,
         scorers=settings.scorers,
         ood_k=settings.ood_k,
-        seed=settings.seed,
         device=device,
         cache=cache,
         keys=[s.cache_keys for s in sets],
