@@ -78,6 +78,9 @@ class Scorer(OutlierMixin, BaseEstimator):
     """
 
     name: ClassVar[str]
+    """The registry name (:data:`SCORERS`), used in column names (``score_<name>``)."""
+    label: ClassVar[str]
+    """A readable name, for reports."""
     retain: float
 
     @classmethod
@@ -136,6 +139,7 @@ class NormScorer(Scorer):
     """
 
     name = "norm"
+    label = "embedding norm"
 
     def __init__(self, *, retain: float = 0.95) -> None:
         self.retain = retain
@@ -159,6 +163,7 @@ class KNNDistanceScorer(Scorer):
     """
 
     name = "knn"
+    label = "kNN distance"
 
     def __init__(
         self,
@@ -214,6 +219,7 @@ class MahalanobisScorer(Scorer):
     """
 
     name = "mahalanobis"
+    label = "Mahalanobis distance"
 
     def __init__(self, ridge: float = 1e-6, *, block_rows: int = 8192, retain: float = 0.95) -> None:
         self.ridge = ridge
@@ -285,6 +291,7 @@ class NormKNNScorer(Scorer):
     """
 
     name = "norm+knn"
+    label = "norm + kNN"
 
     def __init__(
         self,

@@ -211,6 +211,50 @@ def test_ood_groups_and_their_means() -> None:
     assert list(means.index) == ["near", "far"]
 
 
+def test_ood_verdicts_name_the_best_the_indistinguishable_and_the_inverted() -> None:
+    from normprobe.analyses.ood import evaluate_ood, ood_verdicts
+
+    rng = np.random.default_rng(0)
+    ids = rng.normal(0.0, 1.0, 300)
+    rows = [{"dataset": "c10", "split": "test", "role": "id-test"} for _ in ids]
+    ood = rng.normal(-2.0, 1.0, 300)
+    rows += [{"dataset": "far", "split": "test", "role": "ood"} for _ in ood]
+    samples = pd.DataFrame(rows)
+    # a clear signal, the same signal plus a little noise, and the first one inverted
+    samples["score_a"] = np.r_[ids, ood]
+    samples["score_b"] = np.r_[ids, ood] + rng.normal(0.0, 0.05, 600)
+    samples["score_c"] = -np.r_[ids, ood]
+    table, _ = evaluate_ood(samples, ["a", "b", "c"], "z", {"far/test": "far"}, n_boot=200)
+    verdict = ood_verdicts(table)["far/test"]
+    best = table.set_index("scorer").loc[verdict["best"]]
+    assert verdict["best"] in ("a", "b") and verdict["detected"] and verdict["group"] == "far"
+    assert verdict["auroc_ci"] == [best["auroc_ci_low"], best["auroc_ci_high"]]
+    assert verdict["within_interval"] == [s for s in ("a", "b") if s != verdict["best"]]
+    assert verdict["inverted"] == ["c"]
+    # the intervals: seeded, and around the estimate
+    again, _ = evaluate_ood(samples, ["a", "b", "c"], "z", n_boot=200)
+    pd.testing.assert_series_equal(table["auroc_ci_low"], again["auroc_ci_low"])
+    assert (table["auroc_ci_low"] < table["auroc"]).all() and (table["auroc"] < table["auroc_ci_high"]).all()
+
+
+def test_report_options_are_checked() -> None:
+    from normprobe.analyses.settings import AnalysisSettings
+
+    with pytest.raises(NormprobeError, match="--plotly must be one of inline, cdn, directory"):
+        AnalysisSettings(plotly="nowhere").check()
+
+
+def test_human_signals_have_readable_names() -> None:
+    from normprobe.analyses.human import signal_label
+
+    assert signal_label("human_c10n_aggre_correct") == "CIFAR-10N consensus label is correct"
+    assert signal_label("human_c10n_random2_correct") == "CIFAR-10N annotator 2's label is correct"
+    assert signal_label("human_c10h_entropy") == "CIFAR-10H label entropy (bits)"
+    assert (
+        signal_label("human_c10h_majority_disagrees") == "CIFAR-10H majority disagrees with the dataset label"
+    )
+
+
 def test_scores_fit_on_train_and_leave_train_points_out() -> None:
     from normprobe.analyses.ood import fit_and_score
 

@@ -17,6 +17,7 @@ on the primary head. For ID-train rows, kNN-based scores leave the point itself 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,20 @@ ROC_POINTS = 201
 """ROC curves are stored on a fixed grid of false positive rates (exact upper envelope), not per sample."""
 
 METRIC_KEYS = tuple(metric.key for metric in metrics.OOD_METRICS)
-METRIC_COLUMNS = ("ood_set", "group", "scorer", "method", "head", "n_id", "n_ood", *METRIC_KEYS)
+METRIC_COLUMNS = (
+    "ood_set",
+    "group",
+    "scorer",
+    "method",
+    "head",
+    "n_id",
+    "n_ood",
+    *METRIC_KEYS,
+    "auroc_ci_low",
+    "auroc_ci_high",
+)
+AUROC_CONFIDENCE = 0.95
+"""Level of the AUROC bootstrap intervals (``auroc_ci_low`` / ``auroc_ci_high``)."""
 ID_ROLE = "id-test"
 """The in-distribution side of every OOD comparison."""
 OOD_GROUPS = ("near", "far")
@@ -161,13 +175,18 @@ def evaluate_ood(
     score_columns: Sequence[str],
     primary: str,
     groups: Mapping[str, str] | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and ROC curves of every scorer for every OOD set (rows with role ``ood``) vs ID-test.
 
     Returns ``(metrics, roc)``: ``metrics`` has :data:`METRIC_COLUMNS` (``head`` names the head a
     scorer ran on, ``primary`` for the unsuffixed columns; ``group`` comes from ``groups``, OOD set
-    ``dataset/split`` -> ``near`` | ``far``, far where absent); ``roc`` has ``ood_set``,
-    ``scorer``, ``fpr``, ``tpr``.
+    ``dataset/split`` -> ``near`` | ``far``, far where absent; ``auroc_ci_*`` is the 95%
+    percentile interval of ``n_boot`` stratified bootstrap resamples, seeded with ``seed``, from
+    :func:`normprobe.metrics.bootstrap_auroc`); ``roc`` has ``ood_set``, ``scorer``, ``fpr``,
+    ``tpr``.
     """
     groups = groups or {}
     id_rows = samples["role"] == ID_ROLE
@@ -181,6 +200,9 @@ def evaluate_ood(
             positive = samples.loc[id_rows, f"score_{column}"].to_numpy(np.float64)
             negative = part[f"score_{column}"].to_numpy(np.float64)
             method, _, head = column.partition("@")
+            interval = metrics.bootstrap_auroc(
+                positive, negative, n_resamples=n_boot, confidence=AUROC_CONFIDENCE, seed=seed
+            )
             rows.append(
                 {
                     "ood_set": ood_set,
@@ -191,6 +213,8 @@ def evaluate_ood(
                     "n_id": len(positive),
                     "n_ood": len(negative),
                     **metrics.ood_metrics(positive, negative),
+                    "auroc_ci_low": interval.low,
+                    "auroc_ci_high": interval.high,
                 }
             )
             fpr, tpr = roc_points(positive, negative)
@@ -201,6 +225,32 @@ def evaluate_ood(
         else pd.DataFrame(columns=["ood_set", "scorer", "fpr", "tpr"])
     )
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS)), roc
+
+
+def ood_verdicts(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """What :func:`evaluate_ood`'s ``table`` says about each OOD set, for the report's first screen.
+
+    Per OOD set: ``best`` (the scorer of largest AUROC) with its ``auroc`` and ``auroc_ci``;
+    ``detected`` (that interval lies above 0.5); ``within_interval`` (other scorers whose AUROC
+    falls inside the best one's interval: the data do not tell them apart); ``inverted`` (scorers
+    whose whole interval lies below 0.5: they rank this set as *more* familiar than ID-test, a
+    real signal in the wrong direction rather than no signal).
+    """
+    verdicts: dict[str, dict[str, Any]] = {}
+    for ood_set, part in table.groupby("ood_set", sort=False):
+        best = part.loc[part["auroc"].idxmax()]
+        low, high = float(best["auroc_ci_low"]), float(best["auroc_ci_high"])
+        others = part[part["scorer"] != best["scorer"]]
+        verdicts[str(ood_set)] = {
+            "group": best["group"],
+            "best": best["scorer"],
+            "auroc": float(best["auroc"]),
+            "auroc_ci": [low, high],
+            "detected": low > 0.5,
+            "within_interval": others.loc[others["auroc"] >= low, "scorer"].tolist(),
+            "inverted": part.loc[part["auroc_ci_high"] < 0.5, "scorer"].tolist(),
+        }
+    return verdicts
 
 
 def norm_correctness_spearman(

@@ -42,6 +42,7 @@ from normprobe.analyses.ood import (
     group_means,
     norm_correctness_spearman,
     ood_group,
+    ood_verdicts,
 )
 from normprobe.analyses.settings import AnalysisSettings
 from normprobe.cache import EmbeddingCache
@@ -51,7 +52,7 @@ from normprobe.data.hashing import fingerprint
 from normprobe.device import pick_device
 from normprobe.embed import cache_key, extract
 from normprobe.errors import NormprobeError
-from normprobe.report import Section, analysis_report, table_html
+from normprobe.report import PLOTLY_FILE, Section, analysis_report, plotly_js, table_html
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
 from normprobe.zoo import resolve_checkpoint
 
@@ -142,6 +143,12 @@ def check_datasets(settings: AnalysisSettings) -> None:
                 raise NormprobeError(
                     f"{option} {name}: not one of the OOD sets (--ood {', '.join(settings.ood)})"
                 )
+
+
+def _title(s: AnalysedSet) -> str:
+    """The dataset's display name: its manifest's ``title`` (CIFAR-100), else its own name (a folder's)."""
+    manifest = _manifest_name(s.spec)
+    return str(data.load_manifest(manifest).raw.get("title", manifest)) if manifest else s.imageset.name
 
 
 def _ood_groups(sets: list[AnalysedSet], settings: AnalysisSettings) -> dict[str, str]:
@@ -431,7 +438,7 @@ def run_analysis(
     curves = _bucket_curves(samples, primary, settings)
     spearman = norm_correctness_spearman(samples, primary, seed=settings.seed)
     groups = _ood_groups(sets, settings)
-    ood_metrics, roc = evaluate_ood(samples, list(scores), primary, groups)
+    ood_metrics, roc = evaluate_ood(samples, list(scores), primary, groups, seed=settings.seed)
     ood_groups = group_means(ood_metrics)
     exemplars = _exemplars(sets, samples, primary, settings)
     human_curves, human_corr, human_notes = _human(samples, sets, primary, settings)
@@ -471,14 +478,21 @@ def run_analysis(
         tables["human_correlations"] = human_corr
 
     report_html = None
+    report_files = {}
     if settings.report:
         tick = time.perf_counter()
         extra = [_human_section(human_curves, human_corr, settings)] if not human_curves.empty else []
-        report_html = analysis_report(run, samples, tables, roc, {s.key: s.imageset for s in sets}, extra)
+        report_html = analysis_report(
+            run, samples, tables, roc, {s.key: s.imageset for s in sets}, extra, plotly=settings.plotly
+        )
+        if settings.plotly == "directory":
+            report_files[PLOTLY_FILE] = plotly_js()
         timings["report_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - began
     run["timings"] = jsonable(timings)
-    write_results(out_path, jsonable(run), samples, tables, report_html, force=force)
+    write_results(
+        out_path, jsonable(run), samples, tables, report_html, force=force, report_files=report_files
+    )
     log(f"wrote {out_path}")
     return read_results(out_path)
 
@@ -491,7 +505,20 @@ def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame, settings: A
         "with more accurate and more consistent human labels; buckets with fewer than "
         f"{settings.human_min_bucket_count} samples are hidden. Spearman correlations with bootstrap intervals below.",
         figures={f"fig-human-{i}": fig for i, fig in enumerate(figures)},
-        html=table_html(correlations, "{:.4f}"),
+        html=table_html(
+            pd.DataFrame(
+                {
+                    "human signal": correlations["signal"].map(human.signal_label),
+                    "n": correlations["n"],
+                    "mean": correlations["mean"],
+                    "Spearman ρ with the norm": correlations["spearman_rho"],
+                    "p-value": correlations["p_value"],
+                    "95% CI low": correlations["ci_low"],
+                    "95% CI high": correlations["ci_high"],
+                }
+            ),
+            "{:.4f}",
+        ),
     )
 
 
@@ -562,7 +589,10 @@ def _run_record(
         }
     ood: dict[str, Any] = {}
     for row in ood_metrics.to_dict("records"):
-        ood.setdefault(row["ood_set"], {})[row["scorer"]] = {key: row[key] for key in METRIC_KEYS}
+        ood.setdefault(row["ood_set"], {})[row["scorer"]] = {
+            **{key: row[key] for key in METRIC_KEYS},
+            "auroc_ci": [row["auroc_ci_low"], row["auroc_ci_high"]],
+        }
     groups: dict[str, Any] = {}
     for row in ood_groups.to_dict("records"):
         entry = groups.setdefault(row["group"], {"ood_sets": row["ood_sets"].split(";"), "scorers": {}})
@@ -582,11 +612,13 @@ def _run_record(
         },
         "ood": ood,
         "ood_groups": groups,
+        "ood_verdicts": ood_verdicts(ood_metrics),
         "ood_convention": "ID = the ID-test split; larger score = more familiar; each metric's name states its "
         "positive class: fpr@95tpr_id = fraction of OOD accepted at the threshold keeping 95% of ID-test "
         "(Hendrycks / Sun et al.), fpr@95tpr_ood = fraction of ID-test flagged at the threshold flagging 95% "
         "of the OOD set (OpenOOD v1.5, pytorch-ood); aupr_*_ap = average precision, aupr_*_trapz = "
-        "trapezoid-integrated PR curve (OpenOOD, pytorch-ood); aupr_in: ID positive, aupr_out: OOD positive",
+        "trapezoid-integrated PR curve (OpenOOD, pytorch-ood); aupr_in: ID positive, aupr_out: OOD positive; "
+        "auroc_ci = 95% stratified bootstrap interval (1000 resamples seeded with --seed)",
     }
     if not human_corr.empty:
         summary["human"] = human.human_summary(human_curves, human_corr)
@@ -607,6 +639,7 @@ def _run_record(
         "datasets": [
             {
                 "name": s.imageset.name,
+                "title": _title(s),
                 "split": s.imageset.split,
                 "role": s.role,
                 "n": len(s.imageset),
@@ -641,6 +674,7 @@ def _run_record(
                     "max_per_split",
                     "human",
                     "exemplars_per_class",
+                    "plotly",
                 )
             },
             "scorers": list(settings.scorers),

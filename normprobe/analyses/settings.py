@@ -23,7 +23,8 @@ class AnalysisSettings:
     put OOD sets (each named by its ``ood`` value or dataset name) in OpenOOD's near- or far-OOD
     group, overriding the manifests' ``ood_group`` (user folders and files are far by default). ``min_bucket_count``
     hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
-    curves (50, as in the paper).
+    curves (50, as in the paper). ``plotly`` is where report.html gets plotly.js
+    (:data:`normprobe.report.PLOTLY_MODES`).
     """
 
     id_dataset: str = "cifar10"
@@ -53,6 +54,7 @@ class AnalysisSettings:
     use_cache: bool = True
     arch: str | None = None
     report: bool = True
+    plotly: str = "inline"
 
     def check(self) -> None:
         """Reject impossible settings before any work is done."""
@@ -80,6 +82,7 @@ class AnalysisSettings:
         from normprobe.analyses.buckets import SCALINGS
         from normprobe.analyses.ood import scorer_names
         from normprobe.embed import PRECISIONS
+        from normprobe.report import PLOTLY_MODES
 
         if self.bucket_scaling not in SCALINGS:
             raise NormprobeError(
@@ -89,6 +92,8 @@ class AnalysisSettings:
             raise NormprobeError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.plotly not in PLOTLY_MODES:
+            raise NormprobeError(f"--plotly must be one of {', '.join(PLOTLY_MODES)}, got {self.plotly!r}")
         if not self.ood:
             raise NormprobeError("name at least one OOD set with --ood")
         both = [name for name in self.near if name in self.far]

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from normprobe.analyses.settings import DEFAULT_SCORERS, AnalysisSettings, split_ood_specs
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from normprobe.results import Results
 
 DESCRIPTION = """\
@@ -191,6 +193,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     output.add_argument("--no-report", action="store_true", help="skip report.html")
     output.add_argument(
+        "--plotly",
+        choices=("inline", "cdn", "directory"),
+        default=d.plotly,
+        help="where report.html gets plotly.js: inline (works offline, ~5 MB), cdn (needs the internet), "
+        f"or directory (a plotly.min.js written beside it) (default: {d.plotly})",
+    )
+    output.add_argument(
         "--quiet", action="store_true", help="no progress bars or log lines (the summary is still printed)"
     )
     parser.set_defaults(func=run)
@@ -224,26 +233,32 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         use_cache=not args.no_cache,
         arch=args.arch,
         report=not args.no_report,
+        plotly=args.plotly,
     )
 
 
 def format_summary(results: Results) -> str:
-    """The terminal summary: the per-set table, then the dataset notes and where the results are."""
-    from normprobe.report import summary_table
+    """The terminal summary: the verdict, the per-set table, the AUROC of every scorer, the dataset
+    notes and where the results are."""
+    from normprobe.report import auroc_table, summary_table, verdict_lines
     from normprobe.results import REPORT_FILE
 
     run = results.run
-    table = summary_table(run)
-    text = table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
+
     lines = [
         f"normprobe analyze: {run['checkpoint']['path']} ({run['checkpoint']['adapter']}, {run['checkpoint']['method']}); "
         f"primary head {run['primary_head']}; kNN k={run['settings']['k']} T={run['settings']['temperature']}",
-        text,
+        *verdict_lines(run),
+        table(summary_table(run)),
+        "norm / ID train: mean norm / ID-train mean; kNN accuracy: ID train by leave-one-out; larger score = more "
+        "familiar; AUROC with its 95% bootstrap interval; FPR@95 (ID pos.): OOD accepted at 95% ID retained, "
+        "(OOD pos.): ID flagged at 95% OOD detected (OpenOOD); AUPR: trapezoid (OpenOOD)",
+        "AUROC per scorer and OOD set:",
+        table(auroc_table(run)),
     ]
-    lines.append(
-        "norm/train: mean norm / ID-train mean; kNN acc: ID-train by leave-one-out; "
-        "AUROC: ID-test positive, larger score = more familiar"
-    )
     for entry in run["datasets"]:
         for note in entry["notes"]:
             lines.append(f"note: {entry['name']}/{entry['split']}: {note}")
