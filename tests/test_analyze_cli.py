@@ -321,6 +321,19 @@ def test_building_the_cli_imports_no_heavy_stack() -> None:
     )
 
 
+def test_the_report_imports_no_analysis() -> None:
+    # layers: analyses build on the report, never the other way round
+    code = (
+        "import sys, normprobe.report; print([m for m in sys.modules if m.startswith('normprobe.analyses')])"
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "[]"
+    )
+
+
 def test_data_root_is_recorded(shared: tuple[Path, Path, Path, str]) -> None:
     _, out, _, _ = shared
     run = read_results(out).run
