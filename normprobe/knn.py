@@ -247,6 +247,17 @@ class CosineIndex:
             idx.append(block.indices)
         return Neighbors(torch.cat(sims), torch.cat(idx))
 
+    def kth_similarity(self, queries: ArrayLike | None, k: int) -> torch.Tensor:
+        """The cosine similarity of each query to its k-th nearest bank point (``None``: leave-one-out).
+
+        The one k-th-neighbour search behind :func:`kth_neighbor_distance` and the kNN OOD scorers
+        (:mod:`normprobe.scores`); float32, shape ``(n_queries,)``, on the bank's device.
+        """
+        # the k-th largest similarity is the smallest of the top k: no need to sort them
+        return torch.cat(
+            [block.similarities.amin(dim=1) for _, block in self.iter_search(queries, k, sort=False)]
+        )
+
     def iter_search(
         self, queries: ArrayLike | None, k: int, *, sort: bool = True
     ) -> Iterator[tuple[int, Neighbors]]:
@@ -402,14 +413,7 @@ def kth_neighbor_distance(
     Returns a float32 tensor of shape ``(n_queries,)`` on the bank's device.
     """
     index = CosineIndex(bank, backend=backend, memory_budget_bytes=memory_budget_bytes)
-    return index_kth_distance(index, queries, k)
-
-
-def index_kth_distance(index: CosineIndex, queries: ArrayLike | None, k: int) -> torch.Tensor:
-    """:func:`kth_neighbor_distance` against an already built :class:`CosineIndex`."""
-    # the k-th largest similarity is the smallest of the top k: no need to sort them
-    out = [1.0 - block.similarities.amin(dim=1) for _, block in index.iter_search(queries, k, sort=False)]
-    return torch.cat(out)
+    return 1.0 - index.kth_similarity(queries, k)
 
 
 class KNNClassifier:

@@ -4,29 +4,54 @@ Convention (the one used everywhere in normprobe)
 ------------------------------------------------
 Scores are **larger = more in-distribution (familiar)**: an embedding norm, a negative kNN
 distance, a negative Mahalanobis distance. The metrics take the scores of the in-distribution
-(ID) samples and of the out-of-distribution (OOD) samples as two arrays, and
+(ID) samples and of the out-of-distribution (OOD) samples as two arrays. Where a metric depends
+on which class is "positive", its name says so.
 
-* ``auroc``: the ID set is the positive class; AUROC = P(s_id > s_ood) + P(s_id = s_ood) / 2,
-  so 1.0 is perfect separation, 0.5 chance (or all scores tied), 0.0 perfectly reversed;
-* ``aupr_in``: average precision with ID positive (ranking by decreasing score);
-* ``aupr_out``: average precision with OOD positive (ranking by decreasing *negated* score);
-* ``fpr_at_tpr``: the fraction of OOD samples accepted at the threshold that accepts 95 % of
-  the ID samples (accept = score >= threshold; the strictest threshold reaching that TPR);
-* ``roc_curve``: the (FPR, TPR) points behind ``auroc``.
+OOD metrics and what they equal elsewhere (:data:`OOD_METRICS`, keys of :func:`ood_metrics`):
+
+=================  ========  =============================================  ==============================================
+key                positive  definition                                     the same number elsewhere
+=================  ========  =============================================  ==============================================
+``auroc``          either    P(s_id > s_ood) + P(s_id = s_ood) / 2          OpenOOD v1.5 ``AUROC``, pytorch-ood ``AUROC``,
+                                                                            scikit-learn ``roc_auc_score``
+``fpr@95tpr_id``   ID        fraction of OOD accepted at the threshold      Hendrycks & Gimpel / Sun et al. (kNN-OOD)
+                             that accepts 95 % of ID                        ``FPR95``; ``fpr95`` in normprobe 0.1 results
+``fpr@95tpr_ood``  OOD       fraction of ID flagged at the threshold        OpenOOD v1.5 ``compute_all_metrics`` ``FPR@95``,
+                             that flags 95 % of OOD                         pytorch-ood ``OODMetrics`` ``FPR95TPR``
+``aupr_in_ap``     ID        average precision                              scikit-learn ``average_precision_score``
+``aupr_out_ap``    OOD       average precision, scores negated              scikit-learn ``average_precision_score``
+``aupr_in_trapz``  ID        PR curve integrated by the trapezoid rule      OpenOOD v1.5 ``AUPR_IN``, pytorch-ood ``AUPR-IN``
+``aupr_out_trapz`` OOD       the same, scores negated                       OpenOOD v1.5 ``AUPR_OUT``, pytorch-ood ``AUPR-OUT``
+=================  ========  =============================================  ==============================================
+
+Details:
+
+* accept = ``score >= t``; an FPR at 95 % TPR takes the strictest threshold whose TPR reaches
+  95 % (the first ROC point with ``tpr >= 0.95``, as OpenOOD's ``argmax(tpr >= 0.95)`` and
+  pytorch-ood's ``searchsorted``). With the OOD class positive the score is negated, so
+  ``fpr@95tpr_ood`` is the fraction of ID samples scoring at or below the 95th-percentile-from-the-top
+  OOD score. OpenOOD calls scikit-learn's ``roc_curve`` with its default ``drop_intermediate=True``,
+  which can skip that first point when tied scores make ROC steps collinear; on untied scores the
+  two agree exactly, and normprobe always takes the first point (pytorch-ood's behaviour).
+* Average precision is sum over distinct thresholds of ``(R_n - R_{n-1}) * P_n``; the trapezoid
+  AUPR is ``sum (R_n - R_{n-1}) * (P_n + P_{n-1}) / 2`` over the same points plus
+  ``(R_0, P_0) = (0, 1)`` (the point scikit-learn's ``precision_recall_curve`` appends, and which
+  OpenOOD and pytorch-ood integrate with ``auc``). Tied scores form one threshold. The two differ
+  most with ties, where the trapezoid interpolates linearly between thresholds.
+* ``roc_curve``: the (FPR, TPR) points behind ``auroc``, ID positive.
 
 ``spearman`` (rank correlation, e.g. norm vs kNN correctness), ``bootstrap_spearman`` (its seeded,
-vectorised, tie-exact bootstrap: the one used for every Spearman interval in normprobe) and
-``bootstrap_ci`` (seeded percentile intervals for the other metrics) complete the module.
-
-Average precision is scikit-learn's ``average_precision_score``: sum over distinct thresholds of
-(R_n - R_{n-1}) * P_n, tied scores forming one threshold. All functions are tie-correct and
+vectorised, tie-exact bootstrap: the one used for every Spearman interval in normprobe),
+``bootstrap_ci`` (seeded percentile intervals for any metric) and ``bootstrap_auroc`` (the same
+interval for ``auroc``, vectorised) complete the module. All functions are tie-correct and
 vectorised (sorting, no Python loops over samples).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -89,29 +114,124 @@ def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(np.sum(recall_step * precision))
 
 
-def aupr_in(scores_id: object, scores_ood: object) -> float:
-    """Average precision with the ID samples as positives."""
+def _trapezoid_pr_area(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Trapezoid-rule area under the PR curve of ``pos`` against ``neg``, from (recall 0, precision 1)."""
+    tp, fp = _threshold_counts(pos, neg)
+    precision = np.concatenate([[1.0], tp / (tp + fp)])
+    recall = np.concatenate([[0.0], tp / pos.size])
+    return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2.0))
+
+
+def aupr_in_ap(scores_id: object, scores_ood: object) -> float:
+    """Average precision with the ID samples as positives (scikit-learn's ``average_precision_score``)."""
     return _average_precision(_scores(scores_id, "scores_id"), _scores(scores_ood, "scores_ood"))
 
 
-def aupr_out(scores_id: object, scores_ood: object) -> float:
+def aupr_out_ap(scores_id: object, scores_ood: object) -> float:
     """Average precision with the OOD samples as positives (scores negated)."""
     return _average_precision(-_scores(scores_ood, "scores_ood"), -_scores(scores_id, "scores_id"))
 
 
-def fpr_at_tpr(scores_id: object, scores_ood: object, tpr: float = 0.95) -> float:
-    """FPR of OOD samples at the threshold where a fraction ``tpr`` of ID samples is accepted.
+def aupr_in_trapz(scores_id: object, scores_ood: object) -> float:
+    """Trapezoid-integrated PR curve with the ID samples as positives (OpenOOD / pytorch-ood ``AUPR-IN``)."""
+    return _trapezoid_pr_area(_scores(scores_id, "scores_id"), _scores(scores_ood, "scores_ood"))
 
-    The threshold is the ``ceil(tpr * n_id)``-th largest ID score: the largest threshold whose
-    TPR (``mean(s_id >= t)``) reaches ``tpr``; the result is ``mean(s_ood >= t)``.
+
+def aupr_out_trapz(scores_id: object, scores_ood: object) -> float:
+    """Trapezoid-integrated PR curve with the OOD samples as positives (OpenOOD / pytorch-ood ``AUPR-OUT``)."""
+    return _trapezoid_pr_area(-_scores(scores_ood, "scores_ood"), -_scores(scores_id, "scores_id"))
+
+
+def acceptance_threshold(scores: object, fraction: float) -> float:
+    """The largest threshold ``t`` with ``mean(scores >= t) >= fraction``: the ``ceil(fraction * n)``-th largest score.
+
+    The threshold behind ``fpr@95tpr_id`` / ``fpr@95tpr_ood`` and the scorers' calibrated
+    ``offset_`` (:mod:`normprobe.scores`): accepting ``score >= t`` keeps at least ``fraction``
+    of ``scores`` (more when scores tie at ``t``).
+    """
+    s = _scores(scores, "scores")
+    if not 0.0 < fraction <= 1.0:
+        raise NormprobeError(f"the accepted fraction must be in (0, 1], got {fraction}")
+    # the small slack keeps e.g. 0.95 * 20 = 19.000000000000004 from rounding up to 20
+    m = max(1, math.ceil(fraction * s.size - 1e-9))
+    return float(np.partition(s, s.size - m)[s.size - m])
+
+
+def _fpr_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr: float) -> float:
+    """Fraction of ``neg`` at or above the :func:`acceptance_threshold` that keeps ``tpr`` of ``pos``.
+
+    That threshold is the first point of the ROC curve where the TPR reaches ``tpr``.
     """
     if not 0.0 < tpr <= 1.0:
         raise NormprobeError(f"tpr must be in (0, 1], got {tpr}")
-    s_id, s_ood = _scores(scores_id, "scores_id"), _scores(scores_ood, "scores_ood")
-    # the small slack keeps e.g. 0.95 * 20 = 19.000000000000004 from rounding up to 20
-    m = max(1, math.ceil(tpr * s_id.size - 1e-9))
-    threshold = np.partition(s_id, s_id.size - m)[s_id.size - m]
-    return float(np.mean(s_ood >= threshold))
+    return float(np.mean(neg >= acceptance_threshold(pos, tpr)))
+
+
+def fpr_at_tpr(scores_id: object, scores_ood: object, tpr: float = 0.95) -> float:
+    """ID positive: the fraction of OOD samples accepted where a fraction ``tpr`` of ID samples is.
+
+    Accept = ``score >= t`` with ``t`` the ``ceil(tpr * n_id)``-th largest ID score; the result
+    is ``mean(s_ood >= t)`` (``fpr@95tpr_id`` at the default).
+    """
+    return _fpr_at_tpr(_scores(scores_id, "scores_id"), _scores(scores_ood, "scores_ood"), tpr)
+
+
+def fpr_at_tpr_ood(scores_id: object, scores_ood: object, tpr: float = 0.95) -> float:
+    """OOD positive: the fraction of ID samples flagged where a fraction ``tpr`` of OOD samples is.
+
+    Flag = ``score <= u`` with ``u`` the ``ceil(tpr * n_ood)``-th smallest OOD score; the result
+    is ``mean(s_id <= u)`` (``fpr@95tpr_ood`` at the default; OpenOOD v1.5 and pytorch-ood).
+    """
+    return _fpr_at_tpr(-_scores(scores_ood, "scores_ood"), -_scores(scores_id, "scores_id"), tpr)
+
+
+class OODMetric(NamedTuple):
+    """One OOD metric: its key (in tables, run.json and :func:`ood_metrics`), how to compute it, what it is."""
+
+    key: str
+    function: Callable[[object, object], float]
+    label: str
+    """A short readable label, for reports."""
+    positive: str
+    """The positive class: ``"ID"``, ``"OOD"`` or ``"either"`` (the metric does not depend on it)."""
+    higher_is_better: bool
+    reference: str
+    """What the same number is called in OpenOOD v1.5, pytorch-ood and the literature."""
+
+
+OOD_METRICS: tuple[OODMetric, ...] = (
+    OODMetric("auroc", auroc, "AUROC", "either", True, "OpenOOD/pytorch-ood AUROC; sklearn roc_auc_score"),
+    OODMetric(
+        "fpr@95tpr_id",
+        partial(fpr_at_tpr, tpr=0.95),
+        "FPR@95 (ID pos.)",
+        "ID",
+        False,
+        "Hendrycks & Gimpel, Sun et al. (kNN-OOD) FPR95: OOD accepted at 95% ID retained",
+    ),
+    OODMetric(
+        "fpr@95tpr_ood",
+        partial(fpr_at_tpr_ood, tpr=0.95),
+        "FPR@95 (OOD pos.)",
+        "OOD",
+        False,
+        "OpenOOD v1.5 FPR@95, pytorch-ood FPR95TPR: ID rejected at 95% OOD detected",
+    ),
+    OODMetric("aupr_in_ap", aupr_in_ap, "AUPR-in (AP)", "ID", True, "sklearn average_precision_score"),
+    OODMetric("aupr_out_ap", aupr_out_ap, "AUPR-out (AP)", "OOD", True, "sklearn average_precision_score"),
+    OODMetric(
+        "aupr_in_trapz", aupr_in_trapz, "AUPR-in (trapezoid)", "ID", True, "OpenOOD/pytorch-ood AUPR-IN"
+    ),
+    OODMetric(
+        "aupr_out_trapz",
+        aupr_out_trapz,
+        "AUPR-out (trapezoid)",
+        "OOD",
+        True,
+        "OpenOOD/pytorch-ood AUPR-OUT",
+    ),
+)
+"""Every OOD metric normprobe reports, in table order (see the module docstring)."""
 
 
 class SpearmanResult(NamedTuple):
@@ -247,19 +367,43 @@ def roc_curve(scores_id: object, scores_ood: object) -> tuple[np.ndarray, np.nda
 
 
 def ood_metrics(scores_id: object, scores_ood: object) -> dict[str, float]:
-    """All four OOD metrics under the module's convention, keyed by name."""
-    return {
-        "auroc": auroc(scores_id, scores_ood),
-        "aupr_in": aupr_in(scores_id, scores_ood),
-        "aupr_out": aupr_out(scores_id, scores_ood),
-        "fpr_at_95_tpr": fpr_at_tpr(scores_id, scores_ood, 0.95),
-    }
+    """Every metric of :data:`OOD_METRICS`, keyed by name."""
+    return {metric.key: metric.function(scores_id, scores_ood) for metric in OOD_METRICS}
 
 
 class ConfidenceInterval(NamedTuple):
     estimate: float
     low: float
     high: float
+
+
+def _check_bootstrap(confidence: float, n_resamples: int) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise NormprobeError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise NormprobeError(f"n_resamples must be >= 1, got {n_resamples}")
+
+
+def _resamples(
+    arrays: Sequence[np.ndarray], *, paired: bool, n_resamples: int, seed: int
+) -> Iterator[list[np.ndarray]]:
+    """Seeded bootstrap row indices of each array, one list per resample (the draws every bootstrap here uses)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        if paired:
+            idx = rng.integers(0, arrays[0].size, arrays[0].size)
+            yield [idx] * len(arrays)
+        else:
+            yield [rng.integers(0, a.size, a.size) for a in arrays]
+
+
+def _percentile_interval(estimate: float, values: np.ndarray, confidence: float) -> ConfidenceInterval:
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        raise NormprobeError("the statistic is undefined (NaN) on every bootstrap resample")
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return ConfidenceInterval(float(estimate), float(low), float(high))
 
 
 def bootstrap_ci(
@@ -273,31 +417,66 @@ def bootstrap_ci(
     """Percentile bootstrap confidence interval of ``statistic(*samples)``.
 
     ``paired=False`` resamples each sample independently (stratified bootstrap, e.g.
-    ``bootstrap_ci(auroc, scores_id, scores_ood)``); ``paired=True`` resamples the same indices
-    in all samples, which must have equal length (for Spearman's rho use the vectorised
-    :func:`bootstrap_spearman` instead). Seeded: the same call gives the same interval. Resamples on
-    which the statistic is NaN are dropped.
+    ``bootstrap_ci(auroc, scores_id, scores_ood)``; :func:`bootstrap_auroc` is that interval,
+    vectorised); ``paired=True`` resamples the same indices in all samples, which must have equal
+    length (for Spearman's rho use the vectorised :func:`bootstrap_spearman` instead). Seeded: the
+    same call gives the same interval. Resamples on which the statistic is NaN are dropped.
     """
     if not samples:
         raise NormprobeError("bootstrap_ci needs at least one sample")
-    if not 0.0 < confidence < 1.0:
-        raise NormprobeError(f"confidence must be in (0, 1), got {confidence}")
-    if n_resamples < 1:
-        raise NormprobeError(f"n_resamples must be >= 1, got {n_resamples}")
+    _check_bootstrap(confidence, n_resamples)
     arrays = [_scores(s, f"sample {i}") for i, s in enumerate(samples)]
     if paired and len({a.size for a in arrays}) != 1:
         raise NormprobeError("paired bootstrap needs samples of equal length")
-    rng = np.random.default_rng(seed)
+    values = np.array(
+        [
+            statistic(*(a[i] for a, i in zip(arrays, idx, strict=True)))
+            for idx in _resamples(arrays, paired=paired, n_resamples=n_resamples, seed=seed)
+        ]
+    )
+    return _percentile_interval(statistic(*arrays), values, confidence)
+
+
+def bootstrap_auroc(
+    scores_id: object,
+    scores_ood: object,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    block: int = 64,
+) -> ConfidenceInterval:
+    """``bootstrap_ci(auroc, scores_id, scores_ood, ...)``: the same resamples and interval, vectorised.
+
+    A resample is a vector of multiplicities ``w`` (ID) and ``v`` (OOD). With the ID scores sorted
+    once, each OOD score's count of ID scores above and equal to it is a difference of cumulative
+    sums of ``w``, so AUROC = ``sum_j v_j (above_j + equal_j / 2) / (n_id * n_ood)`` takes no
+    sorting per resample (a block of resamples at a time): several times faster than ranking every
+    materialised resample, which matters with one interval per OOD set and scorer.
+    """
+    _check_bootstrap(confidence, n_resamples)
+    s_id, s_ood = _scores(scores_id, "scores_id"), _scores(scores_ood, "scores_ood")
+    n_id, n_ood = s_id.size, s_ood.size
+    order = np.argsort(s_id, kind="stable")
+    rank_of = np.empty(n_id, dtype=np.int64)
+    rank_of[order] = np.arange(n_id)  # resampled ID rows -> their positions in sorted order
+    sorted_id = s_id[order]
+    below = np.searchsorted(sorted_id, s_ood, side="left")  # ID scores < each OOD score
+    at_or_below = np.searchsorted(sorted_id, s_ood, side="right")
+    draws = _resamples([s_id, s_ood], paired=False, n_resamples=n_resamples, seed=seed)
     values = np.empty(n_resamples)
-    for r in range(n_resamples):
-        if paired:
-            idx = rng.integers(0, arrays[0].size, arrays[0].size)
-            values[r] = statistic(*(a[idx] for a in arrays))
-        else:
-            values[r] = statistic(*(a[rng.integers(0, a.size, a.size)] for a in arrays))
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        raise NormprobeError("the statistic is undefined (NaN) on every bootstrap resample")
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return ConfidenceInterval(float(statistic(*arrays)), float(low), float(high))
+    cumulative = np.zeros((block, n_id + 1))  # column c: total ID weight of the c lowest ID scores
+    for start in range(0, n_resamples, block):
+        b = min(block, n_resamples - start)
+        chunk = [next(draws) for _ in range(b)]
+        offsets = np.arange(b)[:, None]
+        id_rows = rank_of[np.stack([c[0] for c in chunk])] + offsets * n_id
+        w = np.bincount(id_rows.ravel(), minlength=b * n_id).reshape(b, n_id)
+        ood_rows = np.stack([c[1] for c in chunk]) + offsets * n_ood
+        v = np.bincount(ood_rows.ravel(), minlength=b * n_ood).reshape(b, n_ood)
+        np.cumsum(w, axis=1, out=cumulative[:b, 1:])
+        upto = cumulative[:b, at_or_below]
+        # ID weight above each OOD score, plus half the weight tied with it
+        credit = (n_id - upto) + (upto - cumulative[:b, below]) / 2.0
+        values[start : start + b] = (v * credit).sum(axis=1) / (n_id * n_ood)
+    return _percentile_interval(auroc(s_id, s_ood), values, confidence)

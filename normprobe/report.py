@@ -1,14 +1,23 @@
-"""The self-contained HTML report: plotly figures, tables and exemplar images in one file.
+"""The HTML report: plotly figures, tables and exemplar images in one page that leads with a verdict.
 
-plotly.js is inlined once in the page head (no CDN, works offline); each figure is a ``<div>``
-with its data. The report is a list of :class:`Section` s, each made by one analysis, so a new
-analysis (e.g. the human-label curves) adds its section without touching the others.
-Images are embedded as base64 PNG data URIs, decoded only for the samples shown.
+The page opens with the verdict: per OOD set, the scorer that separates it best from ID-test with
+its AUROC interval, any scorer whose signal is inverted for that set and what that means, the
+summary table and a scorer x OOD-set AUROC heatmap. The rest is a list of :class:`Section` s, each
+made by one analysis, so a new analysis (e.g. the human-label curves) adds its section without
+touching the others.
+
+Everything here is built from the run record (``run.json``) and the results tables it is given;
+the report imports nothing from :mod:`normprobe.analyses`. plotly.js is inlined once in the page
+head by default (works offline); ``plotly="cdn"`` links it from the plotly CDN and
+``plotly="directory"`` from a ``plotly.min.js`` beside the page (:func:`plotly_js` gives its
+text). Images are embedded as base64 PNG data URIs, decoded only for the samples shown. Labels
+are readable names (``CIFAR-100 (test)``, ``kNN distance``), never raw column names.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 from collections.abc import Mapping, Sequence
@@ -21,11 +30,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 from PIL import Image
-from plotly.offline import get_plotlyjs
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from plotly.subplots import make_subplots
 
-from normprobe.analyses.buckets import SELF_VOTE_NOTE
 from normprobe.data import ImageSet
+from normprobe.metrics import OOD_METRICS
+from normprobe.scores import SCORERS
 
 COLORS = (
     "#1f77b4",
@@ -40,6 +50,13 @@ COLORS = (
     "#17becf",
 )
 TEMPLATE = "plotly_white"
+PLOTLY_MODES = ("inline", "cdn", "directory")
+"""Where the page gets plotly.js: inlined (offline, ~5 MB), the plotly CDN, or :data:`PLOTLY_FILE` beside it."""
+PLOTLY_FILE = "plotly.min.js"
+ROLE_LABELS = {"id-train": "ID train", "id-test": "ID test", "ood": "OOD"}
+METRIC_LABELS = {m.key: m.label for m in OOD_METRICS}
+SUMMARY_METRICS = ("fpr@95tpr_id", "fpr@95tpr_ood", "aupr_in_trapz", "aupr_out_trapz")
+"""The metrics of each OOD set's best scorer in the summary table, besides its AUROC."""
 
 
 @dataclass
@@ -51,18 +68,54 @@ class Section:
     figures: dict[str, go.Figure] = field(default_factory=dict)
     html: str = ""
     """Trusted HTML built by this module (tables, image grids), placed after the figures."""
+    lead: str = ""
+    """Trusted HTML placed before the figures (the verdict)."""
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def scorer_label(column: str) -> str:
+    """``knn`` -> ``kNN distance``; ``norm@feats`` -> ``embedding norm (head feats)``."""
+    method, _, head = column.partition("@")
+    text = SCORERS[method].label if method in SCORERS else method
+    return f"{text} (head {head})" if head else text
+
+
+def set_labels(run: Mapping[str, Any]) -> dict[str, str]:
+    """``dataset/split`` -> ``CIFAR-100 (test)`` for every dataset of the run (its manifest title)."""
+    return {
+        f"{d['name']}/{d['split']}": f"{d.get('title', d['name'])} ({d['split']})" for d in run["datasets"]
+    }
+
+
+def _id_label(run: Mapping[str, Any], role: str) -> str:
+    """``CIFAR-10 (test)``: the label of the run's set in ``role``."""
+    labels = set_labels(run)
+    return next(labels[f"{d['name']}/{d['split']}"] for d in run["datasets"] if d["role"] == role)
+
+
+def _role_label(role: str, group: str | None = None) -> str:
+    return f"{group}-OOD" if role == "ood" and group else ROLE_LABELS.get(role, role)
+
+
+def _interval(low: float, high: float) -> str:
+    return f"{low:.3f}–{high:.3f}"
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def norm_histogram_figure(samples: pd.DataFrame, head: str, bins: int = 80) -> go.Figure:
+def norm_histogram_figure(
+    samples: pd.DataFrame, head: str, bins: int = 80, labels: Mapping[str, str] | None = None
+) -> go.Figure:
     """Density of norm / ID-train mean norm for every split and OOD set (paper Figure 3), one head.
 
     Histograms are binned here (shared edges over the central 99.8% of all values; the few beyond
     fall into the end bins) and drawn as step lines, so the page holds ``bins`` numbers per set
-    rather than every sample.
+    rather than every sample. ``labels`` names the sets (``dataset/split`` -> label).
     """
+    labels = labels or {}
     column = f"norm_{head}"
     scaled = samples[column].to_numpy(np.float64) / samples.loc[samples["role"] == "id-train", column].mean()
     low, high = np.quantile(scaled, [0.001, 0.999])
@@ -75,21 +128,22 @@ def norm_histogram_figure(samples: pd.DataFrame, head: str, bins: int = 80) -> g
     ):
         values = scaled[np.asarray(rows)]
         density, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges, density=True)
+        name = labels.get(f"{dataset}/{split}", f"{dataset}/{split}")
         fig.add_trace(
             go.Scatter(
                 x=centers,
                 y=density,
                 mode="lines",
                 line_shape="hvh",
-                name=f"{dataset}/{split} ({role}, n={len(values)})",
+                name=f"{name}, {ROLE_LABELS.get(role, role)} (n={len(values)})",
                 line={"color": COLORS[i % len(COLORS)], "width": 2},
-                hovertemplate="norm / train mean %{x:.3f}<br>density %{y:.3f}<extra>%{fullData.name}</extra>",
+                hovertemplate="norm / ID-train mean %{x:.3f}<br>density %{y:.3f}<extra>%{fullData.name}</extra>",
             )
         )
     fig.add_vline(x=1.0, line_dash="dot", line_color="grey", annotation_text="ID-train mean")
     fig.update_layout(
-        title=f"Embedding norms of head {head!r}, divided by the ID-train mean",
-        xaxis_title="‖embedding‖ / mean ‖embedding‖ on ID-train",
+        title=f"Embedding norms of head {head}, divided by the ID-train mean",
+        xaxis_title="‖embedding‖ / mean ‖embedding‖ on ID train",
         yaxis_title="density",
         template=TEMPLATE,
         height=420,
@@ -97,19 +151,21 @@ def norm_histogram_figure(samples: pd.DataFrame, head: str, bins: int = 80) -> g
     return fig
 
 
-def norm_bars_figure(norm_table: pd.DataFrame) -> go.Figure:
+def norm_bars_figure(norm_table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> go.Figure:
     """Mean norm / ID-train mean per set, grouped by head (the bars of paper Figure 3)."""
+    labels = labels or {}
+    keys = norm_table["dataset"] + "/" + norm_table["split"]
+    names = keys.map(lambda key: labels.get(key, key))
     fig = go.Figure()
-    labels = (norm_table["dataset"] + "/" + norm_table["split"]).unique().tolist()
-    for i, (head, rows) in enumerate(norm_table.groupby("head", sort=False)):
-        rows = rows.assign(set=rows["dataset"] + "/" + rows["split"])
+    for i, (head, rows) in enumerate(norm_table.assign(set=names).groupby("head", sort=False)):
+        roles = rows["role"].map(lambda role: ROLE_LABELS.get(role, role))
         fig.add_trace(
             go.Bar(
                 x=rows["set"],
                 y=rows["mean_scaled"],
                 name=f"head {head}",
                 marker_color=COLORS[i % len(COLORS)],
-                customdata=np.stack([rows["n"], rows["mean"], rows["role"]], axis=1),
+                customdata=np.stack([rows["n"], rows["mean"], roles], axis=1),
                 hovertemplate="%{x} (%{customdata[2]}, n=%{customdata[0]})<br>mean norm %{customdata[1]:.4g}"
                 "<br>/ ID-train mean: %{y:.3f}<extra>%{fullData.name}</extra>",
             )
@@ -117,10 +173,10 @@ def norm_bars_figure(norm_table: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=1.0, line_dash="dot", line_color="grey")
     fig.update_layout(
         barmode="group",
-        title="Mean embedding norm per split and OOD set (ID-train = 1)",
+        title="Mean embedding norm per split and OOD set (ID train = 1)",
         template=TEMPLATE,
         height=380,
-        xaxis={"title": "", "categoryorder": "array", "categoryarray": labels},
+        xaxis={"title": "", "categoryorder": "array", "categoryarray": names.unique().tolist()},
         yaxis_title="mean norm / ID-train mean",
     )
     return fig
@@ -152,14 +208,21 @@ def bucket_figure(curves: pd.DataFrame, *, title: str, y_title: str, x_title: st
     return fig
 
 
-def roc_figure(roc: pd.DataFrame, metrics: pd.DataFrame) -> go.Figure:
+def roc_figure(
+    roc: pd.DataFrame, metrics: pd.DataFrame, labels: Mapping[str, str] | None = None
+) -> go.Figure:
     """ROC curves (ID-test positive) per OOD set (one panel each) and scorer (one colour each)."""
+    labels = labels or {}
     sets = list(dict.fromkeys(roc["ood_set"]))
     scorers = list(dict.fromkeys(roc["scorer"]))
     columns = min(3, len(sets))
     rows_n = -(-len(sets) // columns)
     fig = make_subplots(
-        rows=rows_n, cols=columns, subplot_titles=sets, horizontal_spacing=0.06, vertical_spacing=0.12
+        rows=rows_n,
+        cols=columns,
+        subplot_titles=[labels.get(s, s) for s in sets],
+        horizontal_spacing=0.06,
+        vertical_spacing=0.12,
     )
     auroc = {(r.ood_set, r.scorer): r.auroc for r in metrics.itertuples()}
     for s, ood_set in enumerate(sets):
@@ -168,16 +231,18 @@ def roc_figure(roc: pd.DataFrame, metrics: pd.DataFrame) -> go.Figure:
             part = roc[(roc["ood_set"] == ood_set) & (roc["scorer"] == scorer)]
             if part.empty:
                 continue
+            name = scorer_label(scorer)
             fig.add_trace(
                 go.Scatter(
                     x=part["fpr"],
                     y=part["tpr"],
                     mode="lines",
-                    name=scorer,
+                    name=name,
                     legendgroup=scorer,
                     showlegend=s == 0,
                     line={"color": COLORS[c % len(COLORS)]},
-                    hovertemplate=f"{scorer} on {ood_set} (AUROC {auroc.get((ood_set, scorer), float('nan')):.3f})"
+                    hovertemplate=f"{name} on {labels.get(ood_set, ood_set)} "
+                    f"(AUROC {auroc.get((ood_set, scorer), float('nan')):.3f})"
                     "<br>FPR %{x:.3f}, TPR %{y:.3f}<extra></extra>",
                 ),
                 row=row + 1,
@@ -196,11 +261,52 @@ def roc_figure(roc: pd.DataFrame, metrics: pd.DataFrame) -> go.Figure:
             col=col + 1,
         )
     fig.update_xaxes(title_text="false positive rate (OOD kept as ID)", range=[0, 1])
-    fig.update_yaxes(title_text="true positive rate (ID-test kept)", range=[0, 1.01])
+    fig.update_yaxes(title_text="true positive rate (ID test kept)", range=[0, 1.01])
     fig.update_layout(
-        title="ROC curves: ID-test (positive) vs each OOD set; larger score = more familiar",
+        title="ROC curves: ID test (positive) vs each OOD set; larger score = more familiar",
         template=TEMPLATE,
         height=380 * rows_n + 60,
+    )
+    return fig
+
+
+def auroc_heatmap_figure(run: Mapping[str, Any]) -> go.Figure:
+    """AUROC of every scorer (rows) on every OOD set (columns), 0.5 white, inverted signals red.
+
+    Each cell shows the AUROC and its 95% bootstrap interval.
+    """
+    ood = run["summary"]["ood"]
+    labels = set_labels(run)
+    sets = list(ood)
+    scorers = list(dict.fromkeys(s for per_set in ood.values() for s in per_set))
+    z = [[ood[key].get(s, {}).get("auroc") for key in sets] for s in scorers]
+    text = [
+        [
+            f"{ood[key][s]['auroc']:.3f}<br>[{_interval(*ood[key][s]['auroc_ci'])}]" if s in ood[key] else ""
+            for key in sets
+        ]
+        for s in scorers
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[labels.get(key, key) for key in sets],
+            y=[scorer_label(s) for s in scorers],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="RdBu",
+            zmin=0.0,
+            zmax=1.0,
+            zmid=0.5,
+            colorbar={"title": "AUROC"},
+            hovertemplate="%{y} on %{x}<br>AUROC %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="AUROC per scorer and OOD set (blue: detects the set; white: chance; red: inverted)",
+        template=TEMPLATE,
+        height=140 + 48 * len(scorers),
+        yaxis={"autorange": "reversed"},
     )
     return fig
 
@@ -209,7 +315,7 @@ def roc_figure(roc: pd.DataFrame, metrics: pd.DataFrame) -> go.Figure:
 
 
 def table_html(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
-    """A DataFrame as a plain HTML table (values escaped)."""
+    """A DataFrame as a plain HTML table (values escaped; NaN and None as empty cells)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
     for row in frame.itertuples(index=False):
@@ -267,6 +373,8 @@ h1{font-size:1.6em;margin-bottom:0.2em} h2{border-bottom:1px solid #ddd;padding-
 table{border-collapse:collapse;margin:0.5em 0;font-size:0.9em} th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 thead th{background:#f5f5f5} .note{background:#fff8e1;border-left:4px solid #f0c040;padding:0.5em 1em;margin:0.5em 0}
 .muted{color:#666;font-size:0.9em} .figure{margin:1em 0}
+ul.verdict{padding-left:1.2em} ul.verdict li{margin:0.3em 0}
+ul.verdict li.inverted{background:#fdecea;border-left:4px solid #d62728;padding:0.4em 0.8em;list-style:none;margin-left:-1.2em}
 table.exemplars figure{display:inline-block;margin:2px;text-align:center}
 table.exemplars img{width:64px;height:64px;image-rendering:pixelated;display:block}
 table.exemplars figcaption{font-size:0.75em;color:#555} td.highest{background:#f3fbf3} td.lowest{background:#fdf3f3}
@@ -282,8 +390,29 @@ def _anchor(title: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")
 
 
-def render_report(title: str, header: Sequence[Section], sections: Sequence[Section]) -> str:
-    """The whole HTML page: plotly.js once in the head, then the header and each section in order."""
+def plotly_js() -> str:
+    """The plotly.js bundle of the installed plotly package (what ``plotly="directory"`` expects beside the page)."""
+    return get_plotlyjs()
+
+
+def _plotly_script(mode: str) -> str:
+    if mode == "inline":
+        return f'<script type="text/javascript">{plotly_js()}</script>'
+    if mode == "cdn":
+        # the CDN copy of the installed bundle's version, pinned by its hash (subresource integrity)
+        digest = base64.b64encode(hashlib.sha256(plotly_js().encode("utf-8")).digest()).decode("ascii")
+        url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+        return f'<script src="{url}" integrity="sha256-{digest}" crossorigin="anonymous"></script>'
+    if mode == "directory":
+        return f'<script src="{PLOTLY_FILE}"></script>'
+    raise ValueError(f"plotly must be one of {', '.join(PLOTLY_MODES)}, got {mode!r}")
+
+
+def render_report(
+    title: str, header: Sequence[Section], sections: Sequence[Section], *, plotly: str = "inline"
+) -> str:
+    """The whole HTML page: plotly.js once in the head (see :data:`PLOTLY_MODES`), then each section in order."""
+    script = _plotly_script(plotly)
     parts = []
     for section in (*header, *sections):
         figures = "".join(
@@ -301,57 +430,230 @@ def render_report(title: str, header: Sequence[Section], sections: Sequence[Sect
         )
         parts.append(
             f'<section id="{_anchor(section.title)}"><h2>{html.escape(section.title)}</h2>'
-            f"{_paragraphs(section.intro)}{figures}{section.html}</section>"
+            f"{_paragraphs(section.intro)}{section.lead}{figures}{section.html}</section>"
         )
     nav = "".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in (*header, *sections))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>{script}</head>"
         f"<body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{''.join(parts)}</body></html>\n"
     )
 
 
+def _value_text(value: Any) -> str:
+    if value is None or value == []:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
 def settings_rows(settings: Mapping[str, Any]) -> pd.DataFrame:
+    """Settings as readable (setting, value) rows: ``max_train`` -> ``max train``, None -> ``—``."""
     return pd.DataFrame(
         {
-            "setting": list(settings),
-            "value": [", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in settings.values()],
+            "setting": [key.replace("_", " ") for key in settings],
+            "value": [_value_text(v) for v in settings.values()],
         }
+    )
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+def summary_table(run: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per split / OOD set: n, mean norm (ID train = 1, primary head), kNN accuracy, and for
+    each OOD set its best scorer with AUROC, 95% interval, both FPR@95 conventions and the AUPRs.
+
+    The same table is printed on the terminal and shown on the report's first screen; blank cells
+    do not apply to the row.
+    """
+    summary = run["summary"]
+    primary = run["primary_head"]
+    knn = summary["knn_accuracy"]
+    labels = set_labels(run)
+    verdicts = summary.get("ood_verdicts", {})
+    rows = []
+    for key, entry in summary["norms"].items():
+        role = entry["role"]
+        verdict = verdicts.get(key)
+        row: dict[str, Any] = {
+            "set": labels.get(key, key),
+            "role": _role_label(role, verdict["group"] if verdict else None),
+            "n": entry["n"],
+            f"norm / ID train ({primary})": entry["heads"][primary]["mean_scaled"],
+            "kNN accuracy": {"id-test": knn["id-test"], "id-train": knn["id-train-loo"]}.get(role, np.nan),
+            "best scorer": "",
+            "AUROC": np.nan,
+            "95% CI": "",
+            **{METRIC_LABELS[k]: np.nan for k in SUMMARY_METRICS},
+        }
+        if verdict:
+            best = summary["ood"][key][verdict["best"]]
+            row.update(
+                {
+                    "best scorer": scorer_label(verdict["best"]),
+                    "AUROC": verdict["auroc"],
+                    "95% CI": _interval(*verdict["auroc_ci"]),
+                    **{METRIC_LABELS[k]: best[k] for k in SUMMARY_METRICS},
+                }
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def auroc_table(run: Mapping[str, Any]) -> pd.DataFrame:
+    """AUROC of every scorer (rows) on every OOD set (columns), as the heatmap shows it."""
+    ood = run["summary"]["ood"]
+    labels = set_labels(run)
+    scorers = list(dict.fromkeys(s for per_set in ood.values() for s in per_set))
+    return pd.DataFrame(
+        {
+            "scorer": [scorer_label(s) for s in scorers],
+            **{
+                labels.get(key, key): [ood[key].get(s, {}).get("auroc", np.nan) for s in scorers]
+                for key in ood
+            },
+        }
+    )
+
+
+def _join(parts: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def _norm_detail(run: Mapping[str, Any], ood_set: str, scorer: str) -> str | None:
+    """``gets larger norms than the in-distribution data (mean 1.90× the ID-train mean, ID test 1.00×)``,
+    or None when the mean norms do not show it (the AUROC then reflects the distributions' shapes)."""
+    norms = run["summary"]["norms"]
+    head = scorer.partition("@")[2] or run["primary_head"]
+    id_test = next((k for k, v in norms.items() if v["role"] == "id-test"), None)
+    if ood_set not in norms or id_test is None or head not in norms[ood_set]["heads"]:
+        return None
+    ood_ratio = norms[ood_set]["heads"][head]["mean_scaled"]
+    id_ratio = norms[id_test]["heads"][head]["mean_scaled"]
+    if not ood_ratio > id_ratio:
+        return None
+    return (
+        f"gets larger norms than the in-distribution data (mean {ood_ratio:.2f}× the ID-train mean, "
+        f"ID test {id_ratio:.2f}×)"
+    )
+
+
+def _alternatives(per_scorer: Mapping[str, Any], exclude: Sequence[str]) -> str:
+    """``kNN distance (AUROC 0.981) or Mahalanobis distance (0.975)``: the best two scorers that detect the set."""
+    detecting = sorted(
+        (s for s, m in per_scorer.items() if s not in exclude and m["auroc_ci"][0] > 0.5),
+        key=lambda s: -per_scorer[s]["auroc"],
+    )[:2]
+    return " or ".join(
+        f"{scorer_label(s)} ({'AUROC ' if i == 0 else ''}{per_scorer[s]['auroc']:.3f})"
+        for i, s in enumerate(detecting)
+    )
+
+
+def _inverted_text(run: Mapping[str, Any], ood_set: str, name: str, inverted: Sequence[str]) -> str:
+    per_scorer = run["summary"]["ood"][ood_set]
+    listed = [
+        f"{scorer_label(s)} (AUROC {per_scorer[s]['auroc']:.3f}, 95% CI {_interval(*per_scorer[s]['auroc_ci'])})"
+        for s in inverted
+    ]
+    text = (
+        f"Inverted signal on {name}: {_join(listed)} {'ranks' if len(listed) == 1 else 'rank'} it as more "
+        "familiar than ID test, consistently rather than by chance."
+    )
+    norm_scorers = [s for s in inverted if s.partition("@")[0] == "norm"]
+    detail = _norm_detail(run, ood_set, norm_scorers[0]) if norm_scorers else None
+    if detail:
+        text += f" {name} {detail}: the norm calls it more familiar."
+    text += (
+        " Such a score does tell the sets apart, but in the opposite direction: flagging low scores "
+        "would wave this set through, so do not read it as a broken detector or as no signal."
+    )
+    alternatives = _alternatives(per_scorer, inverted)
+    return text + (
+        f" Use {alternatives} for this set." if alternatives else " No scorer here detects this set."
+    )
+
+
+def verdict_items(run: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """The verdict in words, ``(sentence, is_inverted_warning)`` per item: for each OOD set its best
+    scorer (or that none beats chance), then, if any scorer's signal is inverted for it, what that means."""
+    summary = run["summary"]
+    labels = set_labels(run)
+    items: list[tuple[str, bool]] = []
+    for ood_set, verdict in summary.get("ood_verdicts", {}).items():
+        name = labels.get(ood_set, ood_set)
+        best, auroc, ci = verdict["best"], verdict["auroc"], _interval(*verdict["auroc_ci"])
+        where = f"{name}, {verdict['group']}-OOD"
+        if verdict["detected"]:
+            text = f"{where}: best scorer {scorer_label(best)}, AUROC {auroc:.3f} (95% CI {ci})"
+            ties = [scorer_label(s) for s in verdict["within_interval"]]
+            if ties:
+                verb = "lies" if len(ties) == 1 else "lie"
+                text += f"; {_join(ties)} {verb} within that interval, so the data do not rank them apart"
+            items.append((text + ".", False))
+        else:
+            items.append(
+                (
+                    f"{where}: no scorer separates it from ID test better than chance; the best, "
+                    f"{scorer_label(best)}, has AUROC {auroc:.3f} (95% CI {ci}).",
+                    False,
+                )
+            )
+        if verdict["inverted"]:
+            items.append((_inverted_text(run, ood_set, name, verdict["inverted"]), True))
+    return items
+
+
+def verdict_lines(run: Mapping[str, Any]) -> list[str]:
+    """:func:`verdict_items` as plain lines (the terminal summary), inverted signals marked ``!``."""
+    return [("! " if inverted else "- ") + text for text, inverted in verdict_items(run)]
+
+
+def _verdict_section(run: Mapping[str, Any], groups: pd.DataFrame) -> Section:
+    items = "".join(
+        f'<li class="{"inverted" if inverted else "best"}">{html.escape(text)}</li>'
+        for text, inverted in verdict_items(run)
+    )
+    group_table = ""
+    if not groups.empty:
+        shown = pd.DataFrame(
+            {
+                "group": groups["group"] + "-OOD",
+                "OOD sets": groups["ood_sets"].map(
+                    lambda sets: ", ".join(set_labels(run).get(s, s) for s in sets.split(";"))
+                ),
+                "scorer": groups["scorer"].map(scorer_label),
+                **{m.label: groups[m.key] for m in OOD_METRICS},
+            }
+        )
+        group_table = "<h3>Near- and far-OOD means (as OpenOOD reports them)</h3>" + table_html(
+            shown, "{:.3f}"
+        )
+    return Section(
+        "Verdict",
+        f"Which scorer tells each OOD set apart from the in-distribution test set ({_id_label(run, 'id-test')}), "
+        "and how sure that is: AUROC with its 95% bootstrap interval (0.5 is chance; two scorers whose "
+        "AUROCs lie within one interval are not told apart by this data). Larger scores mean more familiar.",
+        lead=f'<ul class="verdict">{items}</ul>'
+        + table_html(summary_table(run), "{:.3f}")
+        + '<p class="muted">norm / ID train: mean norm of the primary head divided by its ID-train mean. '
+        "kNN accuracy: ID test classified against ID train, ID train by leave-one-out. FPR@95 (ID pos.): OOD "
+        "accepted where 95% of ID test is; FPR@95 (OOD pos.): ID test flagged where 95% of the OOD set is "
+        "(OpenOOD, pytorch-ood); AUPR: trapezoid-integrated PR curves (OpenOOD, pytorch-ood).</p>",
+        figures={"fig-auroc-heatmap": auroc_heatmap_figure(run)},
+        html=group_table,
     )
 
 
 # --------------------------------------------------------------------------- the analysis report
 
 
-def summary_table(run: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per split / OOD set: n, mean norm (ID-train = 1, primary head), kNN accuracy, AUROC per scorer.
-
-    The same table is printed on the terminal and shown at the top of the report.
-    """
-    summary = run["summary"]
-    primary = run["primary_head"]
-    knn = summary["knn_accuracy"]
-    scorers = list(dict.fromkeys(s for per_set in summary["ood"].values() for s in per_set))
-    rows = []
-    for key, entry in summary["norms"].items():
-        role = entry["role"]
-        row: dict[str, Any] = {
-            "set": key,
-            "role": role,
-            "n": entry["n"],
-            f"norm/train ({primary})": entry["heads"][primary]["mean_scaled"],
-        }
-        row["kNN acc"] = (
-            knn["id-test"] if role == "id-test" else knn["id-train-loo"] if role == "id-train" else None
-        )
-        for scorer in scorers:
-            row[f"AUROC {scorer}"] = summary["ood"].get(key, {}).get(scorer, {}).get("auroc")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _overview_section(run: Mapping[str, Any]) -> Section:
+def _run_section(run: Mapping[str, Any]) -> Section:
     checkpoint = run["checkpoint"]
     ckpt = pd.DataFrame(
         {
@@ -382,9 +684,9 @@ def _overview_section(run: Mapping[str, Any]) -> Section:
     sets = pd.DataFrame(
         [
             {
-                "dataset": d["name"],
+                "dataset": d.get("title", d["name"]),
                 "split": d["split"],
-                "role": d["role"],
+                "role": _role_label(d["role"], d.get("ood_group")),
                 "n": d["n"],
                 "source": d["source"],
                 "notes": "; ".join(d["notes"]),
@@ -396,12 +698,7 @@ def _overview_section(run: Mapping[str, Any]) -> Section:
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in run.get("notes", []))
     return Section(
         "Run",
-        f"norm/train: mean norm of the primary head divided by its ID-train mean. kNN acc: ID-test classified against "
-        f"ID-train, ID-train by leave-one-out. AUROC: in-distribution ({run['id_dataset']} test) is the positive class; "
-        "larger scores mean more familiar.",
-        html="<h3>Summary</h3>"
-        + table_html(summary_table(run), "{:.3f}")
-        + "<h3>Checkpoint</h3>"
+        html="<h3>Checkpoint</h3>"
         + table_html(ckpt)
         + "<h3>Datasets</h3>"
         + table_html(sets)
@@ -412,14 +709,66 @@ def _overview_section(run: Mapping[str, Any]) -> Section:
 
 
 def _ood_section(run: Mapping[str, Any], ood: pd.DataFrame, roc: pd.DataFrame) -> Section:
-    shown = ood.drop(columns=["positive"])
+    labels = set_labels(run)
+    shown = pd.DataFrame(
+        {
+            "OOD set": ood["ood_set"].map(lambda key: labels.get(key, key)),
+            "group": ood["group"] + "-OOD",
+            "scorer": ood["scorer"].map(scorer_label),
+            "head": ood["head"],
+            "n ID test": ood["n_id"],
+            "n OOD": ood["n_ood"],
+            "AUROC": ood["auroc"],
+            "AUROC 95% CI": [
+                _interval(lo, hi) for lo, hi in zip(ood["auroc_ci_low"], ood["auroc_ci_high"], strict=True)
+            ],
+            **{m.label: ood[m.key] for m in OOD_METRICS if m.key != "auroc"},
+        }
+    )
+    legend = pd.DataFrame(
+        {
+            "metric": [m.label for m in OOD_METRICS],
+            "name in run.json and tables/ood.csv": [m.key for m in OOD_METRICS],
+            "positive class": [m.positive for m in OOD_METRICS],
+            "better": ["higher" if m.higher_is_better else "lower" for m in OOD_METRICS],
+            "the same number elsewhere": [m.reference for m in OOD_METRICS],
+        }
+    )
     return Section(
         "OOD detection",
-        "Scorers are fitted on ID-train. Each OOD set is compared with ID-test (the positive class). "
-        "AUROC and AUPR: larger is better; FPR@95TPR: smaller is better.\n\n"
-        + run["summary"]["ood_convention"],
-        figures={"fig-roc": roc_figure(roc, ood)},
-        html=table_html(shown, "{:.4f}"),
+        "Scorers are fitted on ID train; each OOD set is compared with ID test. Larger scores mean more "
+        "familiar. AUROC and AUPR: larger is better; FPR: smaller is better. Metrics whose value depends on "
+        "the positive class say which class it is, so they can be put into OpenOOD or pytorch-ood tables "
+        "as they are (second table).",
+        figures={"fig-roc": roc_figure(roc, ood, labels)},
+        html=table_html(shown, "{:.4f}") + "<h3>The metrics</h3>" + table_html(legend),
+    )
+
+
+def _norm_table(norms: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
+    keys = norms["dataset"] + "/" + norms["split"]
+    shown = norms.drop(columns=["dataset", "split"]).rename(
+        columns={"mean_scaled": "mean / ID train", "median_scaled": "median / ID train"}
+    )
+    shown.insert(0, "set", keys.map(lambda key: labels.get(key, key)))
+    shown["role"] = shown["role"].map(lambda role: ROLE_LABELS.get(role, role))
+    return shown
+
+
+def _spearman_table(spearman: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "kNN correctness of": spearman["role"].map(
+                {"id-test": "ID test", "id-train-loo": "ID train (leave-one-out)"}
+            ),
+            "head": spearman["head"],
+            "n": spearman["n"],
+            "Spearman ρ with the norm": spearman["rho"],
+            "p-value": spearman["p_value"],
+            "95% CI low": spearman["ci_low"],
+            "95% CI high": spearman["ci_high"],
+            "bootstrap resamples": spearman["n_boot"],
+        }
     )
 
 
@@ -430,19 +779,25 @@ def analysis_report(
     roc: pd.DataFrame,
     imagesets: Mapping[str, ImageSet],
     extra_sections: Sequence[Section] = (),
+    *,
+    plotly: str = "inline",
 ) -> str:
     """The report of one `normprobe analyze` run; ``extra_sections`` (e.g. human labels) come last."""
     primary = run["primary_head"]
     settings = run["settings"]
+    labels = set_labels(run)
     norms = Section(
         "Embedding norms",
-        f"Norms of the raw (un-normalised) embeddings, divided by the mean norm on ID-train ({run['id_dataset']} train), "
+        f"Norms of the raw (un-normalised) embeddings, divided by the mean norm on ID train ({_id_label(run, 'id-train')}), "
         "as in the paper's Figure 3: the further a set is from the training data, the smaller its norms.",
         figures={
-            "fig-norm-bars": norm_bars_figure(tables["norms"]),
-            **{f"fig-norm-hist-{head}": norm_histogram_figure(samples, head) for head in run["heads"]},
+            "fig-norm-bars": norm_bars_figure(tables["norms"], labels),
+            **{
+                f"fig-norm-hist-{head}": norm_histogram_figure(samples, head, labels=labels)
+                for head in run["heads"]
+            },
         },
-        html=table_html(tables["norms"], "{:.4g}"),
+        html=table_html(_norm_table(tables["norms"], labels), "{:.4g}"),
     )
     scaling = {
         "max": "norm / max norm of the set (paper)",
@@ -451,9 +806,9 @@ def analysis_report(
     }[settings["bucket_scaling"]]
     buckets = Section(
         "Norm buckets vs kNN accuracy",
-        f"Weighted cosine kNN (k={settings['k']}, T={settings['temperature']}) on head {primary!r}, "
+        f"Weighted cosine kNN (k={settings['k']}, T={settings['temperature']}) on head {primary}, "
         f"{settings['buckets']} buckets of {scaling}; buckets with fewer than {settings['min_bucket_count']} samples are hidden "
-        "(paper Figure 4, left).\n\n" + SELF_VOTE_NOTE,
+        "(paper Figure 4, left). ID train is classified by leave-one-out (see the notes under Run).",
         figures={
             "fig-buckets": bucket_figure(
                 tables["buckets"],
@@ -462,22 +817,23 @@ def analysis_report(
                 x_title=f"bucket centre: {scaling}",
             )
         },
-        html=table_html(tables["spearman"], "{:.4g}"),
+        html=table_html(_spearman_table(tables["spearman"]), "{:.4g}"),
     )
     exemplars = tables["exemplars"]
     grids = "".join(
-        f"<h3>{html.escape(key)} ({html.escape(str(part['role'].iloc[0]))})</h3>"
+        f"<h3>{html.escape(labels.get(key, key))}, {html.escape(ROLE_LABELS.get(part['role'].iloc[0], ''))}</h3>"
         + exemplar_grid_html(part, imagesets[key])
         for key, part in exemplars.groupby(exemplars["dataset"] + "/" + exemplars["split"], sort=False)
     )
     exemplar_section = Section(
         "Exemplars",
-        f"The highest- and lowest-norm samples (head {primary!r}) of each class; OOD sets overall. "
+        f"The highest- and lowest-norm samples (head {primary}) of each class; OOD sets overall. "
         "Hover an image for its id and norm.",
         html=grids,
     )
     return render_report(
         f"normprobe analysis: {Path(run['checkpoint']['path']).name}",
-        [_overview_section(run)],
+        [_verdict_section(run, tables.get("ood_groups", pd.DataFrame())), _run_section(run)],
         [norms, buckets, _ood_section(run, tables["ood"], roc), exemplar_section, *extra_sections],
+        plotly=plotly,
     )

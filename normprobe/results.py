@@ -167,10 +167,12 @@ def write_results(
     report_html: str | None = None,
     *,
     force: bool = False,
+    report_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the whole folder into a temporary sibling, validate it, then move it into place.
 
-    A crash leaves either the previous folder or none, never a half-written one.
+    ``report_files`` are text files the report loads from beside it (name -> content, e.g.
+    ``plotly.min.js``). A crash leaves either the previous folder or none, never a half-written one.
     """
     out = check_output_dir(out, force)
     _validate_run(run, str(out / RUN_FILE))
@@ -186,6 +188,8 @@ def write_results(
             table.to_csv(staging / TABLES_DIR / f"{name}.csv", index=False)
         if report_html is not None:
             (staging / REPORT_FILE).write_text(report_html, encoding="utf-8")
+            for name, content in (report_files or {}).items():
+                (staging / name).write_text(content, encoding="utf-8")
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,10 +1,23 @@
-"""Out-of-distribution scorers, scikit-learn style: ``fit(id_train, labels=None) -> self`` and
-``score_samples(x) -> np.ndarray``.
+"""Out-of-distribution scorers as scikit-learn outlier detectors.
 
-Score direction (as everywhere in normprobe, see :mod:`normprobe.metrics`): **larger = more
-familiar (in-distribution)**. ``score_samples(None)`` scores the fitted ID-train samples
-themselves; scorers that look at neighbours then leave each point out of its own neighbours, so
-ID-train scores are not inflated by self-matches.
+Every scorer is a scikit-learn estimator (``BaseEstimator`` + ``OutlierMixin``): its constructor
+arguments are its parameters (``get_params`` / ``set_params``, ``sklearn.base.clone``), and
+
+* ``fit(X, y=None) -> self`` fits on ID-train embeddings (``y``: class labels, used only by the
+  class-conditional Mahalanobis score);
+* ``score_samples(X)``: **larger = more familiar (in-distribution)**, as everywhere in normprobe
+  (see :mod:`normprobe.metrics`);
+* ``decision_function(X) = score_samples(X) - offset_``, and ``predict(X)`` gives +1 (familiar,
+  ``decision_function >= 0``) or -1 (unfamiliar), as scikit-learn's ``IsolationForest`` and
+  ``LocalOutlierFactor(novelty=True)``;
+* ``offset_`` is calibrated on the training scores ``train_scores_``: the ``ceil(retain * n)``-th
+  largest, so a fraction ``retain`` (default 0.95) of ID-train is predicted familiar, the same
+  threshold rule as ``fpr@95tpr_id`` (:func:`normprobe.metrics.acceptance_threshold`).
+
+``train_scores_`` are leave-one-out where a scorer looks at neighbours (no training point is its
+own neighbour), and ``score_samples(None)`` returns them: the normprobe extension of the
+scikit-learn API that scores the training set honestly. A scorer thus drops into a scikit-learn
+``Pipeline`` or ``GridSearchCV``.
 
 Scorers, by registry name (:data:`SCORERS`, :func:`make_scorer`):
 
@@ -15,7 +28,9 @@ Scorers, by registry name (:data:`SCORERS`, :func:`make_scorer`):
                    mean under a shared covariance (Lee et al., 2018).
 ``"norm+knn"``     :class:`NormKNNScorer` -- the sum of the two z-scored scores above.
 
-Inputs are numpy arrays or torch tensors ``(n, d)``; results are float64 numpy arrays.
+Each class builds itself from a run's settings with :meth:`Scorer.from_settings`, taking the ones it
+uses. Inputs are numpy arrays, torch tensors (kept on their device) or array-likes ``(n, d)``;
+results are float64 numpy arrays.
 """
 
 from __future__ import annotations
@@ -24,16 +39,19 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from normprobe.errors import NormprobeError
-from normprobe.knn import DEFAULT_MEMORY_BUDGET_BYTES, ArrayLike, Backend, CosineIndex, as_embeddings
+from normprobe.knn import DEFAULT_MEMORY_BUDGET_BYTES, Backend, CosineIndex, as_embeddings
+from normprobe.metrics import acceptance_threshold
 
 _S = TypeVar("_S", bound="Scorer")
 
 
-def _checked(x: ArrayLike, name: str) -> torch.Tensor:
+def _checked(x: Any, name: str) -> torch.Tensor:
     """2-D float32 tensor with every value finite (a NaN/Inf makes its row's norm non-finite)."""
-    t = as_embeddings(x, name)
+    t = as_embeddings(x if isinstance(x, np.ndarray | torch.Tensor) else np.asarray(x), name)
     norms = torch.linalg.vector_norm(t, dim=1)
     if not bool(torch.isfinite(norms).all()):
         row = int((~torch.isfinite(norms)).nonzero()[0, 0])
@@ -41,77 +59,96 @@ def _checked(x: ArrayLike, name: str) -> torch.Tensor:
     return t
 
 
-class Scorer:
-    """Base class: input checks, the fitted state and the ``score_samples(None)`` convention."""
+def _labels(y: Any, n: int) -> np.ndarray | None:
+    if y is None:
+        return None
+    labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise NormprobeError(f"labels: expected shape ({n},) to match the embeddings, got {labels.shape}")
+    return labels
+
+
+class Scorer(OutlierMixin, BaseEstimator):
+    """Base class: input checks, the calibrated threshold and the scikit-learn outlier-detector API.
+
+    A subclass declares its parameters in ``__init__`` (stored unchanged, checked in ``fit``, as
+    scikit-learn requires), implements ``_fit`` (fit, then return the training scores,
+    leave-one-out where neighbours are involved) and ``_score``, and may override
+    :meth:`from_settings`.
+    """
 
     name: ClassVar[str]
+    """The registry name (:data:`SCORERS`), used in column names (``score_<name>``)."""
+    label: ClassVar[str]
+    """A readable name, for reports."""
+    retain: float
 
-    def __init__(self) -> None:
-        self.dim_: int | None = None
-        self.n_fit_: int | None = None
+    @classmethod
+    def from_settings(cls: type[_S], *, k: int) -> _S:
+        """The scorer of a run whose kNN OOD scores use ``k`` neighbours (``--ood-k``).
 
-    def fit(self: _S, embeddings: ArrayLike, labels: ArrayLike | None = None) -> _S:
-        """Fit on ID-train embeddings (``labels`` are used only by class-conditional scorers)."""
-        x = _checked(embeddings, "embeddings")
-        y = None
-        if labels is not None:
-            y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-            if y.ndim != 1 or y.shape[0] != x.shape[0]:
-                raise NormprobeError(
-                    f"labels: expected shape ({x.shape[0]},) to match the embeddings, got {y.shape}"
-                )
-        self._fit(x, y)
-        self.dim_, self.n_fit_ = int(x.shape[1]), int(x.shape[0])
+        Each class takes the settings it uses; this one (no neighbours) takes none.
+        """
+        return cls()
+
+    def fit(self: _S, X: Any, y: Any = None) -> _S:
+        """Fit on ID-train embeddings ``X`` (``y``: class labels, used by class-conditional scorers)."""
+        if not 0.0 < self.retain <= 1.0:
+            raise NormprobeError(f"retain must be in (0, 1], got {self.retain}")
+        x = _checked(X, "embeddings")
+        train_scores = self._fit(x, _labels(y, x.shape[0]))
+        self.n_features_in_ = int(x.shape[1])
+        self.train_scores_ = train_scores
+        self.offset_ = acceptance_threshold(train_scores, self.retain)
         return self
 
-    def score_samples(self, embeddings: ArrayLike | None) -> np.ndarray:
-        """Scores, larger = more familiar; ``None`` scores the fitted samples (leave-one-out)."""
-        if self.dim_ is None:
-            raise NormprobeError(f"{type(self).__name__} is not fitted; call fit(id_train_embeddings) first")
-        if embeddings is None:
-            return self._score_fit()
-        x = _checked(embeddings, "embeddings")
-        if x.shape[1] != self.dim_:
+    def score_samples(self, X: Any = None) -> np.ndarray:
+        """Scores, larger = more familiar; ``None`` gives the training scores (leave-one-out)."""
+        check_is_fitted(self, "train_scores_")
+        if X is None:
+            return self.train_scores_.copy()
+        x = _checked(X, "embeddings")
+        if x.shape[1] != self.n_features_in_:
             raise NormprobeError(
-                f"embeddings have dimension {x.shape[1]} but the scorer was fitted on dimension {self.dim_}"
+                f"embeddings have dimension {x.shape[1]} but the scorer was fitted on dimension "
+                f"{self.n_features_in_}"
             )
         return self._score(x)
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> None:
+    def decision_function(self, X: Any = None) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for samples below the calibrated threshold."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any = None) -> np.ndarray:
+        """+1 (familiar: ``score >= offset_``) or -1 (unfamiliar) per sample."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
-
-    def _score_fit(self) -> np.ndarray:
-        raise NotImplementedError
-
-
-def _zscore_stats(values: np.ndarray, what: str) -> tuple[float, float]:
-    mean, std = float(values.mean()), float(values.std())
-    if not std > 0:
-        raise NormprobeError(f"{what} is constant on the ID-train set; it cannot be standardised")
-    return mean, std
 
 
 class NormScorer(Scorer):
     """The L2 norm ``||z||`` of the un-normalised embedding.
 
     Cosine-similarity SSL losses grow the norm of what the encoder sees often, so small norms
-    flag novel samples (Draganov et al., 2025, Section 5). Fitting only records the dimension
-    and the ID-train norms (their mean/std are used by :class:`NormKNNScorer`).
+    flag novel samples (Draganov et al., 2025, Section 5). Fitting records only the training
+    norms (and so the threshold).
     """
 
     name = "norm"
+    label = "embedding norm"
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> None:
-        self.train_norms_ = self._score(x)
+    def __init__(self, *, retain: float = 0.95) -> None:
+        self.retain = retain
+
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+        return self._score(x)
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
         return torch.linalg.vector_norm(x.double(), dim=1).cpu().numpy()
-
-    def _score_fit(self) -> np.ndarray:
-        return self.train_norms_.copy()
 
 
 class KNNDistanceScorer(Scorer):
@@ -121,10 +158,12 @@ class KNNDistanceScorer(Scorer):
     normalised features ``z* = z / ||z||``, the score is ``-||z* - z*_(k)||`` where ``z*_(k)`` is
     the k-th nearest normalised training feature, k = 50 by default. On the unit sphere that
     distance is ``sqrt(2 * (1 - cos))``, a monotone function of the cosine distance, so we return
-    ``-(1 - cos(z, z_(k)))``: the same ranking, hence the same AUROC/AUPR/FPR.
+    ``-(1 - cos(z, z_(k)))``: the same ranking, hence the same AUROC/AUPR/FPR. The search is
+    :meth:`normprobe.knn.CosineIndex.kth_similarity`.
     """
 
     name = "knn"
+    label = "kNN distance"
 
     def __init__(
         self,
@@ -132,38 +171,34 @@ class KNNDistanceScorer(Scorer):
         *,
         backend: Backend = "torch",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        retain: float = 0.95,
     ) -> None:
-        super().__init__()
-        if k < 1:
-            raise NormprobeError(f"k must be >= 1, got {k}")
-        self.k = int(k)
-        self.backend: Backend = backend
-        self.memory_budget_bytes = int(memory_budget_bytes)
+        self.k = k
+        self.backend = backend
+        self.memory_budget_bytes = memory_budget_bytes
+        self.retain = retain
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> None:
+    @classmethod
+    def from_settings(cls: type[_S], *, k: int) -> _S:
+        return cls(k=k)
+
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+        if self.k < 1:
+            raise NormprobeError(f"k must be >= 1, got {self.k}")
         # k + 1 points are needed so that leave-one-out scoring of the training set works too
         if x.shape[0] < self.k + 1:
             raise NormprobeError(
                 f"k={self.k} needs at least k + 1 = {self.k + 1} ID-train samples, got {x.shape[0]}"
             )
         self.index_ = CosineIndex(x, backend=self.backend, memory_budget_bytes=self.memory_budget_bytes)
+        return self._kth(None)
 
-    def _kth_similarity(self, queries: torch.Tensor | None, k: int) -> np.ndarray:
-        """The k-th largest cosine similarity of each query: the smallest of its top k."""
-        blocks = self.index_.iter_search(queries, k, sort=False)
-        return torch.cat([block.similarities.amin(dim=1) for _, block in blocks]).double().cpu().numpy()
+    def _kth(self, queries: torch.Tensor | None) -> np.ndarray:
+        # float64 before subtracting: 1 - cos loses digits in float32 for near neighbours
+        return self.index_.kth_similarity(queries, self.k).double().cpu().numpy() - 1.0
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
-        return self._kth_similarity(x, self.k) - 1.0
-
-    def _score_fit(self) -> np.ndarray:
-        return self._kth_similarity(None, self.k) - 1.0
-
-    def _score_fit_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Leave-one-out scores of some training rows: each row's nearest neighbour is itself
-        (cosine 1), so its k-th neighbour among the others is the (k+1)-th overall."""
-        queries = self.index_.bank[torch.from_numpy(rows).to(self.index_.device)]
-        return self._kth_similarity(queries, self.k + 1) - 1.0
+        return self._kth(x)
 
 
 class MahalanobisScorer(Scorer):
@@ -179,19 +214,21 @@ class MahalanobisScorer(Scorer):
     ``Sigma`` is inverted through its eigendecomposition with a ridge ``ridge * trace(Sigma) / d``
     added to every eigenvalue, so rank-deficient covariances (d > N, collapsed dimensions) stay
     well-conditioned; the ridge is relative, so the score does not depend on the embedding scale.
-    Computed in float64, in row blocks of ``block_rows``.
+    Computed in float64, in row blocks of ``block_rows``. The Gaussian is a global fit, so the
+    training points are scored as they are (no leave-one-out).
     """
 
     name = "mahalanobis"
+    label = "Mahalanobis distance"
 
-    def __init__(self, ridge: float = 1e-6, *, block_rows: int = 8192) -> None:
-        super().__init__()
-        if not ridge > 0:
-            raise NormprobeError(f"ridge must be > 0, got {ridge}")
-        self.ridge = float(ridge)
-        self.block_rows = int(block_rows)
+    def __init__(self, ridge: float = 1e-6, *, block_rows: int = 8192, retain: float = 0.95) -> None:
+        self.ridge = ridge
+        self.block_rows = block_rows
+        self.retain = retain
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> None:
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+        if not self.ridge > 0:
+            raise NormprobeError(f"ridge must be > 0, got {self.ridge}")
         n, d = x.shape
         if labels is None:
             codes = np.zeros(n, dtype=np.int64)
@@ -200,14 +237,15 @@ class MahalanobisScorer(Scorer):
             self.classes_, codes = np.unique(labels, return_inverse=True)
         codes_t = torch.from_numpy(codes.reshape(-1).astype(np.int64)).to(x.device)
         n_classes = len(self.classes_)
+        block = self.block_rows
         sums = torch.zeros(n_classes, d, dtype=torch.float64, device=x.device)
-        for r0 in range(0, n, self.block_rows):
-            sums.index_add_(0, codes_t[r0 : r0 + self.block_rows], x[r0 : r0 + self.block_rows].double())
+        for r0 in range(0, n, block):
+            sums.index_add_(0, codes_t[r0 : r0 + block], x[r0 : r0 + block].double())
         counts = torch.bincount(codes_t, minlength=n_classes).double()
         means = sums / counts.unsqueeze(1)
         scatter = torch.zeros(d, d, dtype=torch.float64, device=x.device)
-        for r0 in range(0, n, self.block_rows):
-            centred = x[r0 : r0 + self.block_rows].double() - means[codes_t[r0 : r0 + self.block_rows]]
+        for r0 in range(0, n, block):
+            centred = x[r0 : r0 + block].double() - means[codes_t[r0 : r0 + block]]
             scatter.addmm_(centred.T, centred)
         cov = scatter / n
         eigvals, eigvecs = torch.linalg.eigh(cov)
@@ -220,8 +258,7 @@ class MahalanobisScorer(Scorer):
         # whitening W with W W^T = (Sigma + eps I)^-1: distances become Euclidean after z -> z W
         self.whitener_ = eigvecs / torch.sqrt(eigvals + self.ridge * trace / d)
         self.white_means_ = means @ self.whitener_
-        # the Gaussian is a global fit: ID-train points are scored as they are (no leave-one-out)
-        self.train_scores_ = self._score(x)
+        return self._score(x)
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
         w = self.whitener_.to(x.device)
@@ -236,58 +273,57 @@ class MahalanobisScorer(Scorer):
             out.append(d2.amin(dim=1).clamp_min_(0.0))
         return -torch.cat(out).cpu().numpy()
 
-    def _score_fit(self) -> np.ndarray:
-        return self.train_scores_.copy()
+
+def _zscore_stats(values: np.ndarray, what: str) -> tuple[float, float]:
+    mean, std = float(values.mean()), float(values.std())
+    if not std > 0:
+        raise NormprobeError(f"{what} is constant on the ID-train set; it cannot be standardised")
+    return mean, std
 
 
 class NormKNNScorer(Scorer):
     """Embedding norm and kNN distance combined: ``(n - mu_n) / sd_n + (s - mu_s) / sd_s``.
 
     ``n`` is the norm (:class:`NormScorer`), ``s`` the kNN score (:class:`KNNDistanceScorer`),
-    each standardised by its mean and standard deviation on ID-train, so the two signals -- how
-    familiar the encoder finds a sample (norm) and how close it lies to the training data
-    (direction) -- get equal weight whatever their scales. The kNN statistics are computed
-    leave-one-out on a seeded random subset of at most ``n_stat_samples`` training points, which
-    keeps fitting cheap on large training sets.
+    each standardised by its mean and standard deviation over the ID-train scores (the kNN ones
+    leave-one-out), so the two signals -- how familiar the encoder finds a sample (norm) and how
+    close it lies to the training data (direction) -- get equal weight whatever their scales.
     """
 
     name = "norm+knn"
+    label = "norm + kNN"
 
     def __init__(
         self,
         k: int = 50,
         *,
-        n_stat_samples: int = 10_000,
-        seed: int = 0,
         backend: Backend = "torch",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        retain: float = 0.95,
     ) -> None:
-        super().__init__()
-        if n_stat_samples < 2:
-            raise NormprobeError(f"n_stat_samples must be >= 2, got {n_stat_samples}")
-        self.norm = NormScorer()
-        self.knn = KNNDistanceScorer(k, backend=backend, memory_budget_bytes=memory_budget_bytes)
-        self.n_stat_samples = int(n_stat_samples)
-        self.seed = int(seed)
+        self.k = k
+        self.backend = backend
+        self.memory_budget_bytes = memory_budget_bytes
+        self.retain = retain
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> None:
-        self.norm.fit(x)
-        self.knn.fit(x)
-        self.norm_mean_, self.norm_std_ = _zscore_stats(self.norm.score_samples(None), "the embedding norm")
-        n = x.shape[0]
-        rows = np.arange(n)
-        if n > self.n_stat_samples:
-            rows = np.sort(np.random.default_rng(self.seed).choice(n, self.n_stat_samples, replace=False))
-        self.knn_mean_, self.knn_std_ = _zscore_stats(self.knn._score_fit_rows(rows), "the kNN score")
+    @classmethod
+    def from_settings(cls: type[_S], *, k: int) -> _S:
+        return cls(k=k)
+
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+        self.norm_ = NormScorer(retain=self.retain).fit(x)
+        self.knn_ = KNNDistanceScorer(
+            self.k, backend=self.backend, memory_budget_bytes=self.memory_budget_bytes, retain=self.retain
+        ).fit(x)
+        self.norm_mean_, self.norm_std_ = _zscore_stats(self.norm_.train_scores_, "the embedding norm")
+        self.knn_mean_, self.knn_std_ = _zscore_stats(self.knn_.train_scores_, "the kNN score")
+        return self._combine(self.norm_.train_scores_, self.knn_.train_scores_)
 
     def _combine(self, norms: np.ndarray, knn: np.ndarray) -> np.ndarray:
         return (norms - self.norm_mean_) / self.norm_std_ + (knn - self.knn_mean_) / self.knn_std_
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
-        return self._combine(self.norm.score_samples(x), self.knn.score_samples(x))
-
-    def _score_fit(self) -> np.ndarray:
-        return self._combine(self.norm.score_samples(None), self.knn.score_samples(None))
+        return self._combine(self.norm_.score_samples(x), self.knn_.score_samples(x))
 
 
 SCORERS: dict[str, type[Scorer]] = {
@@ -295,27 +331,22 @@ SCORERS: dict[str, type[Scorer]] = {
 }
 """Scorer classes by registry name."""
 
-_USES_K = (KNNDistanceScorer, NormKNNScorer)
-SEEDED: tuple[type[Scorer], ...] = (NormKNNScorer,)
-"""Scorers whose fit draws random numbers (norm+knn: the subset behind its kNN statistics)."""
 
-
-def make_scorer(name: str, *, k: int = 50, seed: int = 0, **params: Any) -> Scorer:
-    """A new scorer by registry name.
-
-    ``k`` is the neighbour count of the kNN-based scorers and ``seed`` the seed of the
-    :data:`SEEDED` ones; each is ignored by the others, so one call site can build every scorer
-    from the same settings. Other ``params`` go to the class.
-    """
+def scorer_class(name: str) -> type[Scorer]:
+    """The scorer class registered as ``name``."""
     try:
-        cls = SCORERS[name]
+        return SCORERS[name]
     except KeyError:
         raise NormprobeError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORERS)}") from None
-    if issubclass(cls, _USES_K):
-        params["k"] = k
-    if issubclass(cls, SEEDED):
-        params["seed"] = seed
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise NormprobeError(f"scorer {name!r}: {exc}") from None
+
+
+def make_scorer(name: str, **params: Any) -> Scorer:
+    """A new scorer by registry name, with ``params`` for its constructor."""
+    cls = scorer_class(name)
+    known = list(cls().get_params())
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise NormprobeError(
+            f"scorer {name!r} has no parameter {unknown[0]!r} (parameters: {', '.join(known)})"
+        )
+    return cls(**params)

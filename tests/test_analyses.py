@@ -166,19 +166,93 @@ def test_ood_metrics_on_a_case_with_known_answers() -> None:
 
     ids = [1.0, 2.0, 3.0, 4.0]
     samples = _scored(ids, {"far": [-2.0, -1.0], "mixed": [0.0, 2.5], "reversed": [10.0, 11.0]})
-    table, roc = evaluate_ood(samples, ["s"])
+    table, roc = evaluate_ood(samples, ["s"], "z")
     table = table.set_index("ood_set")
-    assert table.loc["far/test", "auroc"] == 1.0 and table.loc["far/test", "fpr95"] == 0.0
-    assert table.loc["far/test", "aupr_in"] == 1.0 and table.loc["far/test", "aupr_out"] == 1.0
-    # ID-test (positive) beats 0.0 four times and 2.5 twice: 6 of 8 pairs
+    far = table.loc["far/test"]
+    assert far["auroc"] == 1.0 and far["fpr@95tpr_id"] == 0.0 and far["fpr@95tpr_ood"] == 0.0
+    assert far["aupr_in_ap"] == far["aupr_out_ap"] == far["aupr_in_trapz"] == far["aupr_out_trapz"] == 1.0
+    # ID-test beats 0.0 four times and 2.5 twice: 6 of 8 pairs
     assert table.loc["mixed/test", "auroc"] == pytest.approx(0.75)
     # the threshold keeping 95% of ID-test is the lowest ID score (1.0): 2.5 passes, 0.0 does not
-    assert table.loc["mixed/test", "fpr95"] == pytest.approx(0.5)
-    assert table.loc["reversed/test", "auroc"] == 0.0 and table.loc["reversed/test", "fpr95"] == 1.0
-    assert (table["positive"] == "id-test").all() and (table["n_id"] == 4).all()
+    assert table.loc["mixed/test", "fpr@95tpr_id"] == pytest.approx(0.5)
+    # flagging 95% of the OOD set (both) takes every score <= 2.5: ID 1.0 and 2.0 are flagged too
+    assert table.loc["mixed/test", "fpr@95tpr_ood"] == pytest.approx(0.5)
+    reversed_ = table.loc["reversed/test"]
+    assert (
+        reversed_["auroc"] == 0.0 and reversed_["fpr@95tpr_id"] == 1.0 and reversed_["fpr@95tpr_ood"] == 1.0
+    )
+    assert (table["n_id"] == 4).all() and (table["head"] == "z").all()
     far = roc[roc["ood_set"] == "far/test"]
     assert far["tpr"].iloc[0] == 1.0 and far["fpr"].iloc[0] == 0.0  # perfect separation: TPR 1 at FPR 0
     assert np.all(np.diff(roc.loc[roc["ood_set"] == "mixed/test", "tpr"]) >= 0)
+
+
+def test_ood_groups_and_their_means() -> None:
+    from normprobe.analyses.ood import evaluate_ood, group_means, ood_group
+
+    assert ood_group(("cifar100", "cifar100"), "near", (), ()) == "near"  # the manifest's group
+    assert ood_group(("cifar100", "cifar100"), "near", (), ("cifar100",)) == "far"  # --far wins
+    assert ood_group(("my_images/", "my_images"), None, (), ()) == "far"  # user folders
+    assert ood_group(("my_images/", "my_images"), None, ("my_images/",), ()) == "near"
+    with pytest.raises(NormprobeError, match="ood_group 'middle'"):
+        ood_group(("x",), "middle", (), ())
+    samples = _scored([1.0, 2.0, 3.0, 4.0], {"a": [-2.0, -1.0], "b": [0.0, 2.5], "c": [10.0, 11.0]})
+    table, _ = evaluate_ood(samples, ["s"], "z", {"a/test": "near", "b/test": "far"})
+    assert table.set_index("ood_set")["group"].to_dict() == {
+        "a/test": "near",
+        "b/test": "far",
+        "c/test": "far",
+    }
+    means = group_means(table).set_index("group")
+    assert means.loc["near", "auroc"] == 1.0 and means.loc["near", "n_sets"] == 1
+    assert means.loc["far", "ood_sets"] == "b/test;c/test" and means.loc["far", "n_sets"] == 2
+    assert means.loc["far", "auroc"] == pytest.approx((0.75 + 0.0) / 2)
+    assert means.loc["far", "fpr@95tpr_ood"] == pytest.approx((0.5 + 1.0) / 2)
+    assert list(means.index) == ["near", "far"]
+
+
+def test_ood_verdicts_name_the_best_the_indistinguishable_and_the_inverted() -> None:
+    from normprobe.analyses.ood import evaluate_ood, ood_verdicts
+
+    rng = np.random.default_rng(0)
+    ids = rng.normal(0.0, 1.0, 300)
+    rows = [{"dataset": "c10", "split": "test", "role": "id-test"} for _ in ids]
+    ood = rng.normal(-2.0, 1.0, 300)
+    rows += [{"dataset": "far", "split": "test", "role": "ood"} for _ in ood]
+    samples = pd.DataFrame(rows)
+    # a clear signal, the same signal plus a little noise, and the first one inverted
+    samples["score_a"] = np.r_[ids, ood]
+    samples["score_b"] = np.r_[ids, ood] + rng.normal(0.0, 0.05, 600)
+    samples["score_c"] = -np.r_[ids, ood]
+    table, _ = evaluate_ood(samples, ["a", "b", "c"], "z", {"far/test": "far"}, n_boot=200)
+    verdict = ood_verdicts(table)["far/test"]
+    best = table.set_index("scorer").loc[verdict["best"]]
+    assert verdict["best"] in ("a", "b") and verdict["detected"] and verdict["group"] == "far"
+    assert verdict["auroc_ci"] == [best["auroc_ci_low"], best["auroc_ci_high"]]
+    assert verdict["within_interval"] == [s for s in ("a", "b") if s != verdict["best"]]
+    assert verdict["inverted"] == ["c"]
+    # the intervals: seeded, and around the estimate
+    again, _ = evaluate_ood(samples, ["a", "b", "c"], "z", n_boot=200)
+    pd.testing.assert_series_equal(table["auroc_ci_low"], again["auroc_ci_low"])
+    assert (table["auroc_ci_low"] < table["auroc"]).all() and (table["auroc"] < table["auroc_ci_high"]).all()
+
+
+def test_report_options_are_checked() -> None:
+    from normprobe.analyses.settings import AnalysisSettings
+
+    with pytest.raises(NormprobeError, match="--plotly must be one of inline, cdn, directory"):
+        AnalysisSettings(plotly="nowhere").check()
+
+
+def test_human_signals_have_readable_names() -> None:
+    from normprobe.analyses.human import signal_label
+
+    assert signal_label("human_c10n_aggre_correct") == "CIFAR-10N consensus label is correct"
+    assert signal_label("human_c10n_random2_correct") == "CIFAR-10N annotator 2's label is correct"
+    assert signal_label("human_c10h_entropy") == "CIFAR-10H label entropy (bits)"
+    assert (
+        signal_label("human_c10h_majority_disagrees") == "CIFAR-10H majority disagrees with the dataset label"
+    )
 
 
 def test_scores_fit_on_train_and_leave_train_points_out() -> None:

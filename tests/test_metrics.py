@@ -36,27 +36,81 @@ def test_auroc_by_hand() -> None:
     assert metrics.auroc([3, 2], [2, 1]) == 0.875
 
 
+def openood_v15(s_id: np.ndarray, s_ood: np.ndarray, drop_intermediate: bool = False) -> dict[str, float]:
+    """OpenOOD v1.5 ``auc_and_fpr_recall`` (OOD positive, confidences negated), through scikit-learn."""
+    y_ood, conf = np.r_[np.zeros(len(s_id)), np.ones(len(s_ood))], np.r_[s_id, s_ood]
+    fpr, tpr, _ = skm.roc_curve(y_ood, -conf, drop_intermediate=drop_intermediate)
+    precision_in, recall_in, _ = skm.precision_recall_curve(1 - y_ood, conf)
+    precision_out, recall_out, _ = skm.precision_recall_curve(y_ood, -conf)
+    return {
+        "auroc": skm.auc(fpr, tpr),
+        "fpr@95tpr_ood": fpr[np.argmax(tpr >= 0.95)],
+        "aupr_in_trapz": skm.auc(recall_in, precision_in),
+        "aupr_out_trapz": skm.auc(recall_out, precision_out),
+    }
+
+
 @pytest.mark.parametrize("ties", [False, True])
-def test_against_sklearn(ties: bool) -> None:
-    s_id, s_ood = scored_sets(0, ties=ties)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_metric_equals_an_independent_computation(ties: bool, seed: int) -> None:
+    s_id, s_ood = scored_sets(seed, ties=ties)
     y, s = sk_labels(s_id, s_ood)
-    assert metrics.auroc(s_id, s_ood) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-    assert metrics.aupr_in(s_id, s_ood) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
-    assert metrics.aupr_out(s_id, s_ood) == pytest.approx(skm.average_precision_score(1 - y, -s), abs=1e-12)
-    fpr, tpr = metrics.roc_curve(s_id, s_ood)
+    result = metrics.ood_metrics(s_id, s_ood)
+    assert list(result) == [m.key for m in metrics.OOD_METRICS]
     sk_fpr, sk_tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    precision_in, recall_in, _ = skm.precision_recall_curve(y, s)
+    precision_out, recall_out, _ = skm.precision_recall_curve(1 - y, -s)
+    expected = {
+        "auroc": skm.roc_auc_score(y, s),
+        # ID positive: the first ROC point (highest threshold) that keeps 95% of ID
+        "fpr@95tpr_id": sk_fpr[np.argmax(sk_tpr >= 0.95)],
+        "aupr_in_ap": skm.average_precision_score(y, s),
+        "aupr_out_ap": skm.average_precision_score(1 - y, -s),
+        "aupr_in_trapz": np.trapezoid(precision_in, recall_in),
+        "aupr_out_trapz": np.trapezoid(precision_out, recall_out),
+        **openood_v15(s_id, s_ood),
+    }
+    assert set(expected) == set(result)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-12), key
+    # each named function is the table's
+    assert metrics.fpr_at_tpr(s_id, s_ood) == result["fpr@95tpr_id"]
+    assert metrics.fpr_at_tpr_ood(s_id, s_ood) == result["fpr@95tpr_ood"]
+    assert metrics.aupr_in_trapz(s_id, s_ood) == result["aupr_in_trapz"]
+    fpr, tpr = metrics.roc_curve(s_id, s_ood)
     np.testing.assert_allclose(fpr, sk_fpr, atol=1e-12)
     np.testing.assert_allclose(tpr, sk_tpr, atol=1e-12)
-    # FPR@95TPR from scikit-learn's ROC: the first threshold whose TPR reaches 0.95
-    assert metrics.fpr_at_tpr(s_id, s_ood) == pytest.approx(sk_fpr[np.argmax(sk_tpr >= 0.95)], abs=1e-12)
+
+
+def test_openood_with_its_default_roc_agrees_on_untied_scores() -> None:
+    # OpenOOD keeps roc_curve's drop_intermediate=True; that only matters when ties make ROC steps collinear
+    s_id, s_ood = scored_sets(3)
+    assert metrics.fpr_at_tpr_ood(s_id, s_ood) == pytest.approx(
+        openood_v15(s_id, s_ood, drop_intermediate=True)["fpr@95tpr_ood"], abs=1e-12
+    )
+
+
+def test_the_two_conventions_differ_and_mirror_each_other() -> None:
+    s_id, s_ood = scored_sets(4, n_id=400, n_ood=400)
+    id_positive, ood_positive = metrics.fpr_at_tpr(s_id, s_ood), metrics.fpr_at_tpr_ood(s_id, s_ood)
+    assert abs(id_positive - ood_positive) > 0.01  # different numbers for the same scores
+    # swapping the roles of the sets (and the score sign) turns one into the other
+    assert ood_positive == metrics.fpr_at_tpr(-s_ood, -s_id)
+    assert metrics.aupr_out_trapz(s_id, s_ood) == metrics.aupr_in_trapz(-s_ood, -s_id)
+    assert metrics.aupr_out_ap(s_id, s_ood) == metrics.aupr_in_ap(-s_ood, -s_id)
 
 
 def test_aupr_by_hand() -> None:
     # ranking id, ood, id: precision 1 at recall 1/2, 2/3 at recall 1 -> AP = 1/2 + 1/3
-    assert metrics.aupr_in([3, 1], [2]) == pytest.approx(0.5 + 1 / 3)
+    assert metrics.aupr_in_ap([3, 1], [2]) == pytest.approx(0.5 + 1 / 3)
+    # trapezoid over (0, 1), (1/2, 1), (1/2, 1/2), (1, 2/3): 1/2 + 0 + 1/2 * (1/2 + 2/3) / 2
+    assert metrics.aupr_in_trapz([3, 1], [2]) == pytest.approx(0.5 + 7 / 24)
     # OOD positive, negated scores rank the ood sample (2) second of three: AP = 1/2
-    assert metrics.aupr_out([3, 1], [2]) == pytest.approx(0.5)
-    assert metrics.aupr_in([5, 6], [1, 2]) == 1.0 == metrics.aupr_out([5, 6], [1, 2])
+    assert metrics.aupr_out_ap([3, 1], [2]) == pytest.approx(0.5)
+    assert metrics.aupr_in_ap([5, 6], [1, 2]) == 1.0 == metrics.aupr_out_ap([5, 6], [1, 2])
+    assert metrics.aupr_in_trapz([5, 6], [1, 2]) == 1.0 == metrics.aupr_out_trapz([5, 6], [1, 2])
+    # all tied: one threshold at recall 1, precision 1/2; AP 1/2, the trapezoid from (0, 1) gives 3/4
+    assert metrics.aupr_in_ap([1, 1], [1, 1]) == 0.5 and metrics.aupr_in_trapz([1, 1], [1, 1]) == 0.75
 
 
 def test_fpr_at_95_tpr_by_hand() -> None:
@@ -67,13 +121,9 @@ def test_fpr_at_95_tpr_by_hand() -> None:
     assert metrics.fpr_at_tpr(s_id, -s_ood - 100) == 0.0
     # ties at the threshold: every ID score equal -> all OOD at that value count as accepted
     assert metrics.fpr_at_tpr([1.0] * 10, [1.0, 0.0]) == 0.5
-
-
-def test_ood_metrics_keys() -> None:
-    s_id, s_ood = scored_sets(1)
-    result = metrics.ood_metrics(s_id, s_ood)
-    assert set(result) == {"auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr"}
-    assert result["auroc"] == metrics.auroc(s_id, s_ood)
+    # OOD positive: flagging 95% of the 5 OOD scores (all 5) needs u = 5.0, which flags ID 1..5
+    assert metrics.fpr_at_tpr_ood(s_id, s_ood) == pytest.approx(5 / 20)
+    assert metrics.fpr_at_tpr_ood(s_id, s_ood, tpr=0.8) == pytest.approx(2 / 20)  # u = 2.0
 
 
 def test_average_ranks_match_scipy() -> None:
@@ -144,15 +194,34 @@ def test_bootstrap_ci() -> None:
         metrics.bootstrap_ci(metrics.auroc, s_id, s_ood, paired=True)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_bootstrap_auroc_is_bootstrap_ci_of_auroc(ties: bool) -> None:
+    s_id, s_ood = scored_sets(6, n_id=150, n_ood=90, ties=ties)
+    for seed, confidence in ((0, 0.95), (3, 0.9)):
+        fast = metrics.bootstrap_auroc(
+            s_id, s_ood, n_resamples=150, seed=seed, confidence=confidence, block=64
+        )
+        slow = metrics.bootstrap_ci(
+            metrics.auroc, s_id, s_ood, n_resamples=150, seed=seed, confidence=confidence
+        )
+        assert fast.estimate == slow.estimate
+        assert fast.low == pytest.approx(slow.low, abs=1e-12) and fast.high == pytest.approx(
+            slow.high, abs=1e-12
+        )
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
         (lambda: metrics.auroc([1.0, math.nan], [0.0]), "NaN or Inf"),
         (lambda: metrics.auroc([], [0.0]), "no scores"),
-        (lambda: metrics.aupr_in(np.ones((2, 2)), [0.0]), "1-D"),
+        (lambda: metrics.aupr_in_ap(np.ones((2, 2)), [0.0]), "1-D"),
+        (lambda: metrics.aupr_out_trapz([1.0], [math.inf]), "NaN or Inf"),
         (lambda: metrics.fpr_at_tpr([1.0], [0.0], tpr=0.0), "tpr must be"),
+        (lambda: metrics.fpr_at_tpr_ood([1.0], [0.0], tpr=1.5), "tpr must be"),
         (lambda: metrics.spearman([1.0, 2.0], [1.0]), "differ in length"),
         (lambda: metrics.bootstrap_ci(metrics.auroc, [1.0], [0.0], confidence=1.0), "confidence"),
+        (lambda: metrics.bootstrap_auroc([1.0], [0.0], n_resamples=0), "n_resamples"),
     ],
 )
 def test_bad_input(call, match: str) -> None:  # noqa: ANN001

@@ -61,8 +61,34 @@ def test_run_json_has_every_key(results: Results) -> None:
     assert set(run["summary"]["ood"]) == {"cifar100/test", "mnist/test"}
     for per_scorer in run["summary"]["ood"].values():
         assert set(per_scorer) == {"norm", "knn", "mahalanobis", "norm+knn", "norm@feats"}
-        assert all(set(m) == {"auroc", "aupr_in", "aupr_out", "fpr95"} for m in per_scorer.values())
+        for m in per_scorer.values():
+            assert list(m) == [
+                "auroc",
+                "fpr@95tpr_id",
+                "fpr@95tpr_ood",
+                "aupr_in_ap",
+                "aupr_out_ap",
+                "aupr_in_trapz",
+                "aupr_out_trapz",
+                "auroc_ci",
+            ]
+            assert m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1]
+    verdicts = run["summary"]["ood_verdicts"]
+    assert list(verdicts) == ["cifar100/test", "mnist/test"]
+    for ood_set, verdict in verdicts.items():
+        per_scorer = run["summary"]["ood"][ood_set]
+        best = per_scorer[verdict["best"]]
+        assert verdict["auroc"] == max(m["auroc"] for m in per_scorer.values()) == best["auroc"]
+        assert verdict["auroc_ci"] == best["auroc_ci"]
+        assert verdict["inverted"] == [s for s, m in per_scorer.items() if m["auroc_ci"][1] < 0.5]
+    assert [d.get("title") for d in run["datasets"]] == ["CIFAR-10", "CIFAR-10", "CIFAR-100", "MNIST"]
     assert any("partial mirror: 916 of 10000" in note for note in run["datasets"][2]["notes"])
+    # OpenOOD's near-/far-OOD means: CIFAR-100 near, MNIST far (the manifests' ood_group)
+    assert [d.get("ood_group") for d in run["datasets"]] == [None, None, "near", "far"]
+    groups = run["summary"]["ood_groups"]
+    assert {g: groups[g]["ood_sets"] for g in groups} == {"near": ["cifar100/test"], "far": ["mnist/test"]}
+    mnist_knn = run["summary"]["ood"]["mnist/test"]["knn"]
+    assert groups["far"]["scorers"]["knn"] == {k: v for k, v in mnist_knn.items() if k != "auroc_ci"}
 
 
 def test_samples_have_every_column_with_the_right_types(results: Results) -> None:
@@ -130,12 +156,18 @@ def test_summary_values_agree_with_the_samples(results: Results) -> None:
 
 def test_tables_are_written(results: Results) -> None:
     names = {p.stem for p in (results.path / "tables").glob("*.csv")}
-    assert {"norms", "buckets", "ood", "spearman", "exemplars"} <= names
+    assert {"norms", "buckets", "ood", "ood_groups", "spearman", "exemplars"} <= names
     buckets = results.table("buckets")
     assert set(buckets["role"]) == {"id-test", "id-train"} and len(buckets) == 2 * 20
     assert buckets.groupby("role")["count"].sum().to_dict() == {"id-test": 60, "id-train": 160}
     ood = results.table("ood")
-    assert len(ood) == 2 * 5 and set(ood["positive"]) == {"id-test"}
+    assert len(ood) == 2 * 5 and set(ood["head"]) == {"z", "feats"}
+    assert {"fpr@95tpr_id", "fpr@95tpr_ood", "aupr_in_trapz", "auroc_ci_low", "auroc_ci_high"} <= set(
+        ood.columns
+    )
+    assert (ood["auroc_ci_low"] <= ood["auroc"]).all() and (ood["auroc"] <= ood["auroc_ci_high"]).all()
+    groups = results.table("ood_groups")
+    assert groups[["group", "scorer"]].drop_duplicates().shape[0] == len(groups) == 2 * 5
     exemplars = results.table("exemplars")
     assert set(exemplars["extreme"]) == {"highest", "lowest"}
     with pytest.raises(NormprobeError, match="no such table"):

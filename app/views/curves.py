@@ -166,7 +166,7 @@ def human_label_section(session: Session, buckets: Buckets) -> None:
 def roc(path: str, files: FileStamp) -> tuple[pd.DataFrame, go.Figure | None]:
     """Metrics of every OOD set and scorer (:func:`~normprobe.analyses.ood.evaluate_ood`) and their ROC figure."""
     results = loading.open_results(path, files)
-    metrics, points = evaluate_ood(results.samples, results.scorers)
+    metrics, points = evaluate_ood(results.samples, results.scorers, results.run["primary_head"])
     return metrics, (roc_figure(points, metrics) if not points.empty else None)
 
 

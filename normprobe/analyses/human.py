@@ -238,6 +238,23 @@ def _label_set_of(column: str) -> str:
     return column[len(PREFIX) :].split("_")[0]
 
 
+_FIELD_NAMES = {"aggre": "consensus label", "worse": "worst label", "noisy": "label"}
+
+
+def signal_label(column: str) -> str:
+    """A readable name: ``human_c10n_aggre_correct`` -> ``CIFAR-10N consensus label is correct``."""
+    infix, _, rest = column[len(PREFIX) :].partition("_")
+    label_set = next((n for n in manifest_names("labels") if short_name(n) == infix), None)
+    title = str(load_manifest(label_set).raw.get("title", label_set)) if label_set else infix
+    if rest == "entropy":
+        return f"{title} label entropy (bits)"
+    if rest == "majority_disagrees":
+        return f"{title} majority disagrees with the dataset label"
+    field = rest.removesuffix("_correct")
+    name = _FIELD_NAMES.get(field, f"annotator {field[6:]}'s label" if field.startswith("random") else field)
+    return f"{title} {name} is correct"
+
+
 def _signal_kind(column: str) -> tuple[str, str]:
     return next(kind for suffix, kind in SIGNAL_KINDS.items() if column.endswith(suffix))
 
@@ -398,7 +415,7 @@ def human_figures(curves: pd.DataFrame, correlations: pd.DataFrame | None = None
 
     def series(signal: str) -> str:
         value = rho.get(signal, np.nan)
-        return signal[len(PREFIX) :] + ("" if pd.isna(value) else f" (Spearman {value:+.3f})")
+        return signal_label(signal) + ("" if pd.isna(value) else f" (Spearman {value:+.3f})")
 
     figures = []
     for statistic, title in (

@@ -1,10 +1,13 @@
 """OOD evaluation: every scorer fitted on ID-train, each OOD set against ID-test, one score direction.
 
 Convention (everywhere in normprobe): a larger score means *more familiar* (in-distribution).
-The positive class of every metric is the in-distribution set (ID-test): AUROC is the chance that
-a random ID-test sample outscores a random OOD sample; AUPR-in treats ID-test as positive, AUPR-out
-treats the OOD set as positive (scores negated); FPR@95TPR is the fraction of OOD samples that score
-at or above the threshold keeping 95% of ID-test.
+The in-distribution set is ID-test. Every metric of :data:`normprobe.metrics.OOD_METRICS` is
+reported under a name that states its positive class: AUROC is the chance that a random ID-test
+sample outscores a random OOD sample; ``fpr@95tpr_id`` is the fraction of OOD samples accepted at
+the threshold keeping 95% of ID-test, ``fpr@95tpr_ood`` (OpenOOD v1.5, pytorch-ood) the fraction
+of ID-test flagged at the threshold flagging 95% of the OOD set; the AUPRs come as average
+precision (``_ap``) and trapezoid-integrated PR curves (``_trapz``, OpenOOD / pytorch-ood), each
+with ID (``aupr_in``) or OOD (``aupr_out``) positive.
 
 Scorers (``normprobe.scores``): ``norm`` on every head (``norm`` for the primary head,
 ``norm@<head>`` for the others) and ``knn`` (Sun et al., 2022), ``mahalanobis`` and ``norm+knn``
@@ -13,7 +16,8 @@ on the primary head. For ID-train rows, kNN-based scores leave the point itself 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,20 +31,27 @@ from normprobe.errors import NormprobeError
 ROC_POINTS = 201
 """ROC curves are stored on a fixed grid of false positive rates (exact upper envelope), not per sample."""
 
+METRIC_KEYS = tuple(metric.key for metric in metrics.OOD_METRICS)
 METRIC_COLUMNS = (
     "ood_set",
+    "group",
     "scorer",
     "method",
     "head",
     "n_id",
     "n_ood",
-    "auroc",
-    "aupr_in",
-    "aupr_out",
-    "fpr95",
-    "positive",
+    *METRIC_KEYS,
+    "auroc_ci_low",
+    "auroc_ci_high",
 )
-POSITIVE = "id-test"
+AUROC_CONFIDENCE = 0.95
+"""Level of the AUROC bootstrap intervals (``auroc_ci_low`` / ``auroc_ci_high``)."""
+ID_ROLE = "id-test"
+"""The in-distribution side of every OOD comparison."""
+OOD_GROUPS = ("near", "far")
+"""OpenOOD's two kinds of OOD set, whose mean metrics it reports: near-OOD (new classes among similar
+images: CIFAR-100 and Tiny-ImageNet for a CIFAR-10 model) and far-OOD (other image statistics: MNIST,
+Fashion-MNIST). A dataset manifest's ``ood_group`` gives the default; user folders and files are far."""
 
 
 def scorer_names() -> list[str]:
@@ -61,18 +72,19 @@ def fit_and_score(
     primary: str,
     scorers: Sequence[str],
     ood_k: int,
-    seed: int = 0,
     device: torch.device | None = None,
     cache: EmbeddingCache | None = None,
     keys: Sequence[dict[str, str]] | None = None,
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Score every row (ID-train first, then each of ``others`` in order) with every scorer.
 
-    Returns ``({column name: scores}, all_from_cache)``, scores concatenated in row order. Scorers
-    are built with ``k=ood_k`` and ``seed`` (the run's seed; norm+knn subsamples with it) and fitted on ``train`` (placed on ``device``, default the CPU, where the scoring then runs);
-    ID-train rows are scored with the point itself left out where the scorer uses neighbours.
-    With a ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
-    ``others``), each set's scores are cached, and a scorer is fitted only if some are missing.
+    Returns ``({column name: scores}, all_from_cache)``, scores concatenated in row order. Each
+    scorer is built by its class's ``from_settings(k=ood_k)`` and fitted on ``train`` (placed on
+    ``device``, default the CPU, where the scoring then runs); ID-train rows get the scorer's
+    ``train_scores_`` (the point itself left out where the scorer uses neighbours). With a
+    ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
+    ``others``), each set's scores are cached under the scorer's parameters, and a scorer is
+    fitted only if some are missing.
     """
     plan = [(name, primary) for name in scorers]
     if "norm" in scorers:
@@ -81,31 +93,25 @@ def fit_and_score(
     out: dict[str, np.ndarray] = {}
     all_cached = True
     for name, head in plan:
-        scorer: scores.Scorer | None = None
+        scorer = scores.scorer_class(name).from_settings(k=ood_k)
+        params = repr(sorted(scorer.get_params().items()))
+        fitted = False
         parts = []
         for i, embeddings in enumerate(sets):
             key = None
             if cache is not None and keys is not None:
-                seeded = ("seed", str(seed)) if issubclass(scores.SCORERS[name], scores.SEEDED) else ()
                 key = fingerprint(
-                    "analyze-score/1",
-                    name,
-                    str(ood_k),
-                    keys[0][head],
-                    keys[i][head],
-                    "loo" if i == 0 else "",
-                    *seeded,
+                    "analyze-score/2", name, params, keys[0][head], keys[i][head], "loo" if i == 0 else ""
                 )
-            values = cache.get(key) if key is not None else None
+            values = cache.get(key) if cache is not None and key is not None else None
             if values is None:
-                if scorer is None:
-                    scorer = scores.make_scorer(name, k=ood_k, seed=seed).fit(
-                        torch.as_tensor(train[head], device=device), train_labels
-                    )
+                if not fitted:
+                    scorer.fit(torch.as_tensor(train[head], device=device), train_labels)
+                    fitted = True
                 values = scorer.score_samples(
                     None if i == 0 else torch.as_tensor(embeddings[head], device=device)
                 )
-                if key is not None:
+                if cache is not None and key is not None:
                     cache.put(key, values)
                 all_cached = False
             parts.append(np.asarray(values, dtype=np.float64))
@@ -114,6 +120,43 @@ def fit_and_score(
             raise NormprobeError(f"scorer {name} on head {head} produced NaN or infinite scores")
         out[column_name(name, head, primary)] = values
     return out, all_cached
+
+
+def ood_group(names: Sequence[str], default: str | None, near: Sequence[str], far: Sequence[str]) -> str:
+    """The group of the OOD set known by ``names`` (its ``--ood`` value and dataset name).
+
+    ``near`` / ``far`` (``--near`` / ``--far``) naming it win; then ``default`` (the manifest's
+    ``ood_group``); a set neither names is far, as OpenOOD files anything unlike the training data.
+    """
+    if any(n in near for n in names):
+        return "near"
+    if any(n in far for n in names):
+        return "far"
+    if default is not None and default not in OOD_GROUPS:
+        raise NormprobeError(f"ood_group {default!r} of {names[0]} is not one of {', '.join(OOD_GROUPS)}")
+    return default or "far"
+
+
+def group_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Per group and scorer, every metric's mean over the group's OOD sets (OpenOOD's near-/far-OOD rows).
+
+    ``table`` is :func:`evaluate_ood`'s; columns: ``group``, ``scorer``, ``n_sets``, ``ood_sets``
+    (``;``-joined) and :data:`METRIC_KEYS`. Groups without sets have no rows.
+    """
+    rows = []
+    for (group, scorer), part in table.groupby(["group", "scorer"], sort=False):
+        rows.append(
+            {
+                "group": group,
+                "scorer": scorer,
+                "n_sets": len(part),
+                "ood_sets": ";".join(part["ood_set"]),
+                **{key: float(part[key].mean()) for key in METRIC_KEYS},
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["group", "scorer", "n_sets", "ood_sets", *METRIC_KEYS])
+    order = {group: i for i, group in enumerate(OOD_GROUPS)}
+    return frame.sort_values("group", key=lambda g: g.map(order), kind="stable", ignore_index=True)
 
 
 def roc_points(
@@ -127,13 +170,26 @@ def roc_points(
     return grid, best[np.clip(at, 0, len(best) - 1)]
 
 
-def evaluate_ood(samples: pd.DataFrame, score_columns: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_ood(
+    samples: pd.DataFrame,
+    score_columns: Sequence[str],
+    primary: str,
+    groups: Mapping[str, str] | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and ROC curves of every scorer for every OOD set (rows with role ``ood``) vs ID-test.
 
-    Returns ``(metrics, roc)``: ``metrics`` has :data:`METRIC_COLUMNS`; ``roc`` has ``ood_set``,
-    ``scorer``, ``fpr``, ``tpr``.
+    Returns ``(metrics, roc)``: ``metrics`` has :data:`METRIC_COLUMNS` (``head`` names the head a
+    scorer ran on, ``primary`` for the unsuffixed columns; ``group`` comes from ``groups``, OOD set
+    ``dataset/split`` -> ``near`` | ``far``, far where absent; ``auroc_ci_*`` is the 95%
+    percentile interval of ``n_boot`` stratified bootstrap resamples, seeded with ``seed``, from
+    :func:`normprobe.metrics.bootstrap_auroc`); ``roc`` has ``ood_set``, ``scorer``, ``fpr``,
+    ``tpr``.
     """
-    id_rows = samples["role"] == POSITIVE
+    groups = groups or {}
+    id_rows = samples["role"] == ID_ROLE
     if not id_rows.any():
         raise NormprobeError("OOD evaluation needs ID-test rows")
     ood = samples[samples["role"] == "ood"]
@@ -144,19 +200,21 @@ def evaluate_ood(samples: pd.DataFrame, score_columns: Sequence[str]) -> tuple[p
             positive = samples.loc[id_rows, f"score_{column}"].to_numpy(np.float64)
             negative = part[f"score_{column}"].to_numpy(np.float64)
             method, _, head = column.partition("@")
+            interval = metrics.bootstrap_auroc(
+                positive, negative, n_resamples=n_boot, confidence=AUROC_CONFIDENCE, seed=seed
+            )
             rows.append(
                 {
                     "ood_set": ood_set,
+                    "group": groups.get(ood_set, "far"),
                     "scorer": column,
                     "method": method,
-                    "head": head or "primary",
+                    "head": head or primary,
                     "n_id": len(positive),
                     "n_ood": len(negative),
-                    "auroc": metrics.auroc(positive, negative),
-                    "aupr_in": metrics.aupr_in(positive, negative),
-                    "aupr_out": metrics.aupr_out(positive, negative),
-                    "fpr95": metrics.fpr_at_tpr(positive, negative, 0.95),
-                    "positive": POSITIVE,
+                    **metrics.ood_metrics(positive, negative),
+                    "auroc_ci_low": interval.low,
+                    "auroc_ci_high": interval.high,
                 }
             )
             fpr, tpr = roc_points(positive, negative)
@@ -167,6 +225,32 @@ def evaluate_ood(samples: pd.DataFrame, score_columns: Sequence[str]) -> tuple[p
         else pd.DataFrame(columns=["ood_set", "scorer", "fpr", "tpr"])
     )
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS)), roc
+
+
+def ood_verdicts(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """What :func:`evaluate_ood`'s ``table`` says about each OOD set, for the report's first screen.
+
+    Per OOD set: ``best`` (the scorer of largest AUROC) with its ``auroc`` and ``auroc_ci``;
+    ``detected`` (that interval lies above 0.5); ``within_interval`` (other scorers whose AUROC
+    falls inside the best one's interval: the data do not tell them apart); ``inverted`` (scorers
+    whose whole interval lies below 0.5: they rank this set as *more* familiar than ID-test, a
+    real signal in the wrong direction rather than no signal).
+    """
+    verdicts: dict[str, dict[str, Any]] = {}
+    for ood_set, part in table.groupby("ood_set", sort=False):
+        best = part.loc[part["auroc"].idxmax()]
+        low, high = float(best["auroc_ci_low"]), float(best["auroc_ci_high"])
+        others = part[part["scorer"] != best["scorer"]]
+        verdicts[str(ood_set)] = {
+            "group": best["group"],
+            "best": best["scorer"],
+            "auroc": float(best["auroc"]),
+            "auroc_ci": [low, high],
+            "detected": low > 0.5,
+            "within_interval": others.loc[others["auroc"] >= low, "scorer"].tolist(),
+            "inverted": part.loc[part["auroc_ci_high"] < 0.5, "scorer"].tolist(),
+        }
+    return verdicts
 
 
 def norm_correctness_spearman(

@@ -35,7 +35,15 @@ from normprobe.analyses.accuracy import knn_predictions
 from normprobe.analyses.buckets import SELF_VOTE_NOTE, bucket_curve
 from normprobe.analyses.exemplars import describe_exemplars, norm_exemplars
 from normprobe.analyses.norms import embedding_norms, norm_summary
-from normprobe.analyses.ood import evaluate_ood, fit_and_score, norm_correctness_spearman
+from normprobe.analyses.ood import (
+    METRIC_KEYS,
+    evaluate_ood,
+    fit_and_score,
+    group_means,
+    norm_correctness_spearman,
+    ood_group,
+    ood_verdicts,
+)
 from normprobe.analyses.settings import AnalysisSettings
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder, load_encoder
@@ -44,7 +52,7 @@ from normprobe.data.hashing import fingerprint
 from normprobe.device import pick_device
 from normprobe.embed import cache_key, extract
 from normprobe.errors import NormprobeError
-from normprobe.report import Section, analysis_report, table_html
+from normprobe.report import PLOTLY_FILE, Section, analysis_report, plotly_js, table_html
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
 from normprobe.zoo import resolve_checkpoint
 
@@ -94,9 +102,15 @@ def _primary_head(loaded: LoadedEncoder, settings: AnalysisSettings) -> tuple[st
     return primary, heads
 
 
+def _manifest_name(spec: str) -> str | None:
+    """The dataset manifest an ``--ood`` value names, or None for a folder or file."""
+    return None if Path(spec).expanduser().exists() else spec.partition(":")[0]
+
+
 def check_datasets(settings: AnalysisSettings) -> None:
-    """Name checks that need no data: a known ID dataset with train and test splits, and OOD sets that
-    are folders, .npz files or known dataset splits, none equal to an ID split or given twice."""
+    """Name checks that need no data: a known ID dataset with train and test splits, OOD sets that
+    are folders, .npz files or known dataset splits, none equal to an ID split or given twice, and
+    ``--near`` / ``--far`` values that name OOD sets."""
     manifest = data.load_manifest(settings.id_dataset)
     if manifest.kind != "images" or not {"train", "test"} <= set(manifest.splits):
         raise NormprobeError(
@@ -122,6 +136,30 @@ def check_datasets(settings: AnalysisSettings) -> None:
         if (name, split) in seen:
             raise NormprobeError(f"--ood {spec} is {name} {split}, the same split as {seen[(name, split)]}")
         seen[(name, split)] = f"--ood {spec}"
+    known = {*settings.ood, *filter(None, map(_manifest_name, settings.ood))}
+    for option, names in (("--near", settings.near), ("--far", settings.far)):
+        for name in names:
+            if name not in known:
+                raise NormprobeError(
+                    f"{option} {name}: not one of the OOD sets (--ood {', '.join(settings.ood)})"
+                )
+
+
+def _title(s: AnalysedSet) -> str:
+    """The dataset's display name: its manifest's ``title`` (CIFAR-100), else its own name (a folder's)."""
+    manifest = _manifest_name(s.spec)
+    return str(data.load_manifest(manifest).raw.get("title", manifest)) if manifest else s.imageset.name
+
+
+def _ood_groups(sets: list[AnalysedSet], settings: AnalysisSettings) -> dict[str, str]:
+    """``dataset/split`` -> ``near`` | ``far`` for every OOD set (see :data:`OOD_GROUPS`)."""
+    groups = {}
+    for s in sets:
+        if s.role == "ood":
+            manifest = _manifest_name(s.spec)
+            default = data.load_manifest(manifest).raw.get("ood_group") if manifest else None
+            groups[s.key] = ood_group((s.spec, s.imageset.name), default, settings.near, settings.far)
+    return groups
 
 
 def _load_sets(settings: AnalysisSettings, input_size: tuple[int, int]) -> list[tuple[ImageSet, str, str]]:
@@ -387,7 +425,6 @@ def run_analysis(
         primary=primary,
         scorers=settings.scorers,
         ood_k=settings.ood_k,
-        seed=settings.seed,
         device=device,
         cache=cache,
         keys=[s.cache_keys for s in sets],
@@ -400,7 +437,9 @@ def run_analysis(
     norm_table = norm_summary(samples, heads)
     curves = _bucket_curves(samples, primary, settings)
     spearman = norm_correctness_spearman(samples, primary, seed=settings.seed)
-    ood_metrics, roc = evaluate_ood(samples, list(scores))
+    groups = _ood_groups(sets, settings)
+    ood_metrics, roc = evaluate_ood(samples, list(scores), primary, groups, seed=settings.seed)
+    ood_groups = group_means(ood_metrics)
     exemplars = _exemplars(sets, samples, primary, settings)
     human_curves, human_corr, human_notes = _human(samples, sets, primary, settings)
     timings["analyses_s"] = time.perf_counter() - tick
@@ -417,6 +456,8 @@ def run_analysis(
         norm_table=norm_table,
         spearman=spearman,
         ood_metrics=ood_metrics,
+        ood_groups=ood_groups,
+        group_of=groups,
         human_curves=human_curves,
         human_corr=human_corr,
         notes=human_notes,
@@ -428,6 +469,7 @@ def run_analysis(
         "norms": norm_table,
         "buckets": curves,
         "ood": ood_metrics,
+        "ood_groups": ood_groups,
         "spearman": spearman,
         "exemplars": exemplars,
     }
@@ -436,14 +478,21 @@ def run_analysis(
         tables["human_correlations"] = human_corr
 
     report_html = None
+    report_files = {}
     if settings.report:
         tick = time.perf_counter()
         extra = [_human_section(human_curves, human_corr, settings)] if not human_curves.empty else []
-        report_html = analysis_report(run, samples, tables, roc, {s.key: s.imageset for s in sets}, extra)
+        report_html = analysis_report(
+            run, samples, tables, roc, {s.key: s.imageset for s in sets}, extra, plotly=settings.plotly
+        )
+        if settings.plotly == "directory":
+            report_files[PLOTLY_FILE] = plotly_js()
         timings["report_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - began
     run["timings"] = jsonable(timings)
-    write_results(out_path, jsonable(run), samples, tables, report_html, force=force)
+    write_results(
+        out_path, jsonable(run), samples, tables, report_html, force=force, report_files=report_files
+    )
     log(f"wrote {out_path}")
     return read_results(out_path)
 
@@ -456,7 +505,20 @@ def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame, settings: A
         "with more accurate and more consistent human labels; buckets with fewer than "
         f"{settings.human_min_bucket_count} samples are hidden. Spearman correlations with bootstrap intervals below.",
         figures={f"fig-human-{i}": fig for i, fig in enumerate(figures)},
-        html=table_html(correlations, "{:.4f}"),
+        html=table_html(
+            pd.DataFrame(
+                {
+                    "human signal": correlations["signal"].map(human.signal_label),
+                    "n": correlations["n"],
+                    "mean": correlations["mean"],
+                    "Spearman ρ with the norm": correlations["spearman_rho"],
+                    "p-value": correlations["p_value"],
+                    "95% CI low": correlations["ci_low"],
+                    "95% CI high": correlations["ci_high"],
+                }
+            ),
+            "{:.4f}",
+        ),
     )
 
 
@@ -503,6 +565,8 @@ def _run_record(
     norm_table: pd.DataFrame,
     spearman: pd.DataFrame,
     ood_metrics: pd.DataFrame,
+    ood_groups: pd.DataFrame,
+    group_of: dict[str, str],
     human_curves: pd.DataFrame,
     human_corr: pd.DataFrame,
     notes: list[str],
@@ -524,13 +588,15 @@ def _run_record(
             "median_scaled": row.median_scaled,
         }
     ood: dict[str, Any] = {}
-    for row in ood_metrics.itertuples(index=False):
-        ood.setdefault(row.ood_set, {})[row.scorer] = {
-            "auroc": row.auroc,
-            "aupr_in": row.aupr_in,
-            "aupr_out": row.aupr_out,
-            "fpr95": row.fpr95,
+    for row in ood_metrics.to_dict("records"):
+        ood.setdefault(row["ood_set"], {})[row["scorer"]] = {
+            **{key: row[key] for key in METRIC_KEYS},
+            "auroc_ci": [row["auroc_ci_low"], row["auroc_ci_high"]],
         }
+    groups: dict[str, Any] = {}
+    for row in ood_groups.to_dict("records"):
+        entry = groups.setdefault(row["group"], {"ood_sets": row["ood_sets"].split(";"), "scorers": {}})
+        entry["scorers"][row["scorer"]] = {key: row[key] for key in METRIC_KEYS}
     summary: dict[str, Any] = {
         "norms": norms,
         "knn_accuracy": knn,
@@ -545,8 +611,14 @@ def _run_record(
             for r in spearman.itertuples(index=False)
         },
         "ood": ood,
-        "ood_convention": "positive class = in-distribution (the ID-test split); larger score = more familiar; "
-        "fpr95 = fraction of OOD samples scored at or above the threshold that keeps 95% of ID-test",
+        "ood_groups": groups,
+        "ood_verdicts": ood_verdicts(ood_metrics),
+        "ood_convention": "ID = the ID-test split; larger score = more familiar; each metric's name states its "
+        "positive class: fpr@95tpr_id = fraction of OOD accepted at the threshold keeping 95% of ID-test "
+        "(Hendrycks / Sun et al.), fpr@95tpr_ood = fraction of ID-test flagged at the threshold flagging 95% "
+        "of the OOD set (OpenOOD v1.5, pytorch-ood); aupr_*_ap = average precision, aupr_*_trapz = "
+        "trapezoid-integrated PR curve (OpenOOD, pytorch-ood); aupr_in: ID positive, aupr_out: OOD positive; "
+        "auroc_ci = 95% stratified bootstrap interval (1000 resamples seeded with --seed)",
     }
     if not human_corr.empty:
         summary["human"] = human.human_summary(human_curves, human_corr)
@@ -567,6 +639,7 @@ def _run_record(
         "datasets": [
             {
                 "name": s.imageset.name,
+                "title": _title(s),
                 "split": s.imageset.split,
                 "role": s.role,
                 "n": len(s.imageset),
@@ -577,6 +650,7 @@ def _run_record(
                 "spec": s.spec,
                 "image_size": list(s.imageset.image_size),
                 "embeddings_from_cache": s.from_cache,
+                **({"ood_group": group_of[s.key]} if s.role == "ood" else {}),
             }
             for s in sets
         ],
@@ -600,9 +674,12 @@ def _run_record(
                     "max_per_split",
                     "human",
                     "exemplars_per_class",
+                    "plotly",
                 )
             },
             "scorers": list(settings.scorers),
+            "near": list(settings.near),
+            "far": list(settings.far),
             "device": str(pick_device(settings.device)),
             "knn": "cosine, weighted vote exp(sim/T); ID-train by leave-one-out",
             "cache": settings.cache_dir or ("default" if settings.use_cache else "off"),

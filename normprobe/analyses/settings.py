@@ -19,13 +19,18 @@ class AnalysisSettings:
     ``head`` is the primary head (kNN, scorers, buckets; default ``z`` when the encoder has a
     projector, else ``feats``); ``heads`` are the heads embedded (default: all), each getting a
     ``norm_<head>`` column and a norm scorer. ``max_train`` / ``max_per_split`` keep the first N
-    samples (deterministic) of ID-train / of every other set, for quick runs. ``min_bucket_count``
+    samples (deterministic) of ID-train / of every other set, for quick runs. ``near`` / ``far``
+    put OOD sets (each named by its ``ood`` value or dataset name) in OpenOOD's near- or far-OOD
+    group, overriding the manifests' ``ood_group`` (user folders and files are far by default). ``min_bucket_count``
     hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
-    curves (50, as in the paper).
+    curves (50, as in the paper). ``plotly`` is where report.html gets plotly.js
+    (:data:`normprobe.report.PLOTLY_MODES`).
     """
 
     id_dataset: str = "cifar10"
     ood: tuple[str, ...] = ("cifar100",)
+    near: tuple[str, ...] = ()
+    far: tuple[str, ...] = ()
     head: str | None = None
     heads: tuple[str, ...] | None = None
     k: int = 200
@@ -49,6 +54,7 @@ class AnalysisSettings:
     use_cache: bool = True
     arch: str | None = None
     report: bool = True
+    plotly: str = "inline"
 
     def check(self) -> None:
         """Reject impossible settings before any work is done."""
@@ -76,6 +82,7 @@ class AnalysisSettings:
         from normprobe.analyses.buckets import SCALINGS
         from normprobe.analyses.ood import scorer_names
         from normprobe.embed import PRECISIONS
+        from normprobe.report import PLOTLY_MODES
 
         if self.bucket_scaling not in SCALINGS:
             raise NormprobeError(
@@ -85,8 +92,13 @@ class AnalysisSettings:
             raise NormprobeError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.plotly not in PLOTLY_MODES:
+            raise NormprobeError(f"--plotly must be one of {', '.join(PLOTLY_MODES)}, got {self.plotly!r}")
         if not self.ood:
             raise NormprobeError("name at least one OOD set with --ood")
+        both = [name for name in self.near if name in self.far]
+        if both:
+            raise NormprobeError(f"{both[0]} is given to both --near and --far")
         known = scorer_names()
         unknown = [s for s in self.scorers if s not in known]
         if unknown:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from normprobe.analyses.settings import DEFAULT_SCORERS, AnalysisSettings, split_ood_specs
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from normprobe.results import Results
 
 DESCRIPTION = """\
@@ -55,6 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SET",
         help="OOD set: a dataset name (cifar100, cifar100:train, tinyimagenet, mnist, ...), an image folder "
         "or an .npz file; repeat or give a comma list (default: cifar100)",
+    )
+    data.add_argument(
+        "--near",
+        action="append",
+        metavar="SET",
+        help="count these OOD sets (--ood values or dataset names) as near-OOD in the group means "
+        "(default: each manifest's ood_group: cifar100, tinyimagenet near; mnist, fashion-mnist far)",
+    )
+    data.add_argument(
+        "--far",
+        action="append",
+        metavar="SET",
+        help="count these OOD sets as far-OOD (default for folders and .npz files)",
     )
     data.add_argument(
         "--data-root",
@@ -178,6 +193,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     output.add_argument("--no-report", action="store_true", help="skip report.html")
     output.add_argument(
+        "--plotly",
+        choices=("inline", "cdn", "directory"),
+        default=d.plotly,
+        help="where report.html gets plotly.js: inline (works offline, ~5 MB), cdn (needs the internet), "
+        f"or directory (a plotly.min.js written beside it) (default: {d.plotly})",
+    )
+    output.add_argument(
         "--quiet", action="store_true", help="no progress bars or log lines (the summary is still printed)"
     )
     parser.set_defaults(func=run)
@@ -187,6 +209,8 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
     return AnalysisSettings(
         id_dataset=args.id_dataset,
         ood=split_ood_specs(args.ood or ["cifar100"]),
+        near=split_ood_specs(args.near or []),
+        far=split_ood_specs(args.far or []),
         head=args.head,
         heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None,
         k=args.k,
@@ -209,26 +233,32 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         use_cache=not args.no_cache,
         arch=args.arch,
         report=not args.no_report,
+        plotly=args.plotly,
     )
 
 
 def format_summary(results: Results) -> str:
-    """The terminal summary: the per-set table, then the dataset notes and where the results are."""
-    from normprobe.report import summary_table
+    """The terminal summary: the verdict, the per-set table, the AUROC of every scorer, the dataset
+    notes and where the results are."""
+    from normprobe.report import auroc_table, summary_table, verdict_lines
     from normprobe.results import REPORT_FILE
 
     run = results.run
-    table = summary_table(run)
-    text = table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
+
     lines = [
         f"normprobe analyze: {run['checkpoint']['path']} ({run['checkpoint']['adapter']}, {run['checkpoint']['method']}); "
         f"primary head {run['primary_head']}; kNN k={run['settings']['k']} T={run['settings']['temperature']}",
-        text,
+        *verdict_lines(run),
+        table(summary_table(run)),
+        "norm / ID train: mean norm / ID-train mean; kNN accuracy: ID train by leave-one-out; larger score = more "
+        "familiar; AUROC with its 95% bootstrap interval; FPR@95 (ID pos.): OOD accepted at 95% ID retained, "
+        "(OOD pos.): ID flagged at 95% OOD detected (OpenOOD); AUPR: trapezoid (OpenOOD)",
+        "AUROC per scorer and OOD set:",
+        table(auroc_table(run)),
     ]
-    lines.append(
-        "norm/train: mean norm / ID-train mean; kNN acc: ID-train by leave-one-out; "
-        "AUROC: ID-test positive, larger score = more familiar"
-    )
     for entry in run["datasets"]:
         for note in entry["notes"]:
             lines.append(f"note: {entry['name']}/{entry['split']}: {note}")
