@@ -80,8 +80,10 @@ def render_card(card: dict[str, Any]) -> str:
     lines = [
         f"# {card['name']}",
         "",
-        f"{card['method']} encoder trained with normprobe's `training` module on the CIFAR-10 mirror "
-        f"({card['train_images']:,} images) for {card['epochs']} epoch{'s' if card['epochs'] != 1 else ''}; {card['init']}.",
+        f"{card['method']} encoder trained with normprobe's `training` module on {_train_set_text(card)} "
+        f"for {card['epochs']} epoch{'s' if card['epochs'] != 1 else ''}; {card['init']}"
+        + (f", GradScale p={card['gradscale']:g}" if card.get("gradscale") else "")
+        + ". kNN accuracy below uses the full CIFAR-10 train set as the bank, for every zoo model alike.",
         "",
         "| | feats (backbone) | z (projector) |" + (" p (predictor) |" if "p" in card["mean_norms"] else ""),
         "|---|---|---|" + ("---|" if "p" in card["mean_norms"] else ""),
@@ -128,6 +130,15 @@ def render_card(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _train_set_text(card: dict[str, Any]) -> str:
+    if card.get("config", {}).get("dataset", {}).get("imbalance"):
+        return (
+            f"the paper's class-imbalanced CIFAR-10 subset ({card['train_images']:,} images, "
+            "n_i = 5000 / 1.5^i for class i)"
+        )
+    return f"the CIFAR-10 mirror ({card['train_images']:,} images)"
 
 
 def _cell(value: Any) -> str:
