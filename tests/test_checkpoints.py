@@ -513,13 +513,13 @@ def test_torchscript(tmp_path, kind):
     x = _images()
     scripted = torch.jit.trace(model, x) if kind == "trace" else torch.jit.script(model)
     torch.jit.save(scripted, tmp_path / "model.pt")
-    loaded = load_encoder(tmp_path / "model.pt")
+    loaded = load_encoder(tmp_path / "model.pt", trust_code=True)
     assert loaded.adapter == "torchscript"
     assert loaded.preprocess.input_size == (32, 32) and loaded.preprocess.mean is None
     with torch.no_grad():
         feats, z = Foreign.forward(model, x)
         _assert_heads(loaded, {"feats": feats, "z": z}, x)
-    overridden = load_encoder(tmp_path / "model.pt", arch="input_size=48:norm=imagenet")
+    overridden = load_encoder(tmp_path / "model.pt", arch="input_size=48:norm=imagenet", trust_code=True)
     assert overridden.preprocess.input_size == (48, 48) and overridden.preprocess.mean == IMAGENET_MEAN
 
 
@@ -527,7 +527,7 @@ def test_torch_export_static_shape(tmp_path):
     """A static batch of 4 and 24x24 input: the size comes from the program, batches of any size are chunked."""
     model = _randomise(Foreign())
     torch.export.save(torch.export.export(model, (_images(24, 4),)), tmp_path / "model.pt2")
-    loaded = load_encoder(tmp_path / "model.pt2")
+    loaded = load_encoder(tmp_path / "model.pt2", trust_code=True)
     assert loaded.adapter == "torch.export" and loaded.preprocess.input_size == (24, 24)
     x = _images(24, 6)
     with torch.no_grad():
@@ -539,7 +539,7 @@ def test_torch_export_dynamic_batch(tmp_path):
     model = _randomise(Foreign())
     program = torch.export.export(model, (_images(32, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, tmp_path / "model.pt2")
-    loaded = load_encoder(tmp_path / "model.pt2")
+    loaded = load_encoder(tmp_path / "model.pt2", trust_code=True)
     x = _images(32, 5)
     with torch.no_grad():
         feats, z = model(x)
@@ -590,3 +590,4 @@ def test_arch_overrides_inferred_stem_padding(tmp_path):
         fixed = load_encoder(tmp_path / "backbone.pth", arch="resnet18:cifar:stem_padding=2:norm=cifar10")
         assert torch.allclose(fixed.encoder(x)["feats"], want, atol=1e-5)
     assert fixed.preprocess.mean == CIFAR10_MEAN
+

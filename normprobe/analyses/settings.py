@@ -21,7 +21,8 @@ class AnalysisSettings:
     ``norm_<head>`` column and a norm scorer. ``max_train`` / ``max_per_split`` keep the first N
     samples (deterministic) of ID-train / of every other set, for quick runs. ``min_bucket_count``
     hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
-    curves (50, as in the paper).
+    curves (50, as in the paper). ``trust_code`` lets TorchScript / ``torch.export`` checkpoints load:
+    they are programs that run their own code.
     """
 
     id_dataset: str = "cifar10"
@@ -48,6 +49,7 @@ class AnalysisSettings:
     cache_dir: str | None = None
     use_cache: bool = True
     arch: str | None = None
+    trust_code: bool = False
     report: bool = True
 
     def check(self) -> None:

@@ -1,21 +1,31 @@
 """Reading and writing checkpoint files safely.
 
-Reading uses ``torch.load(weights_only=True)`` only: a checkpoint is untrusted input, and the
-restricted unpickler refuses anything that would run code. Writing is atomic (temporary file in
-the same folder, then ``os.replace``) so an interrupted save never leaves a half-written file.
+Reading uses ``torch.load(weights_only=True)`` only, after the archive screen of
+:mod:`normprobe.checkpoints.archive`: a checkpoint is untrusted input, and the restricted
+unpickler refuses anything that would run code. torch's readers parse untrusted bytes and raise
+many exception types on garbage; every failure becomes one :class:`NormprobeError`. Writing is
+atomic (temporary file in the same folder, then ``os.replace``) so an interrupted save never
+leaves a half-written file.
 """
 
 from __future__ import annotations
 
-import zipfile
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from normprobe.atomic import atomic_write
-from normprobe.checkpoints.sniff import unpickling_failure
+from normprobe.checkpoints.archive import screen_archive
+from normprobe.checkpoints.sniff import program_kind, torch_reason, unpickling_failure
 from normprobe.errors import NormprobeError
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_torch_file(path: Path) -> Any:
@@ -24,13 +34,21 @@ def read_torch_file(path: Path) -> Any:
         raise NormprobeError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise NormprobeError(f"{path}: empty file")
+    screen_archive(path)
+    kind = program_kind(path)
+    if kind is not None:
+        raise NormprobeError(f"{path}: a {kind} archive (a program), not weights written by torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except torch.serialization.pickle.UnpicklingError as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # e.g. "unexpected pickle protocol": the error below says it in one line
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
         raise NormprobeError(unpickling_failure(path, str(err))) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 -- on garbage torch's readers raise IndexError, struct.error, ... too
         raise NormprobeError(
-            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {str(err).splitlines()[0][:200]}"
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {torch_reason(_first_line(err))}"
         ) from err
 
 
