@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -68,7 +69,7 @@ def test_missing_empty_random_truncated_and_json(tmp_path):
     _refused(tmp_path / "nope.pt", "no such checkpoint file")
     (tmp_path / "empty.pt").write_bytes(b"")
     _refused(tmp_path / "empty.pt", "empty file")
-    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     _refused(tmp_path / "random.pt", "not a readable PyTorch checkpoint")
     (tmp_path / "text.pt").write_text("hello")
     _refused(tmp_path / "text.pt", "not a readable PyTorch checkpoint")
@@ -471,3 +472,133 @@ def test_zip_bomb_is_refused_from_its_central_directory(tmp_path, monkeypatch):
     torch.save({"w": torch.zeros(1 << 19)}, tmp_path / "big.pt")  # 2 MiB, stored as torch.save stores it
     _refused(tmp_path / "big.pt", "inflate to 2.0 MiB, more than this machine's budget of 1.0 MiB")
 
+
+# --- malformed checkpoints: one line each, never a traceback ---------------------------------------
+
+TINY_SPEC = {
+    "backbone": {"name": "resnet18", "stem": "cifar", "width": 2},
+    "projector": [{"type": "linear", "in": 16, "out": 8, "bias": True}, {"type": "bn", "dim": 8}],
+}
+
+
+def _native(path: Path, **override) -> Path:
+    """A normprobe checkpoint of a tiny encoder, written by hand so that any field can be made wrong."""
+    from normprobe.models import build_encoder
+
+    torch.manual_seed(0)
+    payload = {
+        "format": "normprobe.checkpoint/1",
+        "method": "simclr",
+        "encoder": TINY_SPEC,
+        "preprocess": {"input_size": [32, 32], "mean": None, "std": None},
+        "state_dict": build_encoder(TINY_SPEC).state_dict(),
+        "training": {},
+    }
+    torch.save({**payload, **override}, path)
+    return path
+
+
+def test_unreadable_files_are_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("model trained on 2024-05-01\n")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "notes.txt")
+    _refused(tmp_path / "link.pt", "not a readable PyTorch checkpoint")
+    (tmp_path / "one.pt").write_bytes(b"\x80")  # a pickle's first opcode, then nothing
+    _refused(tmp_path / "one.pt", "not a readable PyTorch checkpoint")
+    rng = np.random.default_rng(1)
+    for i in range(200):
+        (tmp_path / f"r{i}.pt").write_bytes(rng.bytes(int(rng.integers(1, 64))))
+        with pytest.raises(NormprobeError):
+            load_encoder(tmp_path / f"r{i}.pt")
+
+
+def test_malformed_native_checkpoints(tmp_path):
+    good = _native(tmp_path / "good.pt")
+    assert load_encoder(good).heads == ("feats", "z")
+    sd = torch.load(good, weights_only=True)["state_dict"]
+    linear = {"type": "linear", "in": 16, "out": 8}
+    cases = {
+        "missing-key": (
+            {"encoder": {**TINY_SPEC, "projector": [{"type": "linear", "in": 16}]}},
+            "lacks 'out'",
+        ),
+        "bad-size": ({"encoder": {**TINY_SPEC, "projector": [{**linear, "out": -3}]}}, "out=-3"),
+        "not-a-layer": ({"encoder": {**TINY_SPEC, "projector": ["linear"]}}, "layer 0 is a str"),
+        "list-state-dict": ({"state_dict": list(sd.values())}, "state_dict is a list"),
+        "non-tensor": ({"state_dict": {**sd, "projector.0.weight": "weights"}}, "is a str, not a tensor"),
+        "complex": (
+            {"state_dict": {**sd, "projector.0.bias": torch.zeros(8, dtype=torch.complex64)}},
+            "real",
+        ),
+        "huge-layer": ({"encoder": {**TINY_SPEC, "projector": [{**linear, "out": 2**34}]}}, "budget"),
+        "huge-width": (
+            {"encoder": {**TINY_SPEC, "backbone": {"name": "resnet50", "width": 2**20}}},
+            "budget",
+        ),
+        "bad-width": ({"encoder": {**TINY_SPEC, "backbone": {"name": "resnet18", "width": -8}}}, "width"),
+        "bad-stem": ({"encoder": {**TINY_SPEC, "backbone": {"name": "resnet18", "stem": "vgg"}}}, "stem"),
+        "wrong-in": ({"encoder": {**TINY_SPEC, "projector": [{**linear, "in": 100}]}}, "takes 100 features"),
+        "spec-list": ({"encoder": [TINY_SPEC]}, "'encoder' entry is a list"),
+        "huge-input": ({"preprocess": {"input_size": 10**6, "mean": None, "std": None}}, "input_size"),
+        "zero-std": ({"preprocess": {"input_size": 32, "mean": [0, 0, 0], "std": [1, 0, 1]}}, "positive std"),
+        "timm-loads": (
+            {"encoder": {"backbone": {"name": "timm:vit_tiny_patch16_224", "checkpoint_path": str(good)}}},
+            "checkpoint_path would load weights from elsewhere",
+        ),
+        "timm-hub": ({"encoder": {"backbone": {"name": "timm:hf-hub:someone/model"}}}, "timm has no model"),
+    }
+    for name, (override, match) in cases.items():
+        message = _refused(_native(tmp_path / f"{name}.pt", **override), match)
+        assert message.startswith(str(tmp_path)), message
+    torch.save({"state_dict": [torch.zeros(3)]}, tmp_path / "lightning-list.ckpt")
+    _refused(tmp_path / "lightning-list.ckpt", "not a checkpoint format normprobe knows")
+
+
+def _flip(data: bytes, rng: np.random.Generator) -> bytes:
+    mutated = bytearray(data)
+    for _ in range(int(rng.integers(1, 9))):
+        mutated[int(rng.integers(len(mutated)))] ^= int(rng.integers(1, 256))
+    return bytes(mutated)
+
+
+def test_fuzzed_checkpoints_end_in_a_normprobe_error(tmp_path):
+    """Seeded: random bytes, byte flips and truncations of real small files, through the library loader.
+
+    Every input ends in a NormprobeError or loads. Only a flip can load, and only one in bytes that
+    nothing reads (a zip timestamp, the alignment padding): a loaded file has the original weights.
+    """
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(20240514)
+    real = _native(tmp_path / "real.pt").read_bytes()
+    weights = load_encoder(tmp_path / "real.pt").encoder.state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "real.safetensors")
+    tensors = (tmp_path / "real.safetensors").read_bytes()
+    inputs: list[tuple[str, str, bytes]] = []
+    for _ in range(300):
+        inputs.append(("random", ".pt", rng.bytes(int(rng.integers(1, 2 ** int(rng.integers(1, 13)))))))
+    for prefix in (b"PK\x03\x04", b"\x80\x02"):  # a zip's and a pickle's first bytes, then garbage
+        inputs += [("random", ".pt", prefix + rng.bytes(int(rng.integers(0, 512)))) for _ in range(100)]
+    inputs += [("flip", ".pt", _flip(real, rng)) for _ in range(300)]
+    inputs += [("truncated", ".pt", real[: int(rng.integers(1, len(real)))]) for _ in range(200)]
+    inputs += [
+        ("truncated", ".safetensors", tensors[: int(rng.integers(1, len(tensors)))]) for _ in range(50)
+    ]
+    inputs += [("random", ".safetensors", rng.bytes(int(rng.integers(1, 256)))) for _ in range(50)]
+    assert len(inputs) >= 1000
+    outcomes: dict[tuple[str, str], int] = {}
+    for i, (kind, suffix, data) in enumerate(inputs):
+        path = tmp_path / f"fuzz{i}{suffix}"
+        path.write_bytes(data)
+        try:
+            loaded = load_encoder(path)
+        except NormprobeError as err:
+            assert "\n" not in str(err)
+            outcome = "refused"
+        else:
+            assert kind == "flip", (kind, suffix, i)
+            got = loaded.encoder.state_dict()
+            assert all(torch.equal(got[k], v) for k, v in weights.items()), i
+            outcome = "loaded"
+        outcomes[kind, outcome] = outcomes.get((kind, outcome), 0) + 1
+        path.unlink()
+    assert outcomes["flip", "refused"] > 0.8 * 300, outcomes
