@@ -6,8 +6,9 @@
 
 Adapters, tried in this order (``ADAPTERS``): normprobe's own file, the paper's state_dicts,
 solo-learn and lightly Lightning checkpoints, bare torchvision / timm backbones, TorchScript and
-``torch.export`` archives. TorchScript and ``torch.export`` files are programs and load only with
-``trust_code``. ``--arch`` (:mod:`normprobe.checkpoints.arch`) names or overrides the
+``torch.export`` archives. Files are ``torch.save`` files (read with the weights-only unpickler) or
+``.safetensors`` files; the adapters see the same state_dict either way. TorchScript and
+``torch.export`` files are programs and load only with ``trust_code``. ``--arch`` (:mod:`normprobe.checkpoints.arch`) names or overrides the
 architecture and preprocessing where the file does not say them.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from normprobe.checkpoints.arch import parse_arch
 from normprobe.checkpoints.archive import screen_archive
-from normprobe.checkpoints.fileio import read_torch_file
+from normprobe.checkpoints.fileio import read_checkpoint
 from normprobe.checkpoints.loaded import LoadedEncoder
 from normprobe.checkpoints.native import FORMAT, save_checkpoint
 from normprobe.checkpoints.registry import ADAPTERS, adapter_by_name
@@ -76,7 +77,7 @@ def load_encoder(
     chosen = next((a for a in candidates if a.file_level and a.detect(path)), None)
     obj = None
     if chosen is None:
-        obj = read_torch_file(path)
+        obj = read_checkpoint(path)
         chosen = next((a for a in candidates if not a.file_level and a.detect(obj)), None)
     if chosen is None:
         names = ", ".join(a.name for a in candidates)
