@@ -7,6 +7,7 @@ the checkpoint gives them (the paper's models take [0, 1] inputs without normali
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_INPUT_SIZE = 4096
+"""The largest input side a checkpoint may ask for: one 4096x4096 batch of 256 already takes 48 GiB."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class Preprocess:
             raise NormprobeError(
                 f"checkpoint preprocess needs both mean and std with 3 values each: {spec!r}"
             )
+        if not all(1 <= side <= MAX_INPUT_SIZE for side in size):
+            raise NormprobeError(
+                f"checkpoint preprocess input_size {size} is outside 1..{MAX_INPUT_SIZE} pixels: {spec!r}"
+            )
+        if (
+            mean is not None
+            and std is not None
+            and (not all(map(math.isfinite, (*mean, *std))) or min(std) <= 0)
+        ):
+            raise NormprobeError(f"checkpoint preprocess needs finite mean and positive std: {spec!r}")
         return cls(size, mean, std)  # type: ignore[arg-type]
 
     def describe(self) -> str:

@@ -237,6 +237,7 @@ def run_rank(
     device: str | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    trust_code: bool = False,
 ) -> Ranking:
     """Load the checkpoint and the data, then :func:`score_imageset`; see :func:`rank` for the arguments."""
     from normprobe import data as datasets
@@ -248,7 +249,9 @@ def run_rank(
     if reference_size is not None and reference_size < 1:
         raise NormprobeError(f"--reference-size must be >= 1, got {reference_size}")
     loaded = (
-        checkpoint if isinstance(checkpoint, LoadedEncoder) else load_encoder(resolve_checkpoint(checkpoint))
+        checkpoint
+        if isinstance(checkpoint, LoadedEncoder)
+        else load_encoder(resolve_checkpoint(checkpoint), trust_code=trust_code)
     )
     image_size = int(loaded.preprocess.input_size[0])
     imageset = datasets.load_any(str(data), split, data_root, image_size)
@@ -293,6 +296,7 @@ def rank(
     device: str | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    trust_code: bool = False,
 ) -> pd.DataFrame:
     """Every sample of ``data`` scored and ranked, most unfamiliar first (a pandas DataFrame).
 
@@ -302,6 +306,7 @@ def rank(
     else ``feats``. ``reference``: a dataset (its train split by default), folder or .npz whose
     embeddings the kNN score measures distance to (``reference_size`` random samples of it, seeded,
     when given). ``by``: ``norm`` (default) or ``knn``, the score that sets ``rank``.
+    ``trust_code``: load TorchScript / ``torch.export`` checkpoints, which run their own code.
     Columns: :data:`COLUMNS`; the settings are in ``table.attrs["normprobe"]``.
     """
     return run_rank(
@@ -319,6 +324,7 @@ def rank(
         device=device,
         use_cache=use_cache,
         progress=progress,
+        trust_code=trust_code,
     ).table
 
 

@@ -513,13 +513,13 @@ def test_torchscript(tmp_path, kind):
     x = _images()
     scripted = torch.jit.trace(model, x) if kind == "trace" else torch.jit.script(model)
     torch.jit.save(scripted, tmp_path / "model.pt")
-    loaded = load_encoder(tmp_path / "model.pt")
+    loaded = load_encoder(tmp_path / "model.pt", trust_code=True)
     assert loaded.adapter == "torchscript"
     assert loaded.preprocess.input_size == (32, 32) and loaded.preprocess.mean is None
     with torch.no_grad():
         feats, z = Foreign.forward(model, x)
         _assert_heads(loaded, {"feats": feats, "z": z}, x)
-    overridden = load_encoder(tmp_path / "model.pt", arch="input_size=48:norm=imagenet")
+    overridden = load_encoder(tmp_path / "model.pt", arch="input_size=48:norm=imagenet", trust_code=True)
     assert overridden.preprocess.input_size == (48, 48) and overridden.preprocess.mean == IMAGENET_MEAN
 
 
@@ -527,7 +527,7 @@ def test_torch_export_static_shape(tmp_path):
     """A static batch of 4 and 24x24 input: the size comes from the program, batches of any size are chunked."""
     model = _randomise(Foreign())
     torch.export.save(torch.export.export(model, (_images(24, 4),)), tmp_path / "model.pt2")
-    loaded = load_encoder(tmp_path / "model.pt2")
+    loaded = load_encoder(tmp_path / "model.pt2", trust_code=True)
     assert loaded.adapter == "torch.export" and loaded.preprocess.input_size == (24, 24)
     x = _images(24, 6)
     with torch.no_grad():
@@ -539,7 +539,7 @@ def test_torch_export_dynamic_batch(tmp_path):
     model = _randomise(Foreign())
     program = torch.export.export(model, (_images(32, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, tmp_path / "model.pt2")
-    loaded = load_encoder(tmp_path / "model.pt2")
+    loaded = load_encoder(tmp_path / "model.pt2", trust_code=True)
     x = _images(32, 5)
     with torch.no_grad():
         feats, z = model(x)
@@ -590,3 +590,57 @@ def test_arch_overrides_inferred_stem_padding(tmp_path):
         fixed = load_encoder(tmp_path / "backbone.pth", arch="resnet18:cifar:stem_padding=2:norm=cifar10")
         assert torch.allclose(fixed.encoder(x)["feats"], want, atol=1e-5)
     assert fixed.preprocess.mean == CIFAR10_MEAN
+
+
+# --- .safetensors: the same state_dicts, read by the safetensors package (no pickle at all) --------
+
+
+def _layout(name: str, folder) -> tuple[dict, dict, str | None]:
+    """A model's state_dict in ``name``'s layout, the object its own project torch.saves, and an --arch."""
+    if name == "paper":
+        sd = _randomise(PaperModel("simsiam", _torchvision_resnet(zero_init_residual=True), 64)).state_dict()
+        return sd, sd, None
+    if name == "solo-learn":
+        (folder / "args.json").write_text(json.dumps({"method": "byol", "data": {"dataset": "cifar10"}}))
+        sd = _randomise(SoloBYOL(_torchvision_resnet(cifar_padding=2))).state_dict()
+        return sd, _lightning(sd), None
+    if name == "lightly":
+        sd = _randomise(LightlyBYOL()).state_dict()
+        return sd, _lightning(sd), "input_size=32"
+    if name == "torchvision":
+        sd = _randomise(torchvision.models.resnet18()).state_dict()
+        return sd, sd, "input_size=32"
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=1)
+    sd = _randomise(model).state_dict()
+    return sd, sd, None
+
+
+@pytest.mark.parametrize("layout", ["paper", "solo-learn", "lightly", "torchvision", "timm"])
+def test_safetensors_state_dict_loads_through_the_same_adapter(tmp_path, monkeypatch, layout):
+    from safetensors.torch import save_file
+
+    sd, saved, arch = _layout(layout, tmp_path)
+    torch.save(saved, tmp_path / "model.pt")
+    # safetensors refuses tensors that share storage (the paper registers every module twice): copy each.
+    save_file({k: v.clone().contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    (tmp_path / "model.bin").write_bytes((tmp_path / "model.safetensors").read_bytes())
+    want = load_encoder(tmp_path / "model.pt", arch=arch)
+    assert want.adapter == layout
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("a safetensors file went through torch.load")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    x = _images()
+    for name in ("model.safetensors", "model.bin"):  # by its name, and by its content
+        got = load_encoder(tmp_path / name, arch=arch)
+        assert (got.adapter, got.method, got.heads, got.preprocess) == (
+            want.adapter,
+            want.method,
+            want.heads,
+            want.preprocess,
+        )
+        with torch.no_grad():
+            expected, actual = want.encoder(x), got.encoder(x)
+        for head in want.heads:
+            assert torch.equal(actual[head], expected[head]), (name, head)

@@ -373,7 +373,7 @@ def run_analysis(
 
     tick = time.perf_counter()
     path = resolve_checkpoint(checkpoint)
-    loaded = load_encoder(path, arch=settings.arch)
+    loaded = load_encoder(path, arch=settings.arch, trust_code=settings.trust_code)
     primary, heads = _primary_head(loaded, settings)
     timings["load_checkpoint_s"] = time.perf_counter() - tick
     log(

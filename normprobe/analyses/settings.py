@@ -24,7 +24,8 @@ class AnalysisSettings:
     group, overriding the manifests' ``ood_group`` (user folders and files are far by default). ``min_bucket_count``
     hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
     curves (50, as in the paper). ``plotly`` is where report.html gets plotly.js
-    (:data:`normprobe.report.PLOTLY_MODES`).
+    (:data:`normprobe.report.PLOTLY_MODES`). ``trust_code`` lets TorchScript / ``torch.export``
+    checkpoints load: they are programs that run their own code.
     """
 
     id_dataset: str = "cifar10"
@@ -53,6 +54,7 @@ class AnalysisSettings:
     cache_dir: str | None = None
     use_cache: bool = True
     arch: str | None = None
+    trust_code: bool = False
     report: bool = True
     plotly: str = "inline"
 

@@ -1,15 +1,18 @@
 """Self-describing model files for architectures normprobe does not build: TorchScript and ``torch.export``.
 
 Both carry their own graph and weights, so no architecture is inferred. They are zip archives,
-not pickles, and are recognised by their member names (:mod:`normprobe.checkpoints.sniff`):
+not pickles, and are recognised by their member names (:mod:`normprobe.checkpoints.sniff`). Both
+are programs: a TorchScript ``forward`` can call ``torch.save`` and its ``__setstate__`` runs during
+``torch.jit.load`` (and can write any file), and ``torch.export.load`` evaluates the shape
+expressions in the archive's JSON as Python. :func:`~normprobe.checkpoints.load_encoder` therefore
+refuses them unless the user passes ``--trust-code``; these builders run only after that.
 
-- TorchScript (``torch.jit.save``): loaded with ``torch.jit.load(map_location="cpu")``. Its
-  ``data.pkl``/``constants.pkl`` go through TorchScript's own unpickler, which resolves only
-  TorchScript types, and its code is TorchScript, not Python.
+- TorchScript (``torch.jit.save``): loaded with ``torch.jit.load(map_location="cpu")``.
 - ``torch.export`` (``torch.export.save``, ``.pt2``): loaded with ``torch.export.load``. That loader
-  unpickles some members without ``weights_only`` (pickled weights, sample inputs, legacy files,
-  object constants), so every such member is first checked with ``torch.load(weights_only=True)``
-  and archives holding Python-object constants are refused.
+  also unpickles some members without the weights-only unpickler (pickled weights, sample inputs,
+  legacy files, object constants), so every such member is first checked with
+  ``torch.load(weights_only=True)`` and archives holding Python-object constants are refused:
+  trusting a file's code is no reason to unpickle arbitrary objects from it as well.
 
 Output: a tensor is the ``feats`` head; a dict keeps its ``feats``/``z``/``p`` entries; a tuple or
 list is ``(feats, z, p)`` in that order. Each head must be N×D (N×D×1×1 is flattened).
@@ -152,18 +155,33 @@ def build_torchscript(
     return encoder, preprocess, "unknown", _meta(preprocess, heads, arch, ["TorchScript module run as saved"])
 
 
+def _member_config(archive: zipfile.ZipFile, name: str, source: str) -> dict[str, Any]:
+    """The ``config`` mapping of a weights/constants config member (fqn -> entry)."""
+    try:
+        config = json.loads(archive.read(name)).get("config", {})
+    except (ValueError, AttributeError) as err:
+        raise NormprobeError(f"{source}: archive member {name} is not a readable config") from err
+    if not isinstance(config, dict) or not all(isinstance(e, dict) for e in config.values()):
+        raise NormprobeError(f"{source}: archive member {name} is not a readable config")
+    return config
+
+
 def _screen_pt2(path: Path, source: str) -> None:
-    """Refuse an archive whose pickled members need more than the weights-only unpickler."""
+    """Refuse an archive whose pickled members need more than the weights-only unpickler.
+
+    Names are compared lower-cased, as torch's zip reader finds them.
+    """
     from torch.export.pt2_archive.constants import TENSOR_CONSTANT_FILENAME_PREFIX
 
     with zipfile.ZipFile(path) as archive:
-        pickled = [n for n in archive.namelist() if n.endswith(".pt")]
-        for name in archive.namelist():
+        by_name = {n.lower(): n for n in archive.namelist()}
+        pickled = [n for n in by_name if n.endswith(".pt")]
+        for name in by_name:
             inner = inner_name(name)
             if not inner.endswith(("_weights_config.json", "_constants_config.json")):
                 continue
             folder = name.rsplit("/", 1)[0]
-            for fqn, entry in json.loads(archive.read(name)).get("config", {}).items():
+            for fqn, entry in _member_config(archive, by_name[name], source).items():
                 file = str(entry.get("path_name", ""))
                 if inner.endswith("_constants_config.json") and not file.startswith(
                     TENSOR_CONSTANT_FILENAME_PREFIX
@@ -172,11 +190,11 @@ def _screen_pt2(path: Path, source: str) -> None:
                         f"{source}: refused: the exported program holds a Python object constant ({fqn}); normprobe loads tensors only"
                     )
                 if entry.get("use_pickle"):
-                    pickled.append(f"{folder}/{file}")
+                    pickled.append(f"{folder}/{file}".lower())
         for name in pickled:
             try:
-                torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 -- any failure means the member is not plain tensors
+                torch.load(io.BytesIO(archive.read(by_name[name])), map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 -- any failure (a missing member too) means not plain tensors
                 raise NormprobeError(
                     f"{source}: refused: archive member {name} needs code execution to unpickle, which normprobe never allows"
                 ) from err

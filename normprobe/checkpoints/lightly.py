@@ -11,6 +11,8 @@ and ``lightly/models/modules/heads.py``): ``{"state_dict": {...}, ...}`` with
 - ignored: ``backbone_momentum.*`` / ``projection_head_momentum.*`` (EMA copies) and ``criterion.*``
   (a loss's memory bank).
 
+The ``state_dict`` alone (e.g. converted to ``.safetensors``) is read the same way.
+
 lightly's transforms normalise with ImageNet mean/std (``IMAGENET_NORMALIZE``) by default. The
 input size is not in the file: 32 for a CIFAR stem, else 224 -- lightly's CIFAR examples train the
 ImageNet-stem resnet18 on 32x32 crops, for which pass ``--arch input_size=32``.

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from normprobe.checkpoints.fileio import atomic_torch_save
-from normprobe.checkpoints.weights import load_weights
+from normprobe.checkpoints.weights import check_state_dict, load_weights
 from normprobe.errors import NormprobeError
 from normprobe.models import Encoder, build_encoder
 from normprobe.preprocess import Preprocess
@@ -59,7 +59,17 @@ def load_native(obj: dict[str, Any], source: str) -> tuple[Encoder, Preprocess, 
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise NormprobeError(f"{source}: normprobe checkpoint lacks {', '.join(missing)}")
-    encoder = build_encoder(obj["encoder"])
+    for key in ("encoder", "preprocess"):
+        if not isinstance(obj[key], dict):
+            raise NormprobeError(
+                f"{source}: the checkpoint's {key!r} entry is a {type(obj[key]).__name__}, not a mapping"
+            )
+    check_state_dict(obj["state_dict"], source)
+    try:
+        preprocess = Preprocess.from_dict(obj["preprocess"])
+        encoder = build_encoder(obj["encoder"])
+    except NormprobeError as err:  # the spec's own checks do not know the file's name
+        raise NormprobeError(f"{source}: {err}") from err
     load_weights(encoder, obj["state_dict"], source)
     meta = {"training": obj.get("training", {}), "encoder": obj["encoder"]}
-    return encoder, Preprocess.from_dict(obj["preprocess"]), str(obj["method"]), meta
+    return encoder, preprocess, str(obj["method"]), meta

@@ -1,7 +1,8 @@
 """Looking inside checkpoint archives without unpickling anything.
 
-``torch.save``, TorchScript and ``torch.export`` all write zip archives; their member names tell
-them apart. A pickle's opcodes can be listed with :func:`pickletools.genops`, which parses and
+``torch.save``, TorchScript and ``torch.export`` all write zip archives; their member names (read
+through :func:`~normprobe.checkpoints.archive.zip_members`, so that torch and Python agree on them)
+tell them apart. A pickle's opcodes can be listed with :func:`pickletools.genops`, which parses and
 never executes, so a refused file can still be described (e.g. "a Lightning checkpoint whose
 hyper_parameters hold omegaconf objects") without running any of it.
 """
@@ -14,43 +15,46 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from normprobe.checkpoints.archive import zip_members
+
 _MAX_PICKLE_BYTES = 64 << 20
 LIGHTNING_KEY = "pytorch-lightning_version"
 
 
-def zip_names(path: Path) -> list[str] | None:
-    """Member names of a zip archive, or ``None`` for anything else."""
-    try:
-        if not zipfile.is_zipfile(path):
-            return None
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return None
-
-
 def inner_name(name: str) -> str:
-    """A member name without the archive's top folder (``ts/code/x.py`` -> ``code/x.py``)."""
-    return name.split("/", 1)[1] if "/" in name else name
+    """A member name without the archive's top folder (``ts/code/x.py`` -> ``code/x.py``), lower-cased as
+    torch's zip reader compares names."""
+    return (name.split("/", 1)[1] if "/" in name else name).lower()
+
+
+def _inner_names(path: Path) -> set[str] | None:
+    names = zip_members(path)
+    return None if names is None else {inner_name(n) for n in names}
 
 
 def is_torchscript(path: Path) -> bool:
-    """``torch.jit.save`` archives: ``<name>/code/...`` (TorchScript source) and ``<name>/constants.pkl``."""
-    names = zip_names(path)
-    if names is None:
-        return False
-    inner = [inner_name(n) for n in names]
-    return "constants.pkl" in inner and any(n.startswith("code/") for n in inner)
+    """``torch.jit.save`` archives: a ``<name>/constants.pkl`` member, the test ``torch.load`` itself uses
+    to hand an archive to ``torch.jit.load``."""
+    inner = _inner_names(path)
+    return inner is not None and "constants.pkl" in inner
 
 
 def is_exported_program(path: Path) -> bool:
     """``torch.export.save`` archives: ``archive_format`` + ``models/<name>.json`` (torch >= 2.6), or the older ``serialized_exported_program.json``."""
-    names = zip_names(path)
-    if names is None:
+    inner = _inner_names(path)
+    if inner is None:
         return False
-    inner = {inner_name(n) for n in names} | set(names)
     new = "archive_format" in inner and any(n.startswith("models/") and n.endswith(".json") for n in inner)
     return new or "serialized_exported_program.json" in inner
+
+
+def program_kind(path: Path) -> str | None:
+    """``"TorchScript"`` or ``"torch.export"`` for the archives that are programs rather than weights."""
+    if is_torchscript(path):
+        return "TorchScript"
+    if is_exported_program(path):
+        return "torch.export"
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,10 @@ class PickleSummary:
 def _pickle_bytes(path: Path) -> bytes | None:
     """The pickle of a ``torch.save`` zip (``data.pkl``), or the head of a plain pickle file."""
     try:
-        if zipfile.is_zipfile(path):
+        names = zip_members(path)
+        if names is not None:
             with zipfile.ZipFile(path) as archive:
-                member = next((n for n in archive.namelist() if inner_name(n) == "data.pkl"), None)
+                member = next((n for n in names if inner_name(n) == "data.pkl"), None)
                 if member is None or archive.getinfo(member).file_size > _MAX_PICKLE_BYTES:
                     return None
                 return archive.read(member)
@@ -94,22 +99,38 @@ def summarize_pickle(path: Path) -> PickleSummary | None:
     return PickleSummary(frozenset(found), frozenset(strings))
 
 
+# torch's errors end in advice (load with weights_only off, allowlist the global "if you trust" it) that
+# runs the file's code when followed; normprobe's messages never repeat it.
+_ADVICE = re.compile(r"weights_only|safe_globals|trust", re.IGNORECASE)
+
+
+def torch_reason(text: str) -> str:
+    """A line of a torch error without its advice: from the first sentence that gives advice on, nothing is kept."""
+    kept: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        if _ADVICE.search(sentence):
+            break
+        kept.append(sentence)
+    return " ".join(kept)[:200] or "unreadable"
+
+
 def _detail(error_text: str) -> str:
     """The informative line of torch's weights-only error (its first lines are boilerplate)."""
     lines = [line.strip() for line in error_text.splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if line.startswith("Unsupported"):
-            return line[:200]
+            return torch_reason(line)
         if "WeightsUnpickler error:" in line:
             after = line.split("WeightsUnpickler error:", 1)[1].strip()
-            return (after or (lines[i + 1] if i + 1 < len(lines) else "unpickling failed"))[:200]
-    return lines[0][:200] if lines else "unpickling failed"
+            return torch_reason(after or (lines[i + 1] if i + 1 < len(lines) else ""))
+    return torch_reason(lines[0]) if lines else "unreadable"
 
 
 def unpickling_failure(path: Path, error_text: str) -> str:
     """One line for a file the weights-only unpickler refused: code it would run, or plain corruption.
 
-    A Lightning checkpoint refused for Python objects gets the one-off export that makes it loadable.
+    A Lightning checkpoint refused for Python objects is told how to save its weights alone. The
+    advice never loads the refused file: every way of loading it runs the objects' code.
     """
     summary = summarize_pickle(path)
     named = re.search(r"GLOBAL ([\w.]+)", error_text)
@@ -123,8 +144,8 @@ def unpickling_failure(path: Path, error_text: str) -> str:
         export = path.with_name(path.stem + ".weights.ckpt")
         return (
             f"{path}: a PyTorch Lightning checkpoint holding Python objects ({', '.join(objects)}; typically hyper_parameters) "
-            f"that normprobe will not unpickle; if you trust the file, export its weights once with "
-            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-            f"torch.save({{'state_dict': c['state_dict']}}, '{export}')\" and load {export.name} (keep args.json beside it)"
+            f"that normprobe will not unpickle, because unpickling them runs code; where the model was trained, save its "
+            f"weights alone with torch.save({{'state_dict': model.state_dict()}}, '{export}') and load {export.name} "
+            f"(keep args.json beside it)"
         )
     return f"{path}: refused to load: unpickling it would run code ({', '.join(objects)}), which normprobe never allows"

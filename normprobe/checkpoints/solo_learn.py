@@ -12,6 +12,8 @@ Layout (github.com/vturrisi/solo-learn, ``solo/methods/base.py`` and ``solo/meth
 - ignored: ``classifier.*`` (the online linear probe), ``momentum_backbone.*`` / ``momentum_projector.*``
   / ``momentum_classifier.*`` (EMA copies), ``queue`` / ``queue_ptr`` (MoCo v2+), ``prototypes.*`` (SwAV).
 
+The ``state_dict`` alone (e.g. converted to ``.safetensors``) is read the same way.
+
 ``args.json`` (``Checkpointer.save_args``) is the resolved config: ``method``, ``backbone.name``,
 ``data.dataset`` (older versions: flat ``method``, ``backbone``/``encoder``, ``dataset``). Without it the
 architecture is read off the weights. Preprocessing follows solo-learn's ``MEANS_N_STD``: CIFAR-10/100
@@ -51,10 +53,11 @@ IGNORED = ("classifier.", "momentum_", "queue", "prototypes.")
 
 
 def lightning_state_dict(obj: Any) -> StateDict | None:
-    """The ``state_dict`` of a Lightning checkpoint (or of a ``{"state_dict": ...}`` export of one)."""
+    """The ``state_dict`` of a Lightning checkpoint, of a ``{"state_dict": ...}`` export of one, or that
+    state_dict alone (as a ``.safetensors`` conversion holds it)."""
     if isinstance(obj, dict) and tensors_only(obj.get("state_dict")):
         return obj["state_dict"]
-    return None
+    return obj if tensors_only(obj) else None
 
 
 def detect(obj: Any) -> bool:

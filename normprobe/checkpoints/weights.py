@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,31 @@ def _finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
+def check_state_dict(state_dict: Any, source: str) -> None:
+    """A mapping of names to dense, real-valued CPU tensors, or one line saying what it holds instead."""
+    if not isinstance(state_dict, Mapping):
+        raise NormprobeError(
+            f"{source}: the state_dict is a {type(state_dict).__name__}, not a mapping of names to tensors"
+        )
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise NormprobeError(f"{source}: state_dict key {key!r} is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise NormprobeError(
+                f"{source}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
+        if (
+            value.layout != torch.strided
+            or value.is_quantized
+            or value.is_complex()
+            or value.device.type != "cpu"
+        ):
+            raise NormprobeError(
+                f"{source}: state_dict entry {key!r} is a {value.layout} {value.dtype} tensor on {value.device}; "
+                "normprobe loads dense real-valued tensors"
+            )
+
+
 def load_weights(
     module: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -30,6 +56,7 @@ def load_weights(
     ``ignore_missing`` names keys that may legitimately be absent (e.g. BatchNorm's
     ``num_batches_tracked``, which older checkpoints do not store).
     """
+    check_state_dict(state_dict, source)
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict and not any(k.endswith(s) for s in ignore_missing)]
     unexpected = [k for k in state_dict if k not in own]

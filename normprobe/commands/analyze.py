@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from normprobe.analyses.settings import DEFAULT_SCORERS, AnalysisSettings, split_ood_specs
+from normprobe.commands.options import add_trust_code
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,6 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="architecture for checkpoint formats that do not record it (e.g. resnet18)",
     )
+    add_trust_code(model)
     model.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available, else CPU)"
     )
@@ -232,6 +234,7 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         arch=args.arch,
+        trust_code=args.trust_code,
         report=not args.no_report,
         plotly=args.plotly,
     )

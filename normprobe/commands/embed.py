@@ -12,6 +12,7 @@ import numpy as np
 
 from normprobe import __version__
 from normprobe.atomic import atomic_write
+from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
 
 FORMATS = (".npz", ".parquet")
@@ -99,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--adapter", default=None, help="force a checkpoint adapter instead of auto-detection"
     )
+    add_trust_code(parser)
     parser.add_argument(
         "--no-cache", action="store_true", help="always recompute; neither read nor write the embedding cache"
     )
@@ -200,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     from normprobe.embed import extract
 
     device = pick_device(args.device)
-    loaded = load_encoder(checkpoint, arch=args.arch, adapter=args.adapter)
+    loaded = load_encoder(checkpoint, arch=args.arch, adapter=args.adapter, trust_code=args.trust_code)
     imageset = data.load_any(
         args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
 from normprobe.rank import DEFAULT_K, SCORES, check_table_path, run_rank, write_contact_sheets, write_table
 
@@ -92,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-cache", action="store_true", help="recompute embeddings instead of using the on-disk cache"
     )
     parser.add_argument("--no-sheet", action="store_true", help="write only the table, no contact sheets")
+    add_trust_code(parser)
     parser.set_defaults(func=run)
 
 
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         use_cache=not args.no_cache,
+        trust_code=args.trust_code,
     )
     write_table(ranking.table, out)
     table = ranking.table

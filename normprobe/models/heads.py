@@ -17,10 +17,60 @@ from normprobe.errors import NormprobeError
 LayerSpec = dict[str, Any]
 
 
+# Required sizes and optional flags of each layer type; sizes are positive ints, flags bools.
+_SIZES: dict[str, tuple[str, ...]] = {
+    "linear": ("in", "out"),
+    "bn": ("dim",),
+    "ln": ("dim",),
+    "relu": (),
+    "gelu": (),
+}
+_FLAGS: dict[str, str] = {"linear": "bias", "bn": "affine"}
+
+
+def check_head(layers: Any, what: str = "head") -> list[LayerSpec]:
+    """``layers`` as a list of valid layer specs, or one line saying what is wrong (specs come from files)."""
+    if not isinstance(layers, (list, tuple)):
+        raise NormprobeError(f"{what} is a {type(layers).__name__}, not a list of layers")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise NormprobeError(f"{what} layer {index} is a {type(layer).__name__}, not a mapping")
+        kind = layer.get("type")
+        if kind not in _SIZES:
+            raise NormprobeError(f"unknown head layer type {kind!r} in checkpoint")
+        for key in _SIZES[kind]:
+            if key not in layer:
+                raise NormprobeError(f"{what} layer {index} ({kind}) lacks {key!r}")
+            value = layer[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise NormprobeError(
+                    f"{what} layer {index} ({kind}) has {key}={value!r}; a size must be a positive integer"
+                )
+        flag = _FLAGS.get(kind)
+        if flag in layer and not isinstance(layer[flag], bool):
+            raise NormprobeError(
+                f"{what} layer {index} ({kind}) has {flag}={layer[flag]!r}; expected true or false"
+            )
+    return list(layers)
+
+
+def head_width(layers: list[LayerSpec], d_in: int | None, what: str = "head") -> int | None:
+    """The width a (checked) head outputs when fed ``d_in`` features (``None``: unknown), refusing a layer that
+    does not take what the one before it gives: that would fail only later, at the first forward pass."""
+    dim = d_in
+    for index, layer in enumerate(layers):
+        kind = layer["type"]
+        takes = layer["in"] if kind == "linear" else layer.get("dim")
+        if takes is not None and dim is not None and takes != dim:
+            raise NormprobeError(f"{what} layer {index} ({kind}) takes {takes} features but is given {dim}")
+        dim = layer["out"] if kind == "linear" else takes if takes is not None else dim
+    return dim
+
+
 def build_head(layers: list[LayerSpec]) -> nn.Sequential:
     modules: list[nn.Module] = []
-    for layer in layers:
-        kind = layer.get("type")
+    for layer in check_head(layers):
+        kind = layer["type"]
         if kind == "linear":
             modules.append(nn.Linear(layer["in"], layer["out"], bias=layer.get("bias", True)))
         elif kind == "bn":
@@ -29,10 +79,8 @@ def build_head(layers: list[LayerSpec]) -> nn.Sequential:
             modules.append(nn.LayerNorm(layer["dim"]))
         elif kind == "relu":
             modules.append(nn.ReLU(inplace=True))
-        elif kind == "gelu":
-            modules.append(nn.GELU())
         else:
-            raise NormprobeError(f"unknown head layer type {kind!r} in checkpoint")
+            modules.append(nn.GELU())
     return nn.Sequential(*modules)
 
 
