@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from normprobe.data.npz import NpzArchive
 from normprobe.data.sources import open_npz
 
 SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample"
@@ -32,7 +33,7 @@ COPIED_WHOLE = ("cifar10n_labels.npz", "cifar10h.npz", "cifar100_labels.npz")
 LICENSES = ("CIFAR-N_LICENSE.md", "CIFAR-10H_LICENSE.txt")
 
 
-def _take_encoded(npz: np.lib.npyio.NpzFile, n: int) -> dict[str, np.ndarray]:
+def _take_encoded(npz: NpzArchive, n: int) -> dict[str, np.ndarray]:
     offsets = npz["offsets"]
     out = {"jpeg": npz["jpeg"][: offsets[n]], "offsets": offsets[: n + 1], "index": np.arange(n)}
     for key in npz.files:
@@ -43,7 +44,7 @@ def _take_encoded(npz: np.lib.npyio.NpzFile, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _take_arrays(npz: np.lib.npyio.NpzFile, n: int) -> dict[str, np.ndarray]:
+def _take_arrays(npz: NpzArchive, n: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key in npz.files:
         value = npz[key]
