@@ -4,8 +4,11 @@ files are left as they were."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
+import shutil
 import struct
 import warnings
 import zipfile
@@ -254,3 +257,102 @@ def test_only_the_rows_asked_for_are_inflated(
     loaded = len(imageset.reader._images._loaded)  # the prefix inflated so far
     assert 200 <= loaded < len(images) // 2
     np.testing.assert_array_equal(imageset.images(np.array([19999, 5])).numpy()[..., 1], images[[19999, 5]])
+
+
+# ----------------------------------------------------------------------------- mirror files
+
+
+@pytest.fixture()
+def mirror_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data root holding a copy of the real MNIST test mirror; a private cache folder for the memo."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copyfile(DATA_ROOT / "mnist_test.npz", root / "mnist_test.npz")
+    monkeypatch.setenv("NORMPROBE_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def _flip_byte(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "damage", ["flipped-byte-in-data", "flipped-byte-in-directory", "valid-zip-other-images"]
+)
+def test_a_damaged_or_replaced_mirror_is_refused_by_name(
+    damage: str, mirror_root: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror = mirror_root / "mnist_test.npz"
+    if damage == "flipped-byte-in-data":
+        _flip_byte(mirror, mirror.stat().st_size // 2)
+    elif damage == "flipped-byte-in-directory":
+        _flip_byte(mirror, mirror.stat().st_size - 30)
+    else:  # a perfectly valid .npz in the mirror's layout, holding other images
+        real = np.load(DATA_ROOT / "mnist_test.npz")
+        np.savez_compressed(
+            mirror, images=255 - real["images"], labels=real["labels"], classes=real["classes"]
+        )
+    out = tmp_path / "e.npz"
+    argv = [
+        "embed",
+        str(checkpoint),
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(mirror_root),
+        "--out",
+        str(out),
+    ]
+    message = _fails([*argv, "--no-cache", "--no-progress"], capsys)
+    assert f"{mirror}: sha256 " in message and "does not match the mnist manifest" in message
+    assert "`normprobe datasets verify`" in message and not out.exists()
+
+
+def test_a_verified_mirror_is_hashed_once_then_again_when_it_changes(
+    mirror_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normprobe.data import integrity
+
+    hashed: list[Path] = []
+
+    def counting_sha256(path: Path) -> str:
+        hashed.append(path)
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(integrity, "file_sha256", counting_sha256)
+    mirror = mirror_root / "mnist_test.npz"
+    assert len(data.load("mnist", "test", mirror_root)) == 10000 and hashed == [mirror]
+    memo = json.loads((tmp_path / "cache" / integrity.MEMO_FILE).read_text())
+    assert list(memo["files"]) == [str(mirror.resolve())]
+    data.load("mnist", "test", mirror_root)
+    assert hashed == [mirror]  # the memo in the cache folder answered (a new process would read it too)
+
+    # Rewritten in place, same size, mtime set back: the inode's ctime still tells.
+    stat = mirror.stat()
+    _flip_byte(mirror, stat.st_size // 2)
+    os.utime(mirror, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(NormprobeError, match="does not match the mnist manifest"):
+        data.load("mnist", "test", mirror_root)
+    assert hashed == [mirror, mirror]
+
+
+def test_an_unwritable_memo_is_a_warning(
+    mirror_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "not-a-folder").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("NORMPROBE_CACHE", str(tmp_path / "not-a-folder"))
+    assert len(data.load("mnist", "test", mirror_root)) == 10000
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "normprobe: warning: could not record verified mirror checksums"
+    )
+
+
+def test_the_bundled_sample_checks_against_its_own_sums(capsys: pytest.CaptureFixture[str]) -> None:
+    from normprobe.data.root import SAMPLE_ROOT
+
+    assert len(data.load("cifar10", "test", SAMPLE_ROOT)) == 1000
+    assert main(["datasets", "verify", "--data-root", str(SAMPLE_ROOT)]) == 0
+    assert "8 ok, 0 mismatched, 2 missing" in capsys.readouterr().out

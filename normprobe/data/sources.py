@@ -9,6 +9,7 @@ import numpy as np
 from normprobe.data.convert import decode_error, decode_image_bytes
 from normprobe.data.hashing import file_sha256, fingerprint
 from normprobe.data.imageset import ImageSet
+from normprobe.data.integrity import verified_sha256
 from normprobe.data.manifest import Manifest
 from normprobe.data.npz import NpzArchive
 from normprobe.data.readers import ArrayReader, EncodedReader, FileReader
@@ -158,6 +159,7 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
     path = root / spec["file"]
     if not path.is_file():
         return None
+    content = verified_sha256(path, spec["sha256"], manifest.name)
     npz = open_npz(path)
     reader, labels = read_npz_images(
         npz,
@@ -165,6 +167,7 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
         spec.get("images_key", "images"),
         spec.get("labels_key", "labels"),
         tuple(manifest.raw["image_size"]),
+        trusted=True,
     )
     # A partial copy of a mirror file (e.g. the bundled sample) records original positions in `index`.
     index_key = spec.get("index_key", "index")
@@ -181,7 +184,7 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
     if manifest.raw.get("channels") == 1:
         notes = (*notes, "greyscale images converted to RGB by repeating the channel")
     return _make_set(
-        manifest.name, split, reader, labels, index, classes, f"mirror:{path.name}", file_sha256(path), notes
+        manifest.name, split, reader, labels, index, classes, f"mirror:{path.name}", content, notes
     )
 
 
