@@ -356,3 +356,93 @@ def test_the_bundled_sample_checks_against_its_own_sums(capsys: pytest.CaptureFi
     assert len(data.load("cifar10", "test", SAMPLE_ROOT)) == 1000
     assert main(["datasets", "verify", "--data-root", str(SAMPLE_ROOT)]) == 0
     assert "8 ok, 0 mismatched, 2 missing" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- file names
+
+
+def _odd_folder(root: Path) -> Path:
+    """Real MNIST images under a Latin-1 file name (bytes that are not UTF-8), a name holding terminal
+    escape sequences and a newline, and an unreadable file with an escape sequence in its name."""
+    from PIL import Image
+
+    folder = root / "odd"
+    folder.mkdir()
+    images = np.load(DATA_ROOT / "mnist_test.npz")["images"][:3]
+    names = [b"caf\xe9.png", b"\x1b]0;owned\x07\x1b[2Jred.png", b"two\nlines.png"]
+    for name, image in zip(names, images, strict=True):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        with open(os.path.join(os.fsencode(folder), name), "wb") as fh:
+            fh.write(buffer.getvalue())
+    with open(os.path.join(os.fsencode(folder), b"\x1b[31mbroken\xff.jpg"), "wb") as fh:
+        fh.write(b"\xff\xd8 not a jpeg")
+    return folder
+
+
+def _no_raw_control_characters(text: str) -> None:
+    for line in text.splitlines():
+        assert not any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in line), repr(line)
+
+
+def test_rank_a_folder_with_non_utf8_and_escape_file_names(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    monkeypatch.setenv("NORMPROBE_CACHE", str(tmp_path / "cache"))
+    folder = _odd_folder(tmp_path)
+    out = tmp_path / "ranked.csv"
+    assert main(["rank", str(checkpoint), str(folder), "--out", str(out), "--top", "2"]) == 0
+    captured = capsys.readouterr()
+    _no_raw_control_characters(captured.out)
+    _no_raw_control_characters(captured.err)
+    assert captured.err.strip().splitlines()[-1] == (  # after the progress bar
+        "unreadable, skipped: \\x1b[31mbroken\\xff.jpg: UnidentifiedImageError: cannot identify image file"
+    )
+    table = pd.read_csv(out)
+    assert set(table["id"]) == {
+        "caf\\xe9.png",
+        "\x1b]0;owned\x07\x1b[2Jred.png",
+        "two\nlines.png",
+        "\x1b[31mbroken\\xff.jpg",
+    }  # the table keeps the names; only the undecodable bytes are escaped
+    assert (tmp_path / "ranked.html").is_file() and (tmp_path / "ranked.png").is_file()
+    parquet = tmp_path / "ranked.parquet"
+    assert main(["rank", str(checkpoint), str(folder), "--out", str(parquet), "--no-sheet"]) == 0
+    assert "caf\\xe9.png" in set(pd.read_parquet(parquet)["id"])
+
+
+def test_analyze_an_ood_folder_with_non_utf8_file_and_folder_names(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from analyze_helpers import analyze_args, cli, shared_analysis
+
+    from normprobe.results import read_results
+
+    checkpoint, _, cache, _ = shared_analysis(tmp_path_factory.getbasetemp())
+    folder = _odd_folder(tmp_path)
+    latin_folder = os.fsdecode(os.fsencode(tmp_path) + b"/dossier_\xe9t\xe9")
+    shutil.copytree(folder, latin_folder)
+    status, stdout, stderr = cli(
+        *analyze_args(
+            checkpoint, tmp_path / "res", cache, "--ood", str(folder), "--ood", latin_folder, "--quiet"
+        )
+    )
+    assert status == 0, stderr
+    _no_raw_control_characters(stdout)
+    assert "dossier_\\xe9t\\xe9/folder" in stdout
+    results = read_results(tmp_path / "res")
+    ids = set(results.samples.loc[results.samples["dataset"] == "odd", "id"])
+    assert ids == {"caf\\xe9.png", "\x1b]0;owned\x07\x1b[2Jred.png", "two\nlines.png"}
+    assert (tmp_path / "res" / "report.html").is_file()
+
+
+def test_an_error_naming_an_odd_file_is_still_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = os.fsdecode(os.fsencode(tmp_path) + b"/two\nlines\x1b[2J\xe9.npz")
+    message = _fails(
+        ["embed", str(checkpoint), "--dataset", missing, "--out", str(tmp_path / "e.npz")], capsys
+    )
+    assert message.endswith("two\\x0alines\\x1b[2J\\xe9.npz: no such file")

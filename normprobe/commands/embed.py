@@ -13,6 +13,7 @@ import numpy as np
 from normprobe import __version__
 from normprobe.atomic import atomic_write
 from normprobe.errors import NormprobeError
+from normprobe.terminal import printable
 
 FORMATS = (".npz", ".parquet")
 
@@ -204,14 +205,17 @@ def run(args: argparse.Namespace) -> int:
     imageset = data.load_any(
         args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0]
     )
+    # paths, names and notes come from the user's files: printable() keeps escape sequences off the terminal
     print(
-        f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})"
+        printable(
+            f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})"
+        )
     )
-    print(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}")
+    print(printable(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}"))
     for note in imageset.notes:
-        print(f"  note: {note}")
+        print(printable(f"  note: {note}"))
     for file, reason in imageset.skipped[:5]:
-        print(f"  skipped: {file} ({reason})")
+        print(printable(f"  skipped: {file} ({reason})"))
     if args.precision == "bf16" and not bf16_is_native(device):
         print(
             f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here"
@@ -262,9 +266,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
     else:
         rate = len(imageset) / max(embeddings.seconds, 1e-9)
-        cached = "not cached (--no-cache)" if cache is None else f"cached in {cache.root}"
+        cached = "not cached (--no-cache)" if cache is None else printable(f"cached in {cache.root}")
         print(
             f"embeddings: computed on {device} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
         )
-    print(f"wrote {out}")
+    print(printable(f"wrote {out}"))
     return 0

@@ -14,6 +14,7 @@ from normprobe.data.manifest import Manifest
 from normprobe.data.npz import NpzArchive
 from normprobe.data.readers import ArrayReader, EncodedReader, FileReader
 from normprobe.errors import NormprobeError
+from normprobe.terminal import printable
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 
@@ -27,6 +28,16 @@ def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The shape of every array in an .npz, read from the array headers only (nothing is decompressed beyond them)."""
     npz = open_npz(path)
     return {key: npz.shape(key) for key in npz.files}
+
+
+def as_text(name: str) -> str:
+    """A file name or path as valid Unicode: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates, and Parquet, CSV, HTML and ``print`` refuse) become ``\\xNN`` escapes.
+
+    Sample ids keep every other character, so a user can find the file; dataset and class names,
+    which progress bars and log lines show, go through :func:`normprobe.terminal.printable` instead.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _ids(name: str, split: str, index: np.ndarray) -> np.ndarray:
@@ -239,29 +250,29 @@ def from_folder(path: Path, image_size: int, name: str | None = None) -> ImageSe
         try:
             decode_image_bytes(file.read_bytes(), image_size)
         except Exception as err:  # Pillow raises many types for bad files; each one means "unreadable"
-            skipped.append((str(file.relative_to(path)), decode_error(err)))
+            skipped.append((as_text(str(file.relative_to(path))), decode_error(err)))
         else:
             good.append(file)
     if not good:
         raise NormprobeError(f"{path}: none of the {len(files)} image files could be read")
     labelled = bool(class_dirs) and all(p.parent != path for p in good)
-    classes = tuple(class_dirs) if labelled else ()
+    classes = tuple(printable(c) for c in class_dirs) if labelled else ()
     labels = np.array(
         [class_dirs.index(p.relative_to(path).parts[0]) for p in good] if labelled else [-1] * len(good)
     )
-    rel = np.array([str(p.relative_to(path)) for p in good], dtype=object)
+    rel = np.array([as_text(str(p.relative_to(path))) for p in good], dtype=object)
     content = fingerprint(*(p.read_bytes() for p in good), str(image_size))
     notes = (f"images resized (shorter side) and centre-cropped to {image_size}x{image_size}",)
     if skipped:
         notes = (*notes, f"{len(skipped)} unreadable file(s) skipped")
     return _make_set(
-        name or path.name,
+        name or printable(path.name),
         "folder",
         FileReader(good, image_size),
         labels,
         np.arange(len(good)),
         classes,
-        f"folder:{path}",
+        f"folder:{as_text(str(path))}",
         content,
         notes,
         ids=rel,
@@ -275,12 +286,12 @@ def from_npz_file(path: Path, name: str | None = None) -> ImageSet:
     reader, labels = read_npz_images(npz, path, "images", "labels", None)
     classes = _class_names(npz, path, "classes") if "classes" in npz else ()
     return _make_set(
-        name or path.stem,
+        name or printable(path.stem),
         "all",
         reader,
         labels,
         np.arange(len(reader)),
         classes,
-        f"npz:{path}",
+        f"npz:{as_text(str(path))}",
         file_sha256(path),
     )
