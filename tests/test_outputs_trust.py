@@ -5,6 +5,7 @@ and a killed write leaves nothing behind for long."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from analyze_helpers import DATA_ROOT, analyze_args, cli, shared_analysis, tiny_checkpoint
 from PIL import Image
@@ -97,7 +99,7 @@ def read_only(folder: Path) -> Iterator[Path]:
 # ----------------------------------------------------------------------------- outputs checked first
 
 
-@pytest.mark.parametrize("command", ["analyze"])
+@pytest.mark.parametrize("command", ["analyze", "rank", "embed"])
 def test_a_read_only_out_fails_before_any_work(command: str, photos: Path, tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -118,6 +120,36 @@ def test_a_full_disk_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: SimpleNamespace(free=4096))
     message = _fails(*analyze_args(tmp_path / "missing.pt", tmp_path / "res", tmp_path / "cache", "--quiet"))
     assert "is full (4,096 bytes free)" in message
+
+
+def test_a_write_that_fails_at_the_end_is_one_line_and_leaves_no_partial_file(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    (tmp_path / "r.csv").write_text("previous table\n")
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    message = _fails(
+        "rank",
+        str(checkpoint),
+        str(photos),
+        "--out",
+        str(tmp_path / "r.csv"),
+        "--force",
+        "--no-cache",
+        "--no-sheet",
+    )
+    assert message.endswith(f"cannot write {tmp_path / 'r.csv'}: No space left on device")
+    monkeypatch.setattr(np, "savez", disk_full)
+    message = _fails(
+        "embed", str(checkpoint), "--dataset", str(photos), "--out", str(tmp_path / "e.npz"), "--no-cache"
+    )
+    assert message.endswith("No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "tiny.pt"]  # no temporary file left
+    assert (tmp_path / "r.csv").read_text() == "previous table\n"
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning(photos: Path, tmp_path: Path) -> None:
@@ -213,6 +245,59 @@ def test_force_refuses_a_folder_that_only_looks_like_results(
     assert "is not empty and not a normprobe results folder (no valid run.json)" in message
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert (tmp_path / "outside.txt").read_text() == "outside"
+
+
+# ----------------------------------------------------------------------------- rank and embed outputs
+
+
+def test_rank_never_overwrites_the_users_files_unless_forced(photos: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    r = tmp_path / "r"
+    r.mkdir()
+    (r / "mine.png").write_bytes(b"my picture")
+    (r / "mine.html").write_text("my page")
+    args = ["rank", str(checkpoint), str(photos), "--out", str(r / "mine.csv"), "--no-cache"]
+    message = _fails(*args)
+    assert f"{r / 'mine.png'} already exists, and rank writes a contact sheet there" in message
+    assert "--force" in message and sorted(p.name for p in r.iterdir()) == ["mine.html", "mine.png"]
+    assert (r / "mine.png").read_bytes() == b"my picture" and (r / "mine.html").read_text() == "my page"
+    status, _, stderr = cli(*args, "--no-sheet")  # the sheets are not written: the table may go
+    assert status == 0, stderr
+    assert "mine.csv already exists; pass --force" in _fails(*args, "--no-sheet")
+    status, _, stderr = cli(*args, "--force")
+    assert status == 0, stderr
+    assert (r / "mine.png").read_bytes()[:4] == b"\x89PNG" and "<!DOCTYPE html>" in (
+        r / "mine.html"
+    ).read_text()
+
+
+def test_rank_creates_its_output_folder(photos: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "new" / "deeper" / "ranked.csv"
+    status, _, stderr = cli("rank", str(checkpoint), str(photos), "--out", str(out), "--no-cache")
+    assert status == 0, stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ranked.csv", "ranked.html", "ranked.png"]
+
+
+def test_embed_never_overwrites_unless_forced(photos: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "existing.npz"
+    out.write_bytes(b"my embeddings")
+    args = [
+        "embed",
+        str(checkpoint),
+        "--dataset",
+        str(photos),
+        "--out",
+        str(out),
+        "--no-cache",
+        "--no-progress",
+    ]
+    assert f"--out: {out} already exists; pass --force to overwrite it" in _fails(*args)
+    assert out.read_bytes() == b"my embeddings"
+    status, _, stderr = cli(*args, "--force")
+    assert status == 0, stderr
+    assert np.load(out)["feats"].shape == (6, 64)
 
 
 # ----------------------------------------------------------------------------- killed writes

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from normprobe import __version__
-from normprobe.atomic import atomic_write
+from normprobe.atomic import atomic_write, check_new_file
 from normprobe.errors import NormprobeError
 from normprobe.terminal import printable
 
@@ -67,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, metavar="PATH", help="output file: .npz or .parquet"
     )
+    parser.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     parser.add_argument(
         "--heads",
         default=None,
@@ -184,12 +184,7 @@ def run(args: argparse.Namespace) -> int:
         raise NormprobeError(f"--out {out} is a folder; give a file name ending in {' or '.join(FORMATS)}")
     if args.batch_size < 1:
         raise NormprobeError(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NormprobeError(f"--out {out}: cannot create its folder ({err.strerror})") from err
-    if not os.access(out.parent, os.W_OK):
-        raise NormprobeError(f"--out {out}: folder {out.parent} is not writable")
+    check_new_file(out, force=args.force, what="--out")  # its folder is created when it is written
     heads = _parse_heads(args.heads)
     checkpoint = resolve_checkpoint(args.checkpoint)
 
@@ -256,7 +251,10 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
     }
     writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
-    writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
+    try:
+        writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
+    except OSError as err:  # a full disk: one line, and (atomic write) no partial file
+        raise NormprobeError(f"cannot write {out}: {err.strerror or err}") from err
 
     dims = ", ".join(
         f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from normprobe.errors import NormprobeError
-from normprobe.rank import DEFAULT_K, SCORES, check_table_path, run_rank, write_contact_sheets, write_table
+from normprobe.rank import DEFAULT_K, SCORES, check_outputs, run_rank, write_contact_sheets, write_table
 from normprobe.terminal import printable
 
 DESCRIPTION = """\
@@ -45,7 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(cifar10, cifar10:test, ...) or an .npz of images",
     )
     parser.add_argument(
-        "--out", required=True, help="output table, .csv or .parquet; the contact sheets go beside it"
+        "--out",
+        required=True,
+        help="output table, .csv or .parquet; the contact sheets go beside it (same stem, .png and .html); "
+        "its folder is created",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite the table and contact sheets if they exist"
     )
     parser.add_argument(
         "--top",
@@ -97,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = check_table_path(args.out)
+    out = check_outputs(args.out, sheets=not args.no_sheet, force=args.force)
     if args.top < 1:
         raise NormprobeError(f"--top must be >= 1, got {args.top}")
     ranking = run_rank(
