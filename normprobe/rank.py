@@ -32,6 +32,7 @@ import numpy as np
 
 from normprobe.atomic import atomic_write, check_new_file
 from normprobe.errors import NormprobeError
+from normprobe.spreadsheet import spreadsheet_safe
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -361,10 +362,11 @@ def _write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write the ranked table as CSV or Parquet (by suffix), atomically."""
+    """Write the ranked table as CSV (string cells defused for spreadsheets) or Parquet (by suffix), atomically."""
     path = check_table_path(path)
     if path.suffix.lower() == ".csv":
-        _write(path, lambda tmp: table.to_csv(tmp, index=False))
+        safe = spreadsheet_safe(table)
+        _write(path, lambda tmp: safe.to_csv(tmp, index=False))
     else:
         _write(path, lambda tmp: table.to_parquet(tmp, index=False))
     return path

@@ -36,6 +36,7 @@ import pandas as pd
 
 from normprobe.atomic import check_writable, remove_stale, temporary_prefix
 from normprobe.errors import NormprobeError
+from normprobe.spreadsheet import spreadsheet_safe
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.parquet"
@@ -251,7 +252,7 @@ def write_results(
         samples.to_parquet(staging / SAMPLES_FILE, index=False)
         (staging / TABLES_DIR).mkdir()
         for name, table in tables.items():
-            table.to_csv(staging / TABLES_DIR / f"{name}.csv", index=False)
+            spreadsheet_safe(table).to_csv(staging / TABLES_DIR / f"{name}.csv", index=False)
         if report_html is not None:
             (staging / REPORT_FILE).write_text(report_html, encoding="utf-8")
         if out.is_dir() and any(out.iterdir()):

