@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,8 @@ def check_output_dir(out: str | Path, force: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise NormprobeError(f"output path {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
-        if not is_results_folder(out):
+        recorded = recorded_files(out)
+        if recorded is None:
             raise NormprobeError(
                 f"output folder {out} is not empty and not a normprobe results folder "
                 f"(no valid {RUN_FILE}); choose another --out"
@@ -192,6 +193,7 @@ def check_output_dir(out: str | Path, force: bool = False) -> Path:
                 f"output folder {out} holds a previous results folder; pass --force to replace the files "
                 "normprobe wrote there (other files are kept)"
             )
+        _refuse_foreign(out, recorded, LEGACY_FILES)
     if not out.parent.is_dir():
         raise NormprobeError(f"the folder {out.parent} (parent of --out) does not exist")
     check_writable(out.parent, f"--out {out}")  # where the results are staged
@@ -273,6 +275,17 @@ def _umask() -> int:
     return mask
 
 
+def _refuse_foreign(out: Path, recorded: list[str], names: Iterable[str]) -> None:
+    """Refuse to write any of ``names`` into ``out`` where a file exists that normprobe did not record
+    (e.g. the user's own ``report.html`` after a ``--no-report`` run)."""
+    foreign = [f for f in names if f not in recorded and ((out / f).exists() or (out / f).is_symlink())]
+    if foreign:
+        raise NormprobeError(
+            f"{out / foreign[0]} exists but was not written by normprobe, and a run writes that name; "
+            "move it, then run again"
+        )
+
+
 def _replace_recorded(staging: Path, out: Path, files: list[str]) -> None:
     """Move the staged ``files`` into the previous results folder ``out``, then remove the files its
     run.json recorded that this run did not write. run.json moves last, so until the end the folder
@@ -284,11 +297,7 @@ def _replace_recorded(staging: Path, out: Path, files: list[str]) -> None:
         )
     if (out / TABLES_DIR).is_symlink():
         raise NormprobeError(f"{out / TABLES_DIR} is a link; normprobe writes only inside {out}")
-    foreign = [f for f in files if f not in previous and ((out / f).exists() or (out / f).is_symlink())]
-    if foreign:
-        raise NormprobeError(
-            f"{out / foreign[0]} exists but was not written by normprobe; move it, then run again"
-        )
+    _refuse_foreign(out, previous, files)
     (out / TABLES_DIR).mkdir(exist_ok=True)
     for name in [f for f in files if f != RUN_FILE] + [RUN_FILE]:
         os.replace(staging / name, out / name)

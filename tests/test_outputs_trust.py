@@ -196,6 +196,10 @@ def test_force_replaces_only_what_normprobe_wrote(
     assert "report.html" not in again.run[FILES_KEY] and len(again.samples) == len(
         read_results(first).samples
     )
+    (out / "report.html").write_text("my own report")  # not normprobe's any more: a run with a report refuses
+    message = _fails(*analyze_args(checkpoint, out, cache, "--quiet", "--force"))
+    assert f"{out / 'report.html'} exists but was not written by normprobe" in message
+    assert (out / "report.html").read_text() == "my own report"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
