@@ -446,3 +446,41 @@ def test_an_error_naming_an_odd_file_is_still_one_line(
         ["embed", str(checkpoint), "--dataset", missing, "--out", str(tmp_path / "e.npz")], capsys
     )
     assert message.endswith("two\\x0alines\\x1b[2J\\xe9.npz: no such file")
+
+
+def test_seeded_fuzz_of_npz_files_always_ends_in_a_normprobe_error_or_images(
+    real: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """1,000 mutations (flipped bytes, truncations, overwritten runs) of four real .npz files, stored and
+    deflated, arrays and JPEG bytes: each one loads and decodes, or is refused with a NormprobeError."""
+    rng = np.random.default_rng(14)
+    bases = []
+    for save in (np.savez, np.savez_compressed):
+        for arrays in (
+            {"images": real["images"], "labels": real["labels"]},
+            {"jpeg": real["jpeg"], "offsets": real["offsets"], "labels": real["labels"]},
+        ):
+            buffer = io.BytesIO()
+            save(buffer, **arrays)
+            bases.append(buffer.getvalue())
+    path = tmp_path / "mutant.npz"
+    outcomes = {"images": 0, "refused": 0}
+    for i in range(1000):
+        raw = bytearray(bases[i % len(bases)])
+        kind = i % 3
+        if kind == 0:
+            for at in rng.integers(0, len(raw), rng.integers(1, 8)):
+                raw[at] = rng.integers(256)
+        elif kind == 1:
+            raw = raw[: rng.integers(len(raw))]
+        else:
+            at = int(rng.integers(len(raw)))
+            raw[at : at + 32] = rng.bytes(32)
+        path.write_bytes(bytes(raw))
+        try:
+            imageset = data.load_any(str(path), None)
+            assert imageset.images().shape[1:] in ((28, 28, 3), (32, 32, 3))
+            outcomes["images"] += 1
+        except NormprobeError:
+            outcomes["refused"] += 1
+    assert sum(outcomes.values()) == 1000 and outcomes["refused"] > 900
