@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from normprobe.atomic import atomic_write
+from normprobe.terminal import warn
 
 CACHE_ENV = "NORMPROBE_CACHE"
 
@@ -24,8 +25,12 @@ def default_cache_dir() -> Path:
 
 
 class EmbeddingCache:
+    """Get and put arrays by key. The cache only saves time: an entry that cannot be written is a
+    warning (once per cache), never a failed run."""
+
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        self._warned = False
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
@@ -45,4 +50,11 @@ class EmbeddingCache:
             with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
                 np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
-        atomic_write(self._path(key), save)
+        try:
+            atomic_write(self._path(key), save)
+        except OSError as err:
+            if not self._warned:
+                self._warned = True
+                warn(
+                    f"could not write to the embedding cache {self.root} ({err.strerror or err}); continuing without it"
+                )

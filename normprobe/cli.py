@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from normprobe import __version__
 from normprobe.allocator import reexec_with_tunables
 from normprobe.errors import NormprobeError
+from normprobe.terminal import printable
 
 # Order here is the order in `normprobe --help`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NormprobeError as err:
-        print(f"normprobe: error: {err}", file=sys.stderr)
+        print(f"normprobe: error: {printable(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("normprobe: interrupted", file=sys.stderr)

@@ -23,14 +23,16 @@ normprobe`` binds :func:`rank` eagerly and must stay light.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from normprobe.atomic import atomic_write
+from normprobe.atomic import atomic_write, check_new_file
 from normprobe.errors import NormprobeError
+from normprobe.spreadsheet import spreadsheet_safe
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -332,24 +334,47 @@ def rank(
 
 
 def check_table_path(path: str | Path) -> Path:
-    """The output table path, checked before any work: a ``.csv`` or ``.parquet`` file in an existing folder."""
+    """The output table path: a ``.csv`` or ``.parquet`` file name (its folder is created when written)."""
     path = Path(path).expanduser()
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise NormprobeError(f"{path}: the output must end in {' or '.join(TABLE_SUFFIXES)}")
     if path.is_dir():
         raise NormprobeError(f"{path} is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise NormprobeError(f"the folder {path.parent} does not exist")
     return path
 
 
+def check_outputs(path: str | Path, *, sheets: bool, force: bool) -> Path:
+    """Before any work: the table path, and that neither it nor (with ``sheets``) the contact sheets beside
+    it exist unless ``force`` (``--out r/mine.csv`` also writes ``r/mine.png`` and ``r/mine.html``),
+    and that their folder can be written."""
+    table = check_table_path(path)
+    check_new_file(table, force=force, what="--out")
+    for sheet in sheet_paths(table) if sheets else ():
+        if not force and (sheet.exists() or sheet.is_symlink()):
+            raise NormprobeError(
+                f"{sheet} already exists, and rank writes a contact sheet there (beside --out {table}); "
+                "pass --force to overwrite it, or --no-sheet"
+            )
+    return table
+
+
+def _write(path: Path, write: Callable[[Path], object]) -> None:
+    try:
+        atomic_write(path, write)
+    except (
+        OSError
+    ) as err:  # a full disk, a folder made read-only since the check: no traceback, no partial file
+        raise NormprobeError(f"cannot write {path}: {err.strerror or err}") from err
+
+
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write the ranked table as CSV or Parquet (by suffix), atomically."""
+    """Write the ranked table as CSV (string cells defused for spreadsheets) or Parquet (by suffix), atomically."""
     path = check_table_path(path)
     if path.suffix.lower() == ".csv":
-        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+        safe = spreadsheet_safe(table)
+        _write(path, lambda tmp: safe.to_csv(tmp, index=False))
     else:
-        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
+        _write(path, lambda tmp: table.to_parquet(tmp, index=False))
     return path
 
 
@@ -471,7 +496,7 @@ def sheet_paths(table_path: Path) -> tuple[Path, Path]:
 def write_contact_sheets(ranking: Ranking, table_path: Path, top: int) -> tuple[Path, Path]:
     png_path, html_path = sheet_paths(table_path)
     sheet = contact_sheet_png(ranking, top)
-    atomic_write(png_path, lambda tmp: sheet.save(tmp, format="PNG"))
+    _write(png_path, lambda tmp: sheet.save(tmp, format="PNG"))
     page = contact_sheet_html(ranking, top)
-    atomic_write(html_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    _write(html_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return png_path, html_path

@@ -7,6 +7,10 @@ Layout::
     DIR/tables/*.csv      the summary tables (norms, buckets, ood, exemplars, ...)
     DIR/report.html       self-contained plotly report (absent with --no-report)
 
+run.json's ``files`` lists every file normprobe wrote into the folder: ``--force`` replaces and
+removes only those, never a file the user added (notes, figures, weights). A folder is a results
+folder only if its run.json validates.
+
 ``samples.parquet`` columns: ``dataset``, ``split``, ``index`` (original position in the split),
 ``id``, ``role`` (``id-train`` | ``id-test`` | ``ood``), ``label`` (-1 unknown), ``label_name``,
 ``norm_<head>`` for every head, ``norm_scaled`` (primary-head norm / its ID-train mean),
@@ -19,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +34,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normprobe.atomic import check_writable, remove_stale, temporary_prefix
 from normprobe.errors import NormprobeError
+from normprobe.spreadsheet import spreadsheet_safe
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.parquet"
 TABLES_DIR = "tables"
 REPORT_FILE = "report.html"
+FILES_KEY = "files"
+"""run.json's list of the files normprobe wrote into the folder (paths relative to it)."""
+LEGACY_FILES = (
+    RUN_FILE,
+    SAMPLES_FILE,
+    REPORT_FILE,
+    *(
+        f"{TABLES_DIR}/{t}.csv"
+        for t in ("norms", "buckets", "ood", "spearman", "exemplars", "human_curves", "human_correlations")
+    ),
+)
+"""What a results folder written before ``files`` existed may hold of normprobe's."""
+_OUR_FILES = re.compile(
+    rf"{re.escape(RUN_FILE)}|{re.escape(SAMPLES_FILE)}|{re.escape(REPORT_FILE)}|{TABLES_DIR}/[A-Za-z0-9_+@-]+\.csv"
+    r"|[A-Za-z0-9_-]+(?:\.min)?\.js"  # scripts the report loads from beside it (--plotly directory)
+)
 
 ROLES = ("id-train", "id-test", "ood")
 RUN_KEYS = (
@@ -115,30 +138,69 @@ class Results:
         return pd.read_csv(path)
 
 
+def _is_ours(name: object) -> bool:
+    """A path (relative to the folder) that normprobe writes: never a user's file, never outside the folder."""
+    return isinstance(name, str) and _OUR_FILES.fullmatch(name) is not None
+
+
+def recorded_files(path: Path) -> list[str] | None:
+    """The files normprobe wrote into results folder ``path``, from its run.json; None when ``path``
+    is not a results folder (no run.json, or one that does not validate)."""
+    try:
+        run = json.loads((path / RUN_FILE).read_text())
+        _validate_run(run, str(path / RUN_FILE))
+    except (OSError, ValueError, NormprobeError):
+        return None
+    files = run.get(FILES_KEY)
+    if files is None:  # written before run.json recorded its files: the names normprobe has always used
+        files = [f for f in LEGACY_FILES if (path / f).is_file()]
+    if not isinstance(files, list) or not all(_is_ours(f) for f in files):
+        return None
+    return files
+
+
 def is_results_folder(path: Path) -> bool:
-    return path.is_dir() and (path / RUN_FILE).is_file() and (path / SAMPLES_FILE).is_file()
+    return path.is_dir() and recorded_files(path) is not None
+
+
+def _is_staging(folder: Path) -> bool:
+    """A folder holding nothing but what :func:`write_results` stages (so removing it loses no user file)."""
+    try:
+        entries = [p.relative_to(folder).as_posix() for p in folder.rglob("*")]
+    except OSError:
+        return False
+    return all(_is_ours(e) or e == TABLES_DIR for e in entries)
 
 
 def check_output_dir(out: str | Path, force: bool = False) -> Path:
     """Refuse an output path that would clobber something that is not a previous results folder.
 
     Allowed: a path that does not exist, an empty folder, or (with ``force``) a previous results
-    folder. Called before any work, so a mistake costs nothing.
+    folder. The folder must be writable. Called before any work, so a mistake costs nothing; it
+    also removes results staging folders that a killed run left in the parent.
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NormprobeError(f"output path {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
-        if not is_results_folder(out):
+        recorded = recorded_files(out)
+        if recorded is None:
             raise NormprobeError(
-                f"output folder {out} is not empty and not a normprobe results folder; choose another --out"
+                f"output folder {out} is not empty and not a normprobe results folder "
+                f"(no valid {RUN_FILE}); choose another --out"
             )
         if not force:
             raise NormprobeError(
-                f"output folder {out} holds a previous results folder; pass --force to overwrite it"
+                f"output folder {out} holds a previous results folder; pass --force to replace the files "
+                "normprobe wrote there (other files are kept)"
             )
-    if not out.parent.exists():
+        _refuse_foreign(out, recorded, LEGACY_FILES)
+    if not out.parent.is_dir():
         raise NormprobeError(f"the folder {out.parent} (parent of --out) does not exist")
+    check_writable(out.parent, f"--out {out}")  # where the results are staged
+    if out.is_dir():
+        check_writable(out, f"--out {out}")
+    remove_stale(out.parent, None, lambda entry: entry.is_dir() and _is_staging(entry))
     return out
 
 
@@ -172,28 +234,42 @@ def write_results(
     """Write the whole folder into a temporary sibling, validate it, then move it into place.
 
     ``report_files`` are text files the report loads from beside it (name -> content, e.g.
-    ``plotly.min.js``). A crash leaves either the previous folder or none, never a half-written one.
+    ``plotly.min.js``), written and recorded with it. A new folder appears whole or not at all. A previous results folder (``force``) has its
+    recorded files replaced one by one, run.json last, and its other recorded files removed; files
+    it did not record are kept. A write that fails (a full disk) is a :class:`NormprobeError` and
+    leaves the previous folder as it was.
     """
     out = check_output_dir(out, force)
     _validate_run(run, str(out / RUN_FILE))
     _validate_samples(samples, run, str(out / SAMPLES_FILE))
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    for name in [*(f"{TABLES_DIR}/{t}.csv" for t in tables), *(report_files or {})]:
+        if not _is_ours(name):
+            raise ValueError(f"output name {name!r} is not one normprobe writes")
+    files = [RUN_FILE, SAMPLES_FILE, *(f"{TABLES_DIR}/{name}.csv" for name in tables)]
+    if report_html is not None:
+        files += [REPORT_FILE, *(report_files or {})]
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(out.name), dir=out.parent))
     try:
         # mkdtemp makes the folder private (0700); results are for sharing: the mode mkdir would give
         staging.chmod(0o777 & ~_umask())
-        (staging / RUN_FILE).write_text(json.dumps(jsonable(run), indent=2, allow_nan=False) + "\n")
+        record = {**jsonable(run), FILES_KEY: files}
+        (staging / RUN_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
         samples.to_parquet(staging / SAMPLES_FILE, index=False)
         (staging / TABLES_DIR).mkdir()
         for name, table in tables.items():
-            table.to_csv(staging / TABLES_DIR / f"{name}.csv", index=False)
+            spreadsheet_safe(table).to_csv(staging / TABLES_DIR / f"{name}.csv", index=False)
         if report_html is not None:
             (staging / REPORT_FILE).write_text(report_html, encoding="utf-8")
             for name, content in (report_files or {}).items():
                 (staging / name).write_text(content, encoding="utf-8")
-        _swap_into_place(staging, out)
-    except BaseException:
+        if out.is_dir() and any(out.iterdir()):
+            _replace_recorded(staging, out, files)
+        else:
+            os.replace(staging, out)  # onto a missing or empty folder: atomic
+    except OSError as err:
+        raise NormprobeError(f"cannot write the results folder {out}: {err.strerror or err}") from err
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -204,20 +280,35 @@ def _umask() -> int:
     return mask
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; a previous ``out`` is renamed aside first and removed after."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(old / out.name, out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+def _refuse_foreign(out: Path, recorded: list[str], names: Iterable[str]) -> None:
+    """Refuse to write any of ``names`` into ``out`` where a file exists that normprobe did not record
+    (e.g. the user's own ``report.html`` after a ``--no-report`` run)."""
+    foreign = [f for f in names if f not in recorded and ((out / f).exists() or (out / f).is_symlink())]
+    if foreign:
+        raise NormprobeError(
+            f"{out / foreign[0]} exists but was not written by normprobe, and a run writes that name; "
+            "move it, then run again"
+        )
+
+
+def _replace_recorded(staging: Path, out: Path, files: list[str]) -> None:
+    """Move the staged ``files`` into the previous results folder ``out``, then remove the files its
+    run.json recorded that this run did not write. run.json moves last, so until the end the folder
+    describes the previous run; nothing it did not record is touched."""
+    previous = recorded_files(out)
+    if previous is None:  # checked before the analysis; changed since
+        raise NormprobeError(
+            f"output folder {out} is no longer a normprobe results folder; nothing was replaced"
+        )
+    if (out / TABLES_DIR).is_symlink():
+        raise NormprobeError(f"{out / TABLES_DIR} is a link; normprobe writes only inside {out}")
+    _refuse_foreign(out, previous, files)
+    (out / TABLES_DIR).mkdir(exist_ok=True)
+    for name in [f for f in files if f != RUN_FILE] + [RUN_FILE]:
+        os.replace(staging / name, out / name)
+    for name in previous:
+        if name not in files:
+            (out / name).unlink(missing_ok=True)
 
 
 def read_results(path: str | Path) -> Results:

@@ -234,8 +234,19 @@ def test_bad_input_is_one_line_and_exit_2(
         extra = ["--batch-size", "0"]
     elif case == "nan-embeddings":
         ckpt = str(files["nan"])
-    code = main(
-        ["embed", ckpt, "--dataset", dataset, "--out", str(out), "--no-cache", "--no-progress", *extra]
+    code = main(  # --force: the existing out.npz may be replaced, so each case reaches its own check
+        [
+            "embed",
+            ckpt,
+            "--dataset",
+            dataset,
+            "--out",
+            str(out),
+            "--force",
+            "--no-cache",
+            "--no-progress",
+            *extra,
+        ]
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -216,7 +217,9 @@ def test_output_folder_rules(results: Results, tmp_path: Path) -> None:
     assert check_output_dir(tmp_path / "empty") == tmp_path / "empty"
 
 
-def test_write_is_atomic_and_force_replaces(results: Results, tmp_path: Path) -> None:
+def test_write_is_atomic_and_force_replaces(
+    results: Results, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "res"
     previous_umask = os.umask(0o022)
     try:
@@ -231,12 +234,17 @@ def test_write_is_atomic_and_force_replaces(results: Results, tmp_path: Path) ->
     for path in (out / "run.json", out / "samples.parquet", out / "tables" / "t.csv", out / "report.html"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
-    class Boom(pd.DataFrame):
-        def to_csv(self, *args, **kwargs):  # type: ignore[override]
-            raise RuntimeError("disk full")
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_results(out, results.run, results.samples.head(3), {"t": Boom({"a": [2]})}, force=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_csv", disk_full)
+        with pytest.raises(
+            NormprobeError, match=r"cannot write the results folder .*No space left on device"
+        ):
+            write_results(
+                out, results.run, results.samples.head(3), {"t": pd.DataFrame({"a": [2]})}, force=True
+            )
     # the failed write left the previous folder untouched and no staging folder behind
     assert len(read_results(out).samples) == len(results.samples)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]

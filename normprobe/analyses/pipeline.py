@@ -54,6 +54,7 @@ from normprobe.embed import cache_key, extract
 from normprobe.errors import NormprobeError
 from normprobe.report import PLOTLY_FILE, Section, analysis_report, plotly_js, table_html
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
+from normprobe.terminal import printable
 from normprobe.zoo import resolve_checkpoint
 
 
@@ -80,7 +81,7 @@ class AnalysedSet:
 def _log(progress: bool) -> Callable[[str], None]:
     def log(message: str) -> None:
         if progress:
-            print(f"normprobe: {message}", file=sys.stderr, flush=True)
+            print(f"normprobe: {printable(message)}", file=sys.stderr, flush=True)
 
     return log
 

@@ -245,6 +245,7 @@ def format_summary(results: Results) -> str:
     notes and where the results are."""
     from normprobe.report import auroc_table, summary_table, verdict_lines
     from normprobe.results import REPORT_FILE
+    from normprobe.terminal import printable
 
     run = results.run
 
@@ -271,18 +272,19 @@ def format_summary(results: Results) -> str:
     )
     report = results.path / REPORT_FILE
     lines.append(f"results: {results.path}" + (f"  (report: {report})" if report.is_file() else ""))
-    return "\n".join(lines)
+    # names and paths come from the user's files: no escape sequence reaches the terminal
+    return "\n".join(printable(line) for line in "\n".join(lines).splitlines())
 
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from normprobe.analyses.pipeline import run_analysis
+    from normprobe.data.sources import as_text
 
     settings = settings_from_args(args)
-    command = (
-        ["normprobe", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("normprobe") else list(sys.argv)
-    )
+    argv = ["normprobe", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("normprobe") else sys.argv
+    command = [as_text(arg) for arg in argv]  # recorded and shown as text: a path's odd bytes escaped
     results = run_analysis(
         args.checkpoint, args.out, settings, force=args.force, command=command, progress=not args.quiet
     )

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from normprobe import __version__
-from normprobe.atomic import atomic_write
+from normprobe.atomic import atomic_write, check_new_file
 from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
+from normprobe.terminal import printable
 
 FORMATS = (".npz", ".parquet")
 
@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, metavar="PATH", help="output file: .npz or .parquet"
     )
+    parser.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     parser.add_argument(
         "--heads",
         default=None,
@@ -185,12 +186,7 @@ def run(args: argparse.Namespace) -> int:
         raise NormprobeError(f"--out {out} is a folder; give a file name ending in {' or '.join(FORMATS)}")
     if args.batch_size < 1:
         raise NormprobeError(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NormprobeError(f"--out {out}: cannot create its folder ({err.strerror})") from err
-    if not os.access(out.parent, os.W_OK):
-        raise NormprobeError(f"--out {out}: folder {out.parent} is not writable")
+    check_new_file(out, force=args.force, what="--out")  # its folder is created when it is written
     heads = _parse_heads(args.heads)
     checkpoint = resolve_checkpoint(args.checkpoint)
 
@@ -206,14 +202,17 @@ def run(args: argparse.Namespace) -> int:
     imageset = data.load_any(
         args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0]
     )
+    # paths, names and notes come from the user's files: printable() keeps escape sequences off the terminal
     print(
-        f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})"
+        printable(
+            f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})"
+        )
     )
-    print(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}")
+    print(printable(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}"))
     for note in imageset.notes:
-        print(f"  note: {note}")
+        print(printable(f"  note: {note}"))
     for file, reason in imageset.skipped[:5]:
-        print(f"  skipped: {file} ({reason})")
+        print(printable(f"  skipped: {file} ({reason})"))
     if args.precision == "bf16" and not bf16_is_native(device):
         print(
             f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here"
@@ -254,7 +253,10 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
     }
     writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
-    writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
+    try:
+        writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
+    except OSError as err:  # a full disk: one line, and (atomic write) no partial file
+        raise NormprobeError(f"cannot write {out}: {err.strerror or err}") from err
 
     dims = ", ".join(
         f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})"
@@ -264,9 +266,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
     else:
         rate = len(imageset) / max(embeddings.seconds, 1e-9)
-        cached = "not cached (--no-cache)" if cache is None else f"cached in {cache.root}"
+        cached = "not cached (--no-cache)" if cache is None else printable(f"cached in {cache.root}")
         print(
             f"embeddings: computed on {device} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
         )
-    print(f"wrote {out}")
+    print(printable(f"wrote {out}"))
     return 0

@@ -7,7 +7,8 @@ import sys
 
 from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
-from normprobe.rank import DEFAULT_K, SCORES, check_table_path, run_rank, write_contact_sheets, write_table
+from normprobe.rank import DEFAULT_K, SCORES, check_outputs, run_rank, write_contact_sheets, write_table
+from normprobe.terminal import printable
 
 DESCRIPTION = """\
 Score every image of DATA by the norm of its raw embedding (larger = more familiar to the encoder;
@@ -45,7 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(cifar10, cifar10:test, ...) or an .npz of images",
     )
     parser.add_argument(
-        "--out", required=True, help="output table, .csv or .parquet; the contact sheets go beside it"
+        "--out",
+        required=True,
+        help="output table, .csv or .parquet; the contact sheets go beside it (same stem, .png and .html); "
+        "its folder is created",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite the table and contact sheets if they exist"
     )
     parser.add_argument(
         "--top",
@@ -98,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = check_table_path(args.out)
+    out = check_outputs(args.out, sheets=not args.no_sheet, force=args.force)
     if args.top < 1:
         raise NormprobeError(f"--top must be >= 1, got {args.top}")
     ranking = run_rank(
@@ -120,14 +127,15 @@ def run(args: argparse.Namespace) -> int:
     write_table(ranking.table, out)
     table = ranking.table
     ok = table[table["status"] == "ok"]
-    print(f"ranked {len(ok)} images by {args.by} (head {ranking.settings['head']}) -> {out}")
+    # ids are file names: printable() keeps their escape sequences and control characters off the terminal
+    print(printable(f"ranked {len(ok)} images by {args.by} (head {ranking.settings['head']}) -> {out}"))
     if not args.no_sheet:
         png, page = write_contact_sheets(ranking, out, args.top)
-        print(f"contact sheets: {png}, {page}")
+        print(printable(f"contact sheets: {png}, {page}"))
     if len(ok):
         first = ok.iloc[0]
-        print(f"most unfamiliar: {first['id']} (score_{args.by} {first[f'score_{args.by}']:.4g})")
+        print(printable(f"most unfamiliar: {first['id']} (score_{args.by} {first[f'score_{args.by}']:.4g})"))
     unreadable = table[table["status"] == "unreadable"]
     for row in unreadable.itertuples():
-        print(f"unreadable, skipped: {row.id}: {row.reason}", file=sys.stderr)
+        print(printable(f"unreadable, skipped: {row.id}: {row.reason}"), file=sys.stderr)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from normprobe.data.imageset import ImageSet
+from normprobe.data.integrity import verified_sha256
 from normprobe.data.labels import load_labels
 from normprobe.data.manifest import Manifest, load_manifest, manifest_names
 from normprobe.data.root import resolve_data_root
@@ -41,7 +42,9 @@ def _classes(manifest: Manifest, root: Path) -> tuple[str, ...]:
         return tuple(manifest.raw["classes"])
     spec = manifest.raw.get("classes_from")
     if spec and (root / spec["file"]).is_file():
-        return tuple(str(c) for c in open_npz(root / spec["file"])[spec["key"]])
+        path = root / spec["file"]
+        verified_sha256(path, manifest.mirror_files()[spec["file"]], manifest.name)
+        return tuple(str(c) for c in open_npz(path)[spec["key"]])
     return ()
 
 
@@ -99,6 +102,7 @@ def load_any(
 def verify(data_root: str | Path | None = None) -> list[tuple[str, str, str]]:
     """(file, status, detail) for every mirror file the manifests name: ok, missing or MISMATCH."""
     from normprobe.data.hashing import file_sha256
+    from normprobe.data.integrity import expected_sha256
 
     root = resolve_data_root(data_root)
     seen: dict[str, str] = {}
@@ -111,6 +115,7 @@ def verify(data_root: str | Path | None = None) -> list[tuple[str, str, str]]:
             rows.append((file, "missing", str(path)))
             continue
         actual = file_sha256(path)
+        expected = expected_sha256(path, expected)
         rows.append(
             (
                 file,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -43,3 +44,21 @@ def decode_image_bytes(data: bytes, size: int | None = None) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         return pil_to_rgb_array(image, size)
+
+
+def declared_size(data: bytes) -> tuple[int, int]:
+    """(height, width) that encoded image bytes declare, read from the header without decoding.
+
+    A few bytes can declare a gigapixel image: callers compare this with what they expect before
+    any decoder allocates the pixels.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    return height, width
+
+
+def decode_error(err: Exception) -> str:
+    """Why Pillow could not read an image, as ``Type: message`` without the in-memory buffer's address
+    (Pillow names it, "<_io.BytesIO object at 0x...>"), so the same file always gives the same reason."""
+    reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))
+    return f"{type(err).__name__}: {reason}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from normprobe.data.integrity import verified_sha256
 from normprobe.data.manifest import load_manifest
 from normprobe.data.root import resolve_data_root
 from normprobe.data.sources import open_npz
@@ -23,6 +24,7 @@ def load_labels(name: str, data_root: str | Path | None = None) -> dict[str, np.
             f"label file for {name} not found: {path} (download {manifest.upstream.get('url', 'it')} "
             f"or point --data-root / NORMPROBE_DATA at a folder holding {manifest.mirror['file']})"
         )
+    verified_sha256(path, manifest.mirror["sha256"], name)
     npz = open_npz(path)
     fields = {key: npz[key] for key in npz.files}
     size = int(manifest.raw["size"])

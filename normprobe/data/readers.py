@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from normprobe.data.convert import decode_image_bytes, gray_to_rgb
+from normprobe.data.convert import declared_size, decode_error, decode_image_bytes, gray_to_rgb
+from normprobe.data.npz import LazyRows
 from normprobe.errors import NormprobeError
 
 if TYPE_CHECKING:  # torch is imported on first decode, so `import normprobe.data` stays light
@@ -53,10 +54,14 @@ def _decode_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-class ArrayReader:
-    """Images already decoded in memory (``N×H×W``, ``N×H×W×1`` or ``N×H×W×3`` uint8)."""
+MAX_ENCODED_PIXELS = 4096 * 4096
+"""The largest image an .npz of encoded images may hold (its header is checked before decoding)."""
 
-    def __init__(self, images: np.ndarray) -> None:
+
+class ArrayReader:
+    """Decoded images (``N×H×W``, ``N×H×W×1`` or ``N×H×W×3`` uint8), in memory or inflated on demand."""
+
+    def __init__(self, images: np.ndarray | LazyRows) -> None:
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
             raise ValueError(f"expected uint8 N×H×W[×C] images, got {images.dtype} {images.shape}")
         self._images = images
@@ -79,13 +84,33 @@ class EncodedReader:
     call, ~5x faster than one Pillow call per image and bit-identical to Pillow's decode of the
     mirrors, whose README pixel hashes are Pillow's; a test checks the equality). Anything else
     (PNG bytes in a user's .npz, a JPEG libjpeg-turbo refuses) goes through Pillow.
+
+    ``offsets`` must be checked already (integers, increasing, ending at ``len(data)``). Unless
+    ``trusted`` (a mirror file whose sha256 matched its manifest), every image's header is checked
+    against ``image_size`` before it is decoded, so no decoder allocates the pixels of a size the
+    bytes merely claim. Without ``image_size``, image 0's header sets it.
     """
 
-    def __init__(self, data: np.ndarray, offsets: np.ndarray, image_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        data: np.ndarray | LazyRows,
+        offsets: np.ndarray,
+        image_size: tuple[int, int] | None,
+        *,
+        trusted: bool,
+        name: str = "encoded images",
+    ) -> None:
         # torch.from_numpy needs writable memory; a read-only buffer is copied once here.
-        self._data = data if data.flags.writeable else data.copy()
+        self._data = data.copy() if isinstance(data, np.ndarray) and not data.flags.writeable else data
         self._offsets = offsets
-        self.image_size = image_size
+        self._trusted = trusted
+        self._name = name
+        self.image_size = image_size or self._declared_size(0)
+        if not trusted and self.image_size[0] * self.image_size[1] > MAX_ENCODED_PIXELS:
+            h, w = self.image_size
+            raise NormprobeError(
+                f"{name}: images of {h}x{w} are larger than the {MAX_ENCODED_PIXELS:,} pixels normprobe decodes"
+            )
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -93,13 +118,20 @@ class EncodedReader:
     def _bytes(self, row: int) -> np.ndarray:
         return self._data[self._offsets[row] : self._offsets[row + 1]]
 
+    def _unreadable(self, row: int, err: Exception) -> NormprobeError:
+        return NormprobeError(f"{self._name}: encoded image {row} cannot be decoded ({decode_error(err)})")
+
+    def _declared_size(self, row: int) -> tuple[int, int]:
+        try:
+            return declared_size(self._bytes(row).tobytes())
+        except Exception as err:  # Pillow raises many types for bad bytes; each one means "unreadable"
+            raise self._unreadable(row, err) from err
+
     def _decode_one(self, row: int) -> np.ndarray:
         try:
             return decode_image_bytes(self._bytes(row).tobytes())
         except Exception as err:  # Pillow raises many types for bad bytes; each one means "unreadable"
-            raise NormprobeError(
-                f"encoded image {row} cannot be decoded ({type(err).__name__}: {err})"
-            ) from err
+            raise self._unreadable(row, err) from err
 
     def _decode_jpeg_batch(self, rows: np.ndarray) -> list[torch.Tensor] | None:
         starts, ends = self._offsets[rows], self._offsets[rows + 1]
@@ -125,7 +157,7 @@ class EncodedReader:
     def _check_size(self, row: int, shape: tuple[int, ...]) -> None:
         if tuple(shape) != self.image_size:
             raise NormprobeError(
-                f"encoded image {row} is {shape[0]}x{shape[1]}, the others {self.image_size[0]}x{self.image_size[1]}: "
+                f"{self._name}: encoded image {row} is {shape[0]}x{shape[1]}, the others {self.image_size[0]}x{self.image_size[1]}: "
                 "an .npz of encoded images must hold images of one size"
             )
 
@@ -133,6 +165,9 @@ class EncodedReader:
         out = np.empty((len(rows), *self.image_size, 3), np.uint8)
         if len(rows) == 0:
             return out
+        if not self._trusted:
+            for row in rows.tolist():
+                self._check_size(row, self._declared_size(row))
         decoded = self._decode_jpeg_batch(rows)
         if decoded is not None:
             import torch
@@ -163,7 +198,10 @@ class FileReader:
         return len(self._paths)
 
     def _decode_one(self, row: int) -> np.ndarray:
-        return decode_image_bytes(self._paths[row].read_bytes(), self.image_size[0])
+        try:
+            return decode_image_bytes(self._paths[row].read_bytes(), self.image_size[0])
+        except Exception as err:  # read once when the folder was listed: it changed since
+            raise NormprobeError(f"{self._paths[row]}: can no longer be read ({decode_error(err)})") from err
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.image_size, 3), np.uint8)

@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 DATA_ROOT_ENV = "NORMPROBE_DATA"
+SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample"
+"""The real image sample shipped inside the package (see :mod:`normprobe.data.sample`)."""
+SAMPLE_SUMS = "SHA256SUMS"
+"""The sample's own checksums (its files are partial copies, so the manifests' do not apply)."""
 
 
 def default_data_root() -> Path:

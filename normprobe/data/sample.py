@@ -4,7 +4,8 @@ The sample is a small *partial data root*: the same file names and array layouts
 mirror (``cifar10_train_jpeg.npz``, ``cifar10_test_jpeg.npz``, ``cifar100_exact_subset.npz``,
 ``tinyimagenet_val_jpeg.npz``, ``mnist_test.npz`` and the human label files), holding only the
 first images of each split plus an ``index`` array with their original positions. The JPEG bytes
-are the mirror's original files, not re-encoded. Rebuild it from a full data root with
+are the mirror's original files, not re-encoded. ``SHA256SUMS`` holds the files' own checksums
+(partial copies cannot match the manifests'). Rebuild it from a full data root with
 ``python -m normprobe.data.sample --from DATA_ROOT``.
 """
 
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from normprobe.data.hashing import file_sha256
+from normprobe.data.npz import NpzArchive
+from normprobe.data.root import SAMPLE_ROOT, SAMPLE_SUMS
 from normprobe.data.sources import open_npz
-
-SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample"
 
 # (file, images kept): ID train/test for the kNN bank and the test queries; three OOD sets.
 SAMPLE_SIZES: dict[str, int] = {
@@ -32,7 +34,7 @@ COPIED_WHOLE = ("cifar10n_labels.npz", "cifar10h.npz", "cifar100_labels.npz")
 LICENSES = ("CIFAR-N_LICENSE.md", "CIFAR-10H_LICENSE.txt")
 
 
-def _take_encoded(npz: np.lib.npyio.NpzFile, n: int) -> dict[str, np.ndarray]:
+def _take_encoded(npz: NpzArchive, n: int) -> dict[str, np.ndarray]:
     offsets = npz["offsets"]
     out = {"jpeg": npz["jpeg"][: offsets[n]], "offsets": offsets[: n + 1], "index": np.arange(n)}
     for key in npz.files:
@@ -43,7 +45,7 @@ def _take_encoded(npz: np.lib.npyio.NpzFile, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _take_arrays(npz: np.lib.npyio.NpzFile, n: int) -> dict[str, np.ndarray]:
+def _take_arrays(npz: NpzArchive, n: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key in npz.files:
         value = npz[key]
@@ -68,6 +70,10 @@ def build_sample(source_root: Path, dest: Path = SAMPLE_ROOT) -> list[Path]:
     for name in COPIED_WHOLE:
         shutil.copyfile(source_root / name, dest / name)
         written.append(dest / name)
+    mirrors = [*SAMPLE_SIZES, *COPIED_WHOLE]
+    sums = "".join(f"{file_sha256(dest / name)}  {name}\n" for name in mirrors)
+    (dest / SAMPLE_SUMS).write_text(sums)
+    written.append(dest / SAMPLE_SUMS)
     for name in LICENSES:
         shutil.copyfile(source_root / "licenses" / name, dest / name)
         written.append(dest / name)

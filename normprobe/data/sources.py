@@ -2,49 +2,42 @@
 
 from __future__ import annotations
 
-import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from normprobe.data.convert import decode_image_bytes
+from normprobe.data.convert import decode_error, decode_image_bytes
 from normprobe.data.hashing import file_sha256, fingerprint
 from normprobe.data.imageset import ImageSet
+from normprobe.data.integrity import verified_sha256
 from normprobe.data.manifest import Manifest
+from normprobe.data.npz import NpzArchive
 from normprobe.data.readers import ArrayReader, EncodedReader, FileReader
 from normprobe.errors import NormprobeError
+from normprobe.terminal import printable
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 
 
-def open_npz(path: Path) -> np.lib.npyio.NpzFile:
-    """Open an .npz without pickle support (a data file is untrusted input)."""
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as err:  # zipfile, ValueError, OSError: all mean "not a readable npz"
-        raise NormprobeError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
+def open_npz(path: Path) -> NpzArchive:
+    """Open an .npz as untrusted input: members and array headers checked, nothing unpickled (see :mod:`normprobe.data.npz`)."""
+    return NpzArchive(path)
 
 
 def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The shape of every array in an .npz, read from the array headers only (nothing is decompressed beyond them)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if not member.endswith(".npy"):
-                    continue
-                with archive.open(member) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    header = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shapes[member[: -len(".npy")]] = tuple(header(fh)[0])
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise NormprobeError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
-    return shapes
+    npz = open_npz(path)
+    return {key: npz.shape(key) for key in npz.files}
+
+
+def as_text(name: str) -> str:
+    """A file name or path as valid Unicode: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates, and Parquet, CSV, HTML and ``print`` refuse) become ``\\xNN`` escapes.
+
+    Sample ids keep every other character, so a user can find the file; dataset and class names,
+    which progress bars and log lines show, go through :func:`normprobe.terminal.printable` instead.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _ids(name: str, split: str, index: np.ndarray) -> np.ndarray:
@@ -81,39 +74,92 @@ def _make_set(
 
 
 def read_npz_images(
-    npz: np.lib.npyio.NpzFile,
+    npz: NpzArchive,
     path: Path,
     images_key: str,
     labels_key: str | None,
     image_size: tuple[int, int] | None,
+    *,
+    trusted: bool = False,
 ) -> tuple[ArrayReader | EncodedReader, np.ndarray]:
-    """A reader and labels from an .npz of decoded arrays or of encoded bytes (``jpeg`` + ``offsets``)."""
-    if "jpeg" in npz.files and "offsets" in npz.files:
-        data, offsets = npz["jpeg"], npz["offsets"]
-        if offsets.ndim != 1 or len(offsets) < 2 or offsets[-1] != len(data):
-            raise NormprobeError(f"{path}: 'offsets' does not describe the 'jpeg' byte array")
-        size = image_size or decode_image_bytes(data[offsets[0] : offsets[1]].tobytes()).shape[:2]
-        reader: ArrayReader | EncodedReader = EncodedReader(data, offsets, (int(size[0]), int(size[1])))
-    elif images_key in npz.files:
-        images = npz[images_key]
+    """A reader and labels from an .npz of decoded arrays or of encoded bytes (``jpeg`` + ``offsets``).
+
+    Only headers, offsets and labels are read here; images are inflated when rows are read.
+    ``trusted``: a mirror file whose sha256 matched its manifest (see :class:`EncodedReader`).
+    """
+    if "jpeg" in npz and "offsets" in npz:
+        data = npz.rows("jpeg")
+        if data.ndim != 1 or data.dtype != np.uint8:
+            raise NormprobeError(
+                f"{path}: 'jpeg' must be a 1-D uint8 byte array, got {data.dtype} {data.shape}"
+            )
+        offsets = _offsets(npz, path, len(data))
+        reader: ArrayReader | EncodedReader = EncodedReader(
+            data, offsets, image_size, trusted=trusted, name=str(path)
+        )
+    elif images_key in npz:
+        shape, dtype = npz.shape(images_key), npz.dtype(images_key)
         if (
-            images.dtype != np.uint8
-            or images.ndim not in (3, 4)
-            or (images.ndim == 4 and images.shape[-1] not in (1, 3))
+            dtype != np.uint8
+            or len(shape) not in (3, 4)
+            or (len(shape) == 4 and shape[-1] not in (1, 3))
+            or 0 in shape[1:]
         ):
             raise NormprobeError(
-                f"{path}: '{images_key}' must be uint8 N×H×W, N×H×W×1 or N×H×W×3, got {images.dtype} {images.shape}"
+                f"{path}: '{images_key}' must be uint8 N×H×W, N×H×W×1 or N×H×W×3, got {dtype} {shape}"
             )
-        reader = ArrayReader(images)
+        reader = ArrayReader(npz.rows(images_key))
     else:
         raise NormprobeError(
             f"{path}: no '{images_key}' array and no 'jpeg' + 'offsets' arrays (has: {', '.join(npz.files)})"
         )
-    n = len(reader)
-    labels = npz[labels_key] if labels_key and labels_key in npz.files else np.full(n, -1, np.int64)
-    if len(labels) != n:
-        raise NormprobeError(f"{path}: {n} images but {len(labels)} labels")
-    return reader, labels
+    return reader, _labels(npz, path, labels_key, len(reader))
+
+
+def _offsets(npz: NpzArchive, path: Path, data_bytes: int) -> np.ndarray:
+    """``offsets`` as int64 after checking they cut the ``jpeg`` bytes into non-empty, consecutive images."""
+    shape, dtype = npz.shape("offsets"), npz.dtype("offsets")
+    if len(shape) != 1 or shape[0] < 2 or dtype.kind not in "iu":
+        raise NormprobeError(
+            f"{path}: 'offsets' must be a 1-D integer array of N+1 byte positions, got {dtype} {shape}"
+        )
+    offsets = npz["offsets"]
+    if offsets[0] < 0 or offsets[-1] != data_bytes or (np.diff(offsets.astype(np.int64)) <= 0).any():
+        raise NormprobeError(
+            f"{path}: 'offsets' does not describe the 'jpeg' byte array: they must start at 0 or more, "
+            f"increase strictly and end at its length ({data_bytes})"
+        )
+    return offsets.astype(np.int64)
+
+
+def _labels(npz: NpzArchive, path: Path, key: str | None, n: int) -> np.ndarray:
+    """One int64 class index per image (-1 = unknown), after refusing anything else."""
+    if key is None or key not in npz:
+        return np.full(n, -1, np.int64)
+    shape, dtype = npz.shape(key), npz.dtype(key)
+    if len(shape) != 1 or dtype.kind not in "iuf":
+        raise NormprobeError(
+            f"{path}: '{key}' must be a 1-D array of integer class indices (class names go in 'classes'), "
+            f"got {dtype} {shape}"
+        )
+    if shape[0] != n:
+        raise NormprobeError(f"{path}: {n} images but {shape[0]} labels")
+    labels = npz[key]
+    if dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise NormprobeError(
+            f"{path}: '{key}' holds NaN, infinite or fractional values; labels are class indices"
+        )
+    if n and (labels.min() < -1 or labels.max() >= 2**31):
+        raise NormprobeError(f"{path}: '{key}' must hold class indices >= 0, or -1 for unknown")
+    return labels.astype(np.int64)
+
+
+def _class_names(npz: NpzArchive, path: Path, key: str) -> tuple[str, ...]:
+    """Class names from a 1-D string (or numeric) array."""
+    shape, dtype = npz.shape(key), npz.dtype(key)
+    if len(shape) != 1 or dtype.kind not in "USiu":
+        raise NormprobeError(f"{path}: '{key}' must be a 1-D array of class names, got {dtype} {shape}")
+    return tuple(str(c) for c in npz[key])
 
 
 def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, ...]) -> ImageSet | None:
@@ -124,6 +170,7 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
     path = root / spec["file"]
     if not path.is_file():
         return None
+    content = verified_sha256(path, spec["sha256"], manifest.name)
     npz = open_npz(path)
     reader, labels = read_npz_images(
         npz,
@@ -131,13 +178,16 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
         spec.get("images_key", "images"),
         spec.get("labels_key", "labels"),
         tuple(manifest.raw["image_size"]),
+        trusted=True,
     )
     # A partial copy of a mirror file (e.g. the bundled sample) records original positions in `index`.
     index_key = spec.get("index_key", "index")
-    index = npz[index_key] if index_key in npz.files else np.arange(len(reader))
+    index = npz[index_key] if index_key in npz else np.arange(len(reader))
+    if index.shape != (len(reader),) or index.dtype.kind not in "iu":
+        raise NormprobeError(f"{path}: '{index_key}' must hold one integer position per image")
     expected = manifest.splits[split]["size"]
     notes: tuple[str, ...] = ()
-    if len(reader) < expected:
+    if 0 < len(reader) < expected:
         notes = (
             f"partial mirror: {len(reader)} of {expected} {manifest.name} {split} images exist locally "
             f"(original indices {int(index.min())}..{int(index.max())}); only those are used",
@@ -145,7 +195,7 @@ def from_mirror(manifest: Manifest, split: str, root: Path, classes: tuple[str, 
     if manifest.raw.get("channels") == 1:
         notes = (*notes, "greyscale images converted to RGB by repeating the channel")
     return _make_set(
-        manifest.name, split, reader, labels, index, classes, f"mirror:{path.name}", file_sha256(path), notes
+        manifest.name, split, reader, labels, index, classes, f"mirror:{path.name}", content, notes
     )
 
 
@@ -200,31 +250,29 @@ def from_folder(path: Path, image_size: int, name: str | None = None) -> ImageSe
         try:
             decode_image_bytes(file.read_bytes(), image_size)
         except Exception as err:  # Pillow raises many types for bad files; each one means "unreadable"
-            # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x...>"); drop it so reasons are stable.
-            reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))
-            skipped.append((str(file.relative_to(path)), f"{type(err).__name__}: {reason}"))
+            skipped.append((as_text(str(file.relative_to(path))), decode_error(err)))
         else:
             good.append(file)
     if not good:
         raise NormprobeError(f"{path}: none of the {len(files)} image files could be read")
     labelled = bool(class_dirs) and all(p.parent != path for p in good)
-    classes = tuple(class_dirs) if labelled else ()
+    classes = tuple(printable(c) for c in class_dirs) if labelled else ()
     labels = np.array(
         [class_dirs.index(p.relative_to(path).parts[0]) for p in good] if labelled else [-1] * len(good)
     )
-    rel = np.array([str(p.relative_to(path)) for p in good], dtype=object)
+    rel = np.array([as_text(str(p.relative_to(path))) for p in good], dtype=object)
     content = fingerprint(*(p.read_bytes() for p in good), str(image_size))
     notes = (f"images resized (shorter side) and centre-cropped to {image_size}x{image_size}",)
     if skipped:
         notes = (*notes, f"{len(skipped)} unreadable file(s) skipped")
     return _make_set(
-        name or path.name,
+        name or printable(path.name),
         "folder",
         FileReader(good, image_size),
         labels,
         np.arange(len(good)),
         classes,
-        f"folder:{path}",
+        f"folder:{as_text(str(path))}",
         content,
         notes,
         ids=rel,
@@ -236,14 +284,14 @@ def from_npz_file(path: Path, name: str | None = None) -> ImageSet:
     """A user's .npz: ``images`` (N×H×W[×C] uint8) or ``jpeg`` + ``offsets``, optional ``labels``."""
     npz = open_npz(path)
     reader, labels = read_npz_images(npz, path, "images", "labels", None)
-    classes = tuple(str(c) for c in npz["classes"]) if "classes" in npz.files else ()
+    classes = _class_names(npz, path, "classes") if "classes" in npz else ()
     return _make_set(
-        name or path.stem,
+        name or printable(path.stem),
         "all",
         reader,
         labels,
         np.arange(len(reader)),
         classes,
-        f"npz:{path}",
+        f"npz:{as_text(str(path))}",
         file_sha256(path),
     )
