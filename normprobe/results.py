@@ -50,7 +50,16 @@ LEGACY_FILES = (
     REPORT_FILE,
     *(
         f"{TABLES_DIR}/{t}.csv"
-        for t in ("norms", "buckets", "ood", "spearman", "exemplars", "human_curves", "human_correlations")
+        for t in (
+            "norms",
+            "buckets",
+            "ood",
+            "ood_groups",
+            "spearman",
+            "exemplars",
+            "human_curves",
+            "human_correlations",
+        )
     ),
 )
 """What a results folder written before ``files`` existed may hold of normprobe's."""
