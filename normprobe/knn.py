@@ -17,17 +17,24 @@ Conventions
 
 Memory is bounded by ``memory_budget_bytes`` whatever the problem size: queries are processed in
 blocks, the bank in column blocks, with a running top-k merge. Only the normalised bank (one
-contiguous float32 matrix) and the per-block working buffers are held; :meth:`KNNClassifier.predict`
+contiguous float32 matrix, plus a bfloat16 copy where that path runs) and the per-block working
+buffers are held; :meth:`KNNClassifier.predict`
 and :func:`kth_neighbor_distance` keep nothing per query beyond their result.
 
 Speed: the similarities of a query block are one GEMM into a reused buffer, which is the floor;
-the exact top-k on the CPU avoids a full selection over every row (see :func:`_topk_rows`).
+the exact top-k on the CPU avoids a full selection over every row (see :func:`_topk_rows`). On a
+CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX), the GEMM runs in bfloat16 instead
+and only selects candidates, which are then re-scored in float32; a rounding-error bound makes
+the result exact, the same neighbours as the float32 GEMM (see :func:`_topk_bf16`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -193,6 +200,292 @@ def _topk_rows(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pool.gather(1, pos), cols.gather(1, pos)
 
 
+_BF16_ROUNDOFF = 2.0**-8
+"""Unit roundoff of bfloat16 (8 significant bits): rounding to nearest moves ``x`` by at most this
+times ``|x|`` (and at most this times the rounded value's magnitude)."""
+
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+# torch's bfloat16 max over groups 32 lanes wide (one cache line) is ~6x slower than over 64
+_BF16_LANES = 64
+
+
+@functools.cache
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (x86 ``avx512_bf16`` or ``amx_bf16``)
+    for torch's oneDNN GEMM, read from ``/proc/cpuinfo``: a capability check, not a timing.
+
+    Without them a bfloat16 GEMM is emulated and no faster than float32, so the float32 path stays.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to know, keep float32
+        return False
+    flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
+    return not _BF16_CPU_FLAGS.isdisjoint(flags)
+
+
+def _upper_norms(x: torch.Tensor) -> torch.Tensor:
+    """Row norms of a float32 block, inflated to upper bounds of the exact norms.
+
+    float32 computes a norm of ``d`` terms with a relative error below about ``d * 2^-24``;
+    inflating by twice that covers it.
+    """
+    return torch.linalg.vector_norm(x, dim=1) * (1.0 + (x.shape[1] + 2) * 2.0**-23)
+
+
+class _Bf16Bank(NamedTuple):
+    """The normalised bank rounded to bfloat16, and row-norm maxima for :func:`_bf16_error`."""
+
+    values: torch.Tensor
+    """``(n_bank, d)`` bfloat16."""
+    residual: float
+    """Largest ``||b - bf16(b)||`` over bank rows."""
+    norm: float
+    """Largest ``||b||``."""
+    rounded_norm: float
+    """Largest ``||bf16(b)||``."""
+
+
+def _round_bank(bank: torch.Tensor) -> _Bf16Bank:
+    """Round a normalised float32 bank to bfloat16 and bound its rounding error."""
+    values = bank.bfloat16()
+    residual = norm = rounded_norm = 0.0
+    rows = max(1, _TEMPORARY_BYTES // (4 * bank.shape[1]))
+    for r0 in range(0, bank.shape[0], rows):
+        exact, rounded = bank[r0 : r0 + rows], values[r0 : r0 + rows].float()
+        # the difference of a float32 and its bfloat16 rounding is exact in float32
+        residual = max(residual, float(_upper_norms(exact - rounded).max()))
+        norm = max(norm, float(_upper_norms(exact).max()))
+        rounded_norm = max(rounded_norm, float(_upper_norms(rounded).max()))
+    return _Bf16Bank(values, residual, norm, rounded_norm)
+
+
+def _bf16_error(q: torch.Tensor, q16: torch.Tensor, bank: _Bf16Bank) -> torch.Tensor:
+    """Per query row, a bound on ``|a - r|`` for every bank row ``b``, where ``a`` is the bfloat16
+    GEMM's float32 accumulator of ``bf16(q) . bf16(b)`` (before it is rounded to bfloat16) and
+    ``r`` the float32 re-score of ``q . b``; float64 ``(n,)``.
+
+    With ``q~ = bf16(q)``: ``q~.b~ - q.b = q~.(b~ - b) + (q~ - q).b``, at most
+    ``||q~|| ||b - b~|| + ||q - q~|| ||b||`` (Cauchy-Schwarz). The products of two bfloat16 values
+    are exact in float32, so accumulating ``d`` of them in any order adds at most
+    ``gamma_d ||q~|| ||b~||`` with ``gamma_d = d 2^-24 / (1 - d 2^-24)``, and the float32 re-score
+    is off by at most ``gamma_d ||q|| ||b||``. AVX512-BF16 flushes subnormals to zero: at most
+    ``2^-126`` per term, covered by the last term. Using the measured residual norms (about
+    ``0.45 u`` for the bank's rows, ``u = 2^-8``) rather than the worst case ``u`` halves the
+    candidate window.
+    """
+    d = q.shape[1]
+    gamma = d * 2.0**-24 / (1.0 - d * 2.0**-24)
+    rounded = q16.float()
+    q_norm = _upper_norms(q).double()
+    rounded_norm = _upper_norms(rounded).double()
+    residual = _upper_norms(q - rounded).double()
+    return (
+        rounded_norm * bank.residual
+        + residual * bank.norm
+        + gamma * (rounded_norm * bank.rounded_norm + q_norm * bank.norm)
+        + d * 2.0**-120
+    )
+
+
+def _bf16_floor(t: torch.Tensor) -> torch.Tensor:
+    """The largest bfloat16 value ``<=`` each element of the float64 tensor ``t``."""
+    r = t.to(torch.bfloat16)  # one of the two bfloat16 neighbours of t
+    up = r.double() > t
+    bits = r.view(torch.int16)
+    # sign-magnitude: the next value down is one step larger in magnitude if negative (sign bit
+    # set, so negative as int16, -0.0 included), one step smaller otherwise
+    bits[up] += torch.where(bits[up] < 0, 1, -1).to(torch.int16)
+    return r
+
+
+def _bf16_threshold(kth_lower: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """bfloat16 threshold per row that every exact top-k value's bfloat16 similarity reaches.
+
+    Let ``a`` be the accumulators, ``s~ = bf16(a)`` and ``r`` the float32 re-scores, with
+    ``|a - r| <= e`` (:func:`_bf16_error`). Rounding is monotone, so the k-th largest ``s~`` is
+    ``bf16(a_(k))`` and ``a_(k) >= s~_(k) - u |s~_(k)| >= g - u |g|`` for any ``g <= s~_(k)``.
+    The k points with ``a >= a_(k)`` have ``r >= a_(k) - e``, so the k-th largest re-score is at
+    least that, and a point among the top k by re-score has ``a >= a_(k) - 2e`` and hence
+    ``s~ = bf16(a) >= floor_bf16(g - u |g| - 2e)``. The tiny constant covers float64 rounding
+    and a subnormal ``a`` flushed to zero.
+    """
+    return _bf16_floor(kth_lower - _BF16_ROUNDOFF * kth_lower.abs() - 2.0 * error - 2.0**-40)
+
+
+def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th largest value of each row, as float64 ``(n,)`` (numpy's SIMD introselect)."""
+    a = values.float().numpy()
+    n = a.shape[1]
+    return torch.from_numpy(np.partition(a, n - k, axis=1)[:, n - k]).double()
+
+
+def _candidate_cap(k: int) -> int:
+    """Most candidates re-scored for one query row; a row with more falls back to float32.
+
+    Near-duplicate banks put many points within the rounding window of the k-th. The cap
+    bounds memory; it lies below the break-even point (measured: a float32 row of a 50k bank
+    costs about as much as re-scoring 2,500 candidates at d = 512, 3,000 at d = 128).
+    """
+    return 2 * k + 1024
+
+
+def _bf16_group_shape(width: int, k: int) -> tuple[int, int] | None:
+    """``(m, padded_width)`` for :func:`_bf16_candidates` on a block ``width`` columns wide, or None.
+
+    Groups are laid out as in :func:`_topk_rows` with 64 lanes; the block is padded with
+    ``-inf`` columns to whole runs of ``m * 64``, so that no column is left over. Minimises the
+    group maxima to select from, ``k * m`` members read for about k hit groups, and the padding
+    (at most an eighth of the width, so the padded bfloat16 block fits the float32 buffer);
+    None when there would be fewer than ``4 k`` groups (a float32 block is then as cheap).
+    """
+    best: tuple[int, int, int] | None = None
+    for m in range(2, 33):
+        run = m * _BF16_LANES
+        padded = -(-width // run) * run
+        groups = padded // m
+        if groups < 4 * k or padded - width > width // 8:
+            continue
+        cost = groups + k * m + (padded - width)
+        if best is None or cost < best[0]:
+            best = (cost, m, padded)
+    return None if best is None else (best[1], best[2])
+
+
+class _Candidates(NamedTuple):
+    """Per query row, the bank columns to re-score in float32, in CSR layout."""
+
+    crow: torch.Tensor
+    """``(n + 1,)`` int64: row ``i``'s columns are ``cols[crow[i]:crow[i + 1]]``."""
+    cols: torch.Tensor
+    """``(nnz,)`` int64 bank columns (grouped by row, not sorted within one)."""
+    fallback: torch.Tensor
+    """``(n,)`` bool: rows with more than the cap, left empty, to be done in float32."""
+
+
+def _bf16_candidates(sims16: torch.Tensor, k: int, error: torch.Tensor, cap: int, m: int) -> _Candidates:
+    """Every column of each row that may hold one of the row's exact top-``k`` (see :func:`_topk_bf16`).
+
+    ``sims16`` is the bfloat16 similarity block, padded with ``-inf`` to whole runs of
+    ``m * 64`` columns (:func:`_bf16_group_shape`), and ``error`` the per-row bound of
+    :func:`_bf16_error`. Columns form groups as in :func:`_topk_rows`. The k-th largest group
+    maximum ``g`` is a lower bound on the row's k-th largest value (k groups each hold a value
+    at least ``g``), which avoids a selection over the whole row; only the groups whose maximum
+    reaches the threshold (about one per candidate) are read member by member.
+    """
+    n, width = sims16.shape
+    lanes = _BF16_LANES
+    grouped = sims16.view(n, width // (m * lanes), m, lanes)
+    group_max = grouped.amax(dim=2).view(n, -1)
+    threshold = _bf16_threshold(_kth_largest(group_max, k), error).unsqueeze(1)
+    rows, groups = (group_max >= threshold).nonzero().unbind(1)
+    # each hit group holds a candidate: a row with more hit groups than the cap is over it
+    over = torch.bincount(rows, minlength=n) > cap
+    if bool(over.any()):
+        keep = ~over[rows]
+        rows, groups = rows[keep], groups[keep]
+    run, lane = groups // lanes, groups % lanes
+    members = grouped[rows, run, :, lane] >= threshold[rows]  # (hit groups, m)
+    pair, member = members.nonzero().unbind(1)  # in row order, as the groups are
+    columns = (run * (m * lanes) + lane)[pair] + member * lanes
+    counts = torch.zeros(n, dtype=torch.int64).index_add_(0, rows, members.sum(dim=1))
+    fallback = over | (counts > cap)
+    if bool(fallback.any()):
+        keep = ~fallback[rows[pair]]
+        columns = columns[keep]
+        counts[fallback] = 0
+    crow = torch.zeros(n + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return _Candidates(crow, columns, fallback)
+
+
+def _rescore(q: torch.Tensor, bank: torch.Tensor, candidates: _Candidates) -> torch.Tensor:
+    """float32 ``q[i] . bank[j]`` for every candidate ``(i, j)``, in the order of ``candidates.cols``.
+
+    A sampled GEMM (SDDMM) reads each candidate's bank row once, without gathering the rows
+    into a copy first (a third of the memory traffic of gather + batched matrix-vector).
+    """
+    n, width = q.shape[0], bank.shape[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(
+            candidates.crow,
+            candidates.cols,
+            torch.zeros(candidates.cols.numel(), dtype=q.dtype),
+            size=(n, width),
+            check_invariants=False,  # the kernel does not need columns sorted within a row
+        )
+        return torch.sparse.sampled_addmm(pattern, q, bank.T, beta=0.0).values()
+
+
+def _ragged_topk(values: torch.Tensor, candidates: _Candidates, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise top-``k`` (values, bank columns; unsorted) of the re-scored candidates.
+
+    Rows are padded with ``-inf`` to the longest; empty (fallback) rows give ``-inf`` values.
+    """
+    crow = candidates.crow
+    counts = crow.diff()
+    n = counts.numel()
+    width = max(k, int(counts.max()))
+    rows = torch.repeat_interleave(torch.arange(n), counts)
+    pos = torch.arange(values.numel()) - crow[rows]
+    padded = torch.full((n, width), -math.inf)
+    padded[rows, pos] = values
+    cols = torch.zeros((n, width), dtype=torch.int64)
+    cols[rows, pos] = candidates.cols
+    best = _select(padded, k)
+    return padded.gather(1, best), cols.gather(1, best)
+
+
+def _topk_bf16(
+    q: torch.Tensor,
+    q16: torch.Tensor,
+    error: torch.Tensor,
+    bank: torch.Tensor,
+    bank16: torch.Tensor,
+    k: int,
+    buffer: torch.Tensor,
+    diagonal: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact row-wise top-``k`` (values, columns; unsorted) of ``q @ bank.T`` through bfloat16.
+
+    A bfloat16 GEMM (3-4x the float32 rate on AVX512-BF16, half the bytes to select from)
+    gives ``s~``; :func:`_bf16_candidates` keeps every column that can be among the exact top k
+    (a proof from the rounding-error bound, :func:`_bf16_threshold`, not a heuristic); those
+    are re-scored in float32 and the top k taken. Rows with more candidates than
+    :func:`_candidate_cap` are redone with a float32 GEMM. ``buffer`` is a float32 work area of
+    at least ``n * n_bank`` values (the padded bfloat16 block fits in it); ``diagonal``
+    (leave-one-out) is the offset of the block's diagonal whose entries are each query's own
+    row, excluded.
+    """
+    n, width = q.shape[0], bank.shape[0]
+    shape = _bf16_group_shape(width, k)
+    assert shape is not None
+    m, padded = shape
+    sims16 = buffer.view(torch.bfloat16)[: n * padded].view(n, padded)
+    block = sims16[:, :width]
+    torch.mm(q16, bank16.T, out=block)  # oneDNN writes the strided rows in place
+    sims16[:, width:] = -math.inf
+    if diagonal is not None:
+        block.diagonal(diagonal).fill_(-math.inf)
+    candidates = _bf16_candidates(sims16, k, error, _candidate_cap(k), m)
+    vals, idx = _ragged_topk(_rescore(q, bank, candidates), candidates, k)
+    rows = candidates.fallback.nonzero().squeeze(1)
+    if rows.numel():
+        # the bfloat16 block is done with: its buffer takes the float32 rows
+        sims = buffer[: rows.numel() * width].view(rows.numel(), width)
+        torch.mm(q[rows], bank.T, out=sims)
+        if diagonal is not None:
+            own = rows + diagonal
+            inside = (own >= 0) & (own < width)
+            sims[torch.arange(rows.numel())[inside], own[inside]] = -math.inf
+        vals[rows], idx[rows] = _topk_rows(sims, k)
+    return vals, idx
+
+
 class CosineIndex:
     """A bank of embeddings, normalised once, searched by cosine similarity.
 
@@ -205,6 +498,10 @@ class CosineIndex:
         ``IndexFlatIP`` on the normalised vectors: the same neighbours, up to ties).
     memory_budget_bytes:
         Bound on the working memory of a search (similarity block and top-k buffers).
+    bf16_prefilter:
+        Select candidates with a bfloat16 GEMM and re-score them in float32 (torch backend, CPU;
+        the same neighbours as float32, see :func:`_topk_bf16`). ``None``: where the CPU
+        multiplies bfloat16 natively (:func:`cpu_has_bf16_matmul`); ``False``: float32 only.
     """
 
     def __init__(
@@ -213,6 +510,7 @@ class CosineIndex:
         *,
         backend: Backend = "torch",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        bf16_prefilter: bool | None = None,
     ) -> None:
         if backend not in ("torch", "faiss"):
             raise NormprobeError(f"unknown kNN backend {backend!r}; choose 'torch' or 'faiss'")
@@ -221,6 +519,13 @@ class CosineIndex:
         self.backend: Backend = backend
         self.memory_budget_bytes = int(memory_budget_bytes)
         self.bank = normalize_embeddings(bank, "bank")
+        on_cpu_torch = backend == "torch" and self.device.type == "cpu"
+        if bf16_prefilter is None:
+            # with oneDNN switched off, torch's bfloat16 GEMM is not the kernel the bound was checked on
+            bf16_prefilter = on_cpu_torch and cpu_has_bf16_matmul() and torch.backends.mkldnn.enabled
+        elif bf16_prefilter and not on_cpu_torch:
+            raise NormprobeError("bf16_prefilter needs the torch backend with a CPU bank")
+        self._bf16 = _round_bank(self.bank) if bf16_prefilter else None
         self._faiss_index = None
         if backend == "faiss":
             faiss = _import_faiss()
@@ -300,7 +605,17 @@ class CosineIndex:
             # the similarity row; candidate values, int64 columns, numpy's partition copy and
             # mask; the same for the group maxima; the running merge of 2k values and indices
             pool, groups = widths(bank_block)
-            return 4 * bank_block + 17 * pool + 13 * groups + 24 * min(k, bank_block)
+            work = 17 * pool + 13 * groups
+            if self._bf16 is not None:
+                # bfloat16 group maxima, float copies and mask; at most the cap of candidates
+                # per row: their group members (value + mask), int64 indices, re-scores and
+                # padded top-k input; the float32 fallback reuses the similarity row
+                shape = _bf16_group_shape(bank_block, min(k, bank_block))
+                if shape is not None:
+                    m, padded = shape
+                    cap = _candidate_cap(k)
+                    work = max(work, 11 * padded // m + cap * (3 * m + 80))
+            return 4 * bank_block + work + 24 * min(k, bank_block)
 
         bank_block = self.n_bank
         rows = min(n_queries, _MIN_QUERY_BLOCK)
@@ -311,6 +626,10 @@ class CosineIndex:
         by_budget = budget // row_bytes(bank_block)
         # the largest temporary is the int64 candidate-column matrix
         by_temporaries = max(_MIN_QUERY_BLOCK, _TEMPORARY_BYTES // (8 * widths(bank_block)[0]))
+        if self._bf16 is not None:
+            # the bfloat16 GEMM runs as fast on short blocks; a small block stays in cache for
+            # the selection pass and costs fewer first-touch page faults of the buffer
+            by_temporaries = min(by_temporaries, max(_MIN_QUERY_BLOCK, _TEMPORARY_BYTES // (2 * bank_block)))
         query_block = max(1, min(n_queries, by_budget, by_temporaries))
         return query_block, bank_block
 
@@ -328,15 +647,24 @@ class CosineIndex:
                 qn = self.bank[q0:q1]
             else:
                 qn = _normalize(q[q0:q1].to(self.device, torch.float32), "queries", q0)
+            if self._bf16 is not None:
+                q16 = self._bf16.values[q0:q1] if leave_one_out else qn.bfloat16()
+                error = _bf16_error(qn, q16, self._bf16)
             best: tuple[torch.Tensor, torch.Tensor] | None = None
             for b0 in range(0, self.n_bank, bb):
                 b1 = min(b0 + bb, self.n_bank)
-                sims = buffer[: (q1 - q0) * (b1 - b0)].view(q1 - q0, b1 - b0)
-                torch.mm(qn, self.bank[b0:b1].T, out=sims)
-                if leave_one_out and q0 < b1 and b0 < q1:
-                    # entries where query row == bank row lie on one diagonal of the block
-                    sims.diagonal(q0 - b0).fill_(-math.inf)
-                vals, idx = _topk_rows(sims, min(k, b1 - b0))
+                kk = min(k, b1 - b0)
+                # entries where query row == bank row lie on one diagonal of the block
+                diagonal = q0 - b0 if leave_one_out and q0 < b1 and b0 < q1 else None
+                if self._bf16 is not None and _bf16_group_shape(b1 - b0, kk) is not None:
+                    bank16 = self._bf16.values[b0:b1]
+                    vals, idx = _topk_bf16(qn, q16, error, self.bank[b0:b1], bank16, kk, buffer, diagonal)
+                else:
+                    sims = buffer[: (q1 - q0) * (b1 - b0)].view(q1 - q0, b1 - b0)
+                    torch.mm(qn, self.bank[b0:b1].T, out=sims)
+                    if diagonal is not None:
+                        sims.diagonal(diagonal).fill_(-math.inf)
+                    vals, idx = _topk_rows(sims, kk)
                 if b0:
                     idx += b0
                 if best is not None:
@@ -437,6 +765,7 @@ class KNNClassifier:
         *,
         backend: Backend = "torch",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        bf16_prefilter: bool | None = None,
     ) -> None:
         if k < 1:
             raise NormprobeError(f"k must be >= 1, got {k}")
@@ -446,13 +775,19 @@ class KNNClassifier:
         self.temperature = float(temperature)
         self.backend: Backend = backend
         self.memory_budget_bytes = int(memory_budget_bytes)
+        self.bf16_prefilter = bf16_prefilter
         self.index_: CosineIndex | None = None
         self.classes_: np.ndarray | None = None
         self._codes: torch.Tensor | None = None
 
     def fit(self, bank: ArrayLike, labels: ArrayLike) -> KNNClassifier:
         """Store the normalised bank and its labels (any 1-D array of sortable values)."""
-        index = CosineIndex(bank, backend=self.backend, memory_budget_bytes=self.memory_budget_bytes)
+        index = CosineIndex(
+            bank,
+            backend=self.backend,
+            memory_budget_bytes=self.memory_budget_bytes,
+            bf16_prefilter=self.bf16_prefilter,
+        )
         labels_np = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         if labels_np.ndim != 1 or labels_np.shape[0] != index.n_bank:
             raise NormprobeError(

@@ -9,16 +9,23 @@ import numpy as np
 import pytest
 import torch
 
+import normprobe.knn as knn_module
 from normprobe.device import pick_device
 from normprobe.errors import NormprobeError
 from normprobe.knn import (
     CosineIndex,
     KNNClassifier,
     Neighbors,
+    _bf16_candidates,
+    _bf16_error,
+    _bf16_floor,
+    _bf16_threshold,
     _group_shape,
+    _round_bank,
     _topk_rows,
     cosine_topk,
     kth_neighbor_distance,
+    normalize_embeddings,
 )
 
 MIB = 1 << 20
@@ -245,3 +252,257 @@ def test_classifier_errors() -> None:
         KNNClassifier(k=2, temperature=0.0)
     with pytest.raises(NormprobeError, match="between 1 and the bank size"):
         KNNClassifier(k=5).fit(np.eye(3), np.array([0, 1, 1])).predict(np.eye(3))
+
+
+# --- the bfloat16 candidate pass (run with bf16_prefilter=True whatever the CPU, so it is
+# tested everywhere; on a CPU without bfloat16 instructions torch emulates the GEMM)
+
+U = 2.0**-8
+
+
+def loo_sims(bank: np.ndarray) -> np.ndarray:
+    sims = exact_sims(bank, bank)
+    np.fill_diagonal(sims, -np.inf)
+    return sims
+
+
+def assert_same_neighbours(got: Neighbors, ref: Neighbors, sims: np.ndarray, k: int) -> None:
+    """Both are valid top-k of ``sims`` and pick the same points wherever the k-th and the
+    (k+1)-th similarity are not (nearly) tied; tied rows may differ only in which tie is kept."""
+    assert_valid_topk(got, sims, k)
+    assert_valid_topk(ref, sims, k)
+    ordered = -np.partition(-sims, [k - 1, k], axis=1)
+    decided = ordered[:, k - 1] - ordered[:, k] > 1e-5
+    a, b = np.sort(got.indices.numpy(), axis=1), np.sort(ref.indices.numpy(), axis=1)
+    np.testing.assert_array_equal(a[decided], b[decided])
+    np.testing.assert_allclose(got.similarities.numpy(), ref.similarities.numpy(), atol=1e-6)
+
+
+def record_fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(rows left to the float32 fallback, rows) for each call of the candidate pass."""
+    counts: list[tuple[int, int]] = []
+    original = knn_module._bf16_candidates
+
+    def spy(*args: object) -> knn_module._Candidates:
+        candidates = original(*args)  # type: ignore[arg-type]
+        counts.append((int(candidates.fallback.sum()), candidates.fallback.numel()))
+        return candidates
+
+    monkeypatch.setattr(knn_module, "_bf16_candidates", spy)
+    return counts
+
+
+def hard_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    """Gaussian rows, rows with one dominant component, and near-constant rows: the last two put
+    many components at the same binade, where bfloat16 rounding errors add up coherently."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim))
+    x[: n // 3, 0] *= 100.0
+    x[n // 3 : 2 * n // 3] = 1.0 + rng.uniform(0.0, U, (2 * n // 3 - n // 3, dim))
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("dim", [3, 64, 512, 2048])
+def test_bf16_gemm_error_is_within_the_bound(dim: int) -> None:
+    # the premise of the exactness proof, checked on this machine's GEMM kernel:
+    # |bf16 GEMM entry - float32 product| <= e (accumulation and input rounding) + u |entry|
+    bank = normalize_embeddings(hard_vectors(2000, dim, seed=20))
+    queries = torch.cat([bank[::7], normalize_embeddings(hard_vectors(150, dim, seed=21))])
+    rounded = _round_bank(bank)
+    q16 = queries.bfloat16()
+    error = _bf16_error(queries, q16, rounded)
+    approx = torch.mm(q16, rounded.values.T).double()
+    exact = torch.mm(queries, bank.T).double()
+    bound = error.unsqueeze(1) + U * approx.abs()
+    assert bool(((approx - exact).abs() <= bound).all())
+
+
+def test_bf16_gemm_rounds_to_nearest() -> None:
+    # 1 + 2^-8 + 2^-12 lies above the midpoint between the bfloat16 values 1 and 1 + 2^-7:
+    # round-to-nearest gives 1 + 2^-7, truncation would give 1 (and break the bound)
+    a = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.bfloat16)
+    b = torch.tensor([[1.0, 2.0**-8, 2.0**-12]], dtype=torch.bfloat16)
+    assert float(torch.mm(a, b.T)) == 1.0 + 2.0**-7
+    assert float(torch.mm(-a, b.T)) == -(1.0 + 2.0**-7)
+
+
+def test_bf16_floor_is_the_largest_bfloat16_not_above() -> None:
+    gen = torch.Generator().manual_seed(22)
+    t = torch.cat(
+        [
+            torch.randn(10_000, generator=gen, dtype=torch.float64),
+            torch.randn(1000, generator=gen, dtype=torch.float64) * 1e-30,
+            torch.tensor([0.0, -0.0, 1.0, -1.0, 0.5 + 2.0**-9, -(0.5 + 2.0**-9), -1e-45]),
+            torch.randn(1000, generator=gen).bfloat16().double(),  # already bfloat16
+        ]
+    )
+    floor = _bf16_floor(t)
+    assert floor.dtype == torch.bfloat16
+    assert bool((floor.double() <= t).all())
+    # one step up (towards +inf) from the floor is above t
+    bits = floor.clone().view(torch.int16)
+    bits += torch.where(bits < 0, -1, 1).to(torch.int16)
+    bits[floor.double() == 0] = 1  # from either zero, the next value up is the smallest subnormal
+    assert bool((bits.view(torch.bfloat16).double() > t).all())
+    exact = t[-1000:]
+    assert torch.equal(_bf16_floor(exact).double(), exact)
+
+
+def test_bf16_candidates_are_exactly_the_columns_at_or_above_the_threshold() -> None:
+    # values from a few bfloat16 levels, so that many sit exactly at the threshold
+    gen = torch.Generator().manual_seed(23)
+    m, lanes, n, width = 4, 64, 40, 4096
+    levels = torch.tensor([0.5 - j * 2.0**-9 for j in range(8)] + [0.1, -0.3])  # bfloat16 steps
+    sims16 = levels[torch.randint(0, len(levels), (n, width), generator=gen)].bfloat16()
+    sims16[:, -100:] = -math.inf  # padding
+    error = torch.rand(n, generator=gen, dtype=torch.float64) * 0.004
+    k = 50
+    group_max = sims16.view(n, -1, m, lanes).amax(dim=2).view(n, -1).float()
+    threshold = _bf16_threshold(torch.topk(group_max, k, dim=1).values[:, -1].double(), error)
+    candidates = _bf16_candidates(sims16, k, error, width, m)
+    assert not candidates.fallback.any()
+    for row in range(n):
+        got = candidates.cols[candidates.crow[row] : candidates.crow[row + 1]]
+        expected = (sims16[row] >= threshold[row]).nonzero().squeeze(1)
+        assert torch.equal(torch.sort(got).values, expected)
+        assert bool((sims16[row, expected] == threshold[row]).any())  # the boundary case occurs
+
+
+def test_bf16_candidates_over_the_cap_fall_back() -> None:
+    # one row whose 8 candidates lie in two groups (members j * 64 + lane of lanes 0 and 1)
+    m, k = 4, 2
+    sims16 = torch.full((2, 2048), 0.05, dtype=torch.bfloat16)
+    sims16[:, :1024] = torch.linspace(0.0, 0.1, 1024)
+    top = [j * 64 + lane for j in range(m) for lane in (0, 1)]
+    sims16[0, top] = 0.9
+    sims16[1, :2] = 0.9  # a row with two candidates
+    error = torch.full((2,), 1e-3, dtype=torch.float64)
+    for cap, fallback in [(8, [False, False]), (5, [True, False]), (1, [True, True])]:
+        # cap 5: two hit groups pass the first check, the member count catches the row
+        candidates = _bf16_candidates(sims16, k, error, cap, m)
+        assert candidates.fallback.tolist() == fallback
+        counts = candidates.crow.diff().tolist()
+        assert counts == [0 if fallback[0] else 8, 0 if fallback[1] else 2]
+        if not fallback[0]:
+            assert sorted(candidates.cols[:8].tolist()) == sorted(top)
+
+
+@pytest.mark.parametrize(("dim", "k"), [(16, 1), (16, 50), (128, 200)])
+@pytest.mark.parametrize("budget", [SMALL_BUDGET, 1 << 30])
+def test_bf16_path_equals_float32_and_brute_force(dim: int, k: int, budget: int) -> None:
+    # the small budget splits the bank into a bfloat16 block and a float32 one (too narrow)
+    bank, y = clustered(4500, dim, 5, seed=24, noise=3.0)
+    queries, _ = clustered(300, dim, 5, seed=25, noise=3.0)
+    fast = CosineIndex(bank, memory_budget_bytes=budget, bf16_prefilter=True)
+    slow = CosineIndex(bank, memory_budget_bytes=budget, bf16_prefilter=False)
+    assert fast._bf16 is not None and slow._bf16 is None
+    assert_same_neighbours(fast.search(queries, k), slow.search(queries, k), exact_sims(queries, bank), k)
+    loo = fast.search(None, k)
+    assert not (loo.indices.numpy() == np.arange(len(bank))[:, None]).any()
+    assert_same_neighbours(loo, slow.search(None, k), loo_sims(bank), k)
+    a = KNNClassifier(k=k, memory_budget_bytes=budget, bf16_prefilter=True).fit(bank, y)
+    b = KNNClassifier(k=k, memory_budget_bytes=budget, bf16_prefilter=False).fit(bank, y)
+    np.testing.assert_array_equal(a.predict(queries), b.predict(queries))
+    np.testing.assert_array_equal(a.predict(), b.predict())
+
+
+def test_bf16_path_separates_neighbours_closer_than_bfloat16_resolution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 1000 bank points at similarities 0.5 + j * 2e-6 to the query: bfloat16 (spacing 2^-8
+    # there) cannot tell them apart, the float32 re-score must (all are candidates, within the cap)
+    fallbacks = record_fallbacks(monkeypatch)
+    rng = np.random.default_rng(26)
+    dim, n, k = 32, 1000, 100
+    cos = 0.5 + 2e-6 * rng.permutation(n)
+    other = rng.standard_normal((n, dim - 1))
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    far = rng.standard_normal((7000, dim))  # plus points in the other half-space
+    far[:, 0] = -np.abs(far[:, 0])
+    bank = np.concatenate([np.column_stack([cos, np.sqrt(1 - cos**2)[:, None] * other]), far])
+    query = np.eye(dim)[:1]
+    got = CosineIndex(bank.astype(np.float32), bf16_prefilter=True).search(query, k)
+    assert set(got.indices[0].tolist()) == set(np.argsort(-cos)[:k].tolist())
+    assert fallbacks == [(0, 1)]
+
+
+def test_bf16_path_keeps_a_neighbour_that_rounding_pushed_below_the_kth() -> None:
+    # From 20,000 unit vectors at similarity 0.45-0.4502 to the query, take the one with the
+    # most negative bfloat16 error among the most similar tenth (the true nearest) and the k
+    # with the most positive errors: rounding puts the nearest two bfloat16 steps below the
+    # k-th, out of reach of any threshold without the error bound's margin.
+    rng = np.random.default_rng(32)
+    dim, k, n = 8, 20, 20_000
+    q = rng.standard_normal(dim)
+    q /= np.linalg.norm(q)
+    r = rng.standard_normal((n, dim))
+    r -= (r @ q)[:, None] * q
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    c = 0.45 + 2e-4 * rng.random(n)
+    pool = normalize_embeddings((c[:, None] * q + np.sqrt(1 - c**2)[:, None] * r).astype(np.float32))
+    query = normalize_embeddings(q[None].astype(np.float32))
+    approx = torch.mm(query.bfloat16(), pool.bfloat16().T)[0].double()
+    exact = torch.mm(query.double(), pool.double().T)[0]
+    error = approx - exact
+    high = torch.argsort(exact, descending=True)[: n // 10]
+    nearest = int(high[torch.argmin(error[high])])
+    others = torch.cat([torch.arange(nearest), torch.arange(nearest + 1, n)])
+    up = others[torch.argsort(error[others], descending=True)[:k]]
+    assert approx[nearest] < approx[up].min() * (1 - U)  # the premise: a naive threshold misses it
+    far = rng.standard_normal((4000, dim)) - 3 * q  # filler on the other side
+    bank = np.concatenate([pool[[nearest]].numpy(), pool[up].numpy(), far.astype(np.float32)])
+    got = CosineIndex(bank, bf16_prefilter=True).search(q[None], k)
+    assert 0 in got.indices[0].tolist()
+    assert_valid_topk(got, exact_sims(q[None], bank), k)
+
+
+def test_bf16_path_with_duplicated_bank_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 12 distinct points, each 1500 times: every top-200 is a choice among exact ties, and the
+    # nearest point's copies alone exceed the candidate cap, so every row falls back
+    fallbacks = record_fallbacks(monkeypatch)
+    base, _ = clustered(12, 16, 4, seed=27)
+    bank = np.repeat(base, 1500, axis=0)
+    queries, _ = clustered(100, 16, 4, seed=28)
+    assert_valid_topk(
+        CosineIndex(bank, bf16_prefilter=True).search(queries, 200), exact_sims(queries, bank), 200
+    )
+    assert fallbacks == [(100, 100)]
+    # 30 points, 100 times each: the k-th neighbour is tied with up to 99 others, within the cap
+    fallbacks.clear()
+    base, _ = clustered(30, 16, 4, seed=29)
+    bank = np.repeat(base, 100, axis=0)
+    loo = CosineIndex(bank, bf16_prefilter=True).search(None, 200)
+    assert not (loo.indices.numpy() == np.arange(len(bank))[:, None]).any()
+    assert_valid_topk(loo, loo_sims(bank), 200)
+    assert sum(f for f, _ in fallbacks) == 0
+
+
+@pytest.mark.parametrize("budget", [SMALL_BUDGET, 1 << 30])
+def test_rows_over_the_candidate_cap_fall_back_to_float32(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    bank, _ = clustered(4500, 32, 5, seed=30)
+    queries, _ = clustered(300, 32, 5, seed=31)
+    k = 40
+    reference = CosineIndex(bank, memory_budget_bytes=budget, bf16_prefilter=False)
+    expected, expected_loo = reference.search(queries, k), reference.search(None, k)
+    fallbacks = record_fallbacks(monkeypatch)
+    monkeypatch.setattr(knn_module, "_candidate_cap", lambda k: k + 3)  # most rows are over it
+    index = CosineIndex(bank, memory_budget_bytes=budget, bf16_prefilter=True)
+    assert_same_neighbours(index.search(queries, k), expected, exact_sims(queries, bank), k)
+    loo = index.search(None, k)
+    assert not (loo.indices.numpy() == np.arange(len(bank))[:, None]).any()
+    assert_same_neighbours(loo, expected_loo, loo_sims(bank), k)
+    fallen, rows = (sum(column) for column in zip(*fallbacks, strict=True))
+    assert 0 < fallen < rows  # some rows, not all
+
+
+def test_bf16_prefilter_is_chosen_by_cpu_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    bank = np.eye(8, dtype=np.float32)
+    monkeypatch.setattr(knn_module, "cpu_has_bf16_matmul", lambda: False)
+    assert CosineIndex(bank)._bf16 is None
+    monkeypatch.setattr(knn_module, "cpu_has_bf16_matmul", lambda: True)
+    assert CosineIndex(bank)._bf16 is not None
+    assert CosineIndex(bank, bf16_prefilter=False)._bf16 is None
+    with pytest.raises(NormprobeError, match="bf16_prefilter needs the torch backend"):
+        CosineIndex(bank, backend="faiss", bf16_prefilter=True)
