@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import cast
 
 import streamlit as st
 
@@ -80,13 +81,21 @@ def main() -> None:
         return
     heads = explore.heads(results.samples)
     primary = results.run.get("primary_head")
-    head = st.sidebar.selectbox(
-        "Norm of head",
-        heads,
-        index=heads.index(primary) if primary in heads else 0,
-        key="head",
-        help="The embedding whose norm ranks the samples in the exemplar and unfamiliar views.",
+    # selectbox returns the chosen option, or None when there are none; under python_version 3.10
+    # mypy reads streamlit's overloads (typing.Never, 3.11+) as always None, so the real type is cast.
+    head = cast(
+        "str | None",
+        st.sidebar.selectbox(
+            "Norm of head",
+            heads,
+            index=heads.index(primary) if primary in heads else 0,
+            key="head",
+            help="The embedding whose norm ranks the samples in the exemplar and unfamiliar views.",
+        ),
     )
+    if head is None:
+        st.error("This results folder has no embedding norms to explore (no norm_<head> column).")
+        return
     st.sidebar.caption(f"{len(results.samples):,} samples · {explore.plain(path)}")
     session = Session(
         path=folder,

@@ -77,7 +77,7 @@ def extract_arrays(
         raise NormprobeError(f"nothing to embed: {imageset.name}/{imageset.split} has no images")
     device = pick_device(device) if not isinstance(device, torch.device) else device
     was_training = encoder.training
-    encoder.eval().to(device, memory_format=torch.channels_last)
+    encoder.eval().to(device).to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     outputs: dict[str, np.ndarray] = {}
     bar = tqdm(

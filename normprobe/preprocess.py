@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,9 @@ class Preprocess:
             std = tuple(float(v) for v in spec["std"]) if spec.get("std") is not None else None
         except (KeyError, TypeError, ValueError) as err:
             raise NormprobeError(f"checkpoint preprocess entry is malformed: {spec!r}") from err
-        if (mean is None) != (std is None) or (mean is not None and (len(mean) != 3 or len(std) != 3)):  # type: ignore[arg-type]
+        if (mean is None) != (std is None) or (
+            mean is not None and std is not None and (len(mean) != 3 or len(std) != 3)
+        ):
             raise NormprobeError(
                 f"checkpoint preprocess needs both mean and std with 3 values each: {spec!r}"
             )
@@ -56,10 +58,19 @@ class Preprocess:
             and (not all(map(math.isfinite, (*mean, *std))) or min(std) <= 0)
         ):
             raise NormprobeError(f"checkpoint preprocess needs finite mean and positive std: {spec!r}")
-        return cls(size, mean, std)  # type: ignore[arg-type]
+        # Both are None or hold exactly 3 values (checked above).
+        return cls(
+            size,
+            cast("tuple[float, float, float] | None", mean),
+            cast("tuple[float, float, float] | None", std),
+        )
 
     def describe(self) -> str:
-        norm = f"mean={list(self.mean)} std={list(self.std)}" if self.mean else "no mean/std normalisation"
+        norm = (
+            f"mean={list(self.mean)} std={list(self.std)}"
+            if self.mean is not None and self.std is not None
+            else "no mean/std normalisation"
+        )
         return f"{self.input_size[0]}x{self.input_size[1]}, [0,1] scaling, {norm}"
 
     def __call__(

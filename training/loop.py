@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -377,7 +377,12 @@ class Trainer:
             first = (step_in_epoch * self.accumulate + micro) * self.batch
             x1, x2 = self._views(perm[first : first + self.batch])
             last = micro == self.accumulate - 1
-            sync = nullcontext() if last or self.world == 1 else self.model.no_sync()  # type: ignore[operator]
+            # With several processes self.model is the DDP wrapper (wrap_for_processes).
+            sync = (
+                nullcontext()
+                if last or self.world == 1
+                else cast(torch.nn.parallel.DistributedDataParallel, self.model).no_sync()
+            )
             with sync:
                 with autocast:
                     loss, out = self.model(x1, x2)

@@ -7,7 +7,8 @@ layers from both weight decay and the trust ratio).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -27,8 +28,19 @@ class LARS(torch.optim.Optimizer):
             {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta, "lars_exclude": False},
         )
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One LARS step; ``closure``, as for torch's optimisers, recomputes and returns the loss first."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -47,6 +59,7 @@ class LARS(torch.optim.Optimizer):
                 else:
                     state["momentum_buffer"].mul_(group["momentum"]).add_(update)
                 p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
 
 
 def _split_bias_norm(groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import streamlit as st
 
 from app import explore
@@ -19,14 +21,28 @@ def render(session: Session) -> None:
         return
     default = next((i for i, g in enumerate(labelled) if g.role == "id-test"), 0)
     top = st.columns([3, 3, 2])
-    group = top[0].selectbox(
-        "Dataset split", labelled, index=default, format_func=lambda g: g.label, key="exemplar-group"
+    # selectbox returns the chosen option, or None when there are none; under python_version 3.10
+    # mypy reads streamlit's overloads (typing.Never, 3.11+) as always None, so the real type is cast.
+    group = cast(
+        "explore.Group | None",
+        top[0].selectbox(
+            "Dataset split", labelled, index=default, format_func=lambda g: g.label, key="exemplar-group"
+        ),
     )
+    if group is None:
+        st.info("No dataset split of this run has class labels.")
+        return
     rows = explore.select(samples, group)
     classes = explore.class_names(rows)
-    label = top[1].selectbox(
-        "Class", list(classes), format_func=lambda c: f"{classes[c]} ({c})", key="exemplar-class"
+    label = cast(
+        "int | None",
+        top[1].selectbox(
+            "Class", list(classes), format_func=lambda c: f"{classes[c]} ({c})", key="exemplar-class"
+        ),
     )
+    if label is None:
+        st.info("This dataset split has no class labels.")
+        return
     per_row = top[2].slider("Images per row", 4, 12, 8, key="exemplar-per-row")
     in_class = rows[(rows["label"] == label).to_numpy()]
     chosen = norm_exemplars(in_class[column].to_numpy(), in_class["label"].to_numpy(), per_group=per_row)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -29,7 +31,12 @@ def histogram(path: str, files: FileStamp, head: str) -> go.Figure:
 
 def render(session: Session) -> None:
     heads = explore.heads(session.samples)
-    head = st.selectbox("Head", heads, index=heads.index(session.head), key="norms-head")
+    # selectbox returns the chosen option, or None when there are none; under python_version 3.10
+    # mypy reads streamlit's overloads (typing.Never, 3.11+) as always None, so the real type is cast.
+    head = cast("str | None", st.selectbox("Head", heads, index=heads.index(session.head), key="norms-head"))
+    if head is None:
+        st.info("This run has no embedding norms.")
+        return
     try:
         table, bars = summary(session.path, session.files)
     except NormprobeError as err:

@@ -332,7 +332,11 @@ def human_correlations(
         boots = (
             bootstrap_spearman(norms, [y for _, y in varying], n_boot=n_boot, seed=seed) if varying else None
         )
-        intervals = {c: np.nanquantile(boots[i], [alpha, 1 - alpha]) for i, (c, _) in enumerate(varying)}
+        intervals = (
+            {c: np.nanquantile(boots[i], [alpha, 1 - alpha]) for i, (c, _) in enumerate(varying)}
+            if boots is not None
+            else {}
+        )
         for column, _, signal in members:
             if len(signal) < 3:
                 continue

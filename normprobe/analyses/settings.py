@@ -70,9 +70,9 @@ class AnalysisSettings:
         for name, value in positive.items():
             if value < 1:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        for name, value in (("max_train", self.max_train), ("max_per_split", self.max_per_split)):
-            if value is not None and value < 1:
-                raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name, limit in (("max_train", self.max_train), ("max_per_split", self.max_per_split)):
+            if limit is not None and limit < 1:
+                raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {limit}")
         if not self.temperature > 0:
             raise NormprobeError(f"--temperature must be > 0, got {self.temperature}")
         for name, value in (

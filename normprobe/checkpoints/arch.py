@@ -48,9 +48,9 @@ _RESNET_KEYS = ("width", "stem_padding", "stem")
 
 def make_preprocess(input_size: int | tuple[int, int], norm: str) -> Preprocess:
     """A :class:`Preprocess` from an input size and a named normalisation (see ``NORMALISATIONS``)."""
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    size = (input_size, input_size) if isinstance(input_size, int) else (input_size[0], input_size[1])
     stats = NORMALISATIONS[norm]
-    return Preprocess(size, *(stats or (None, None)))  # type: ignore[arg-type]
+    return Preprocess(size, *stats) if stats is not None else Preprocess(size)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Arch:
         if self.norm is None:
             return Preprocess(size, default.mean, default.std)
         stats = NORMALISATIONS[self.norm]
-        return Preprocess(size, *(stats or (None, None)))  # type: ignore[arg-type]
+        return Preprocess(size, *stats) if stats is not None else Preprocess(size)
 
 
 def _value(text: str) -> Any:

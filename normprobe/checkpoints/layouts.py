@@ -216,12 +216,12 @@ def infer_mlp(sd: Mapping[str, torch.Tensor], source: str, what: str) -> list[La
     """
     by_index: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
-        index, _, leaf = key.partition(".")
-        if not index.isdigit() or not leaf or "." in leaf:
+        position, _, leaf = key.partition(".")
+        if not position.isdigit() or not leaf or "." in leaf:
             raise NormprobeError(
                 f"{source}: cannot read {what} key {key!r} as a layer of an nn.Sequential MLP"
             )
-        by_index.setdefault(int(index), {})[leaf] = value
+        by_index.setdefault(int(position), {})[leaf] = value
     layers: list[LayerSpec] = []
     expected = 0
     for index in sorted(by_index):

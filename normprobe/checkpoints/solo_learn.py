@@ -88,7 +88,8 @@ def _read_args(source: str, obj: dict[str, Any], notes: list[str]) -> dict[str, 
     hyper = obj.get("hyper_parameters")
     if isinstance(hyper, dict) and hyper:
         notes.append("no args.json beside the checkpoint: used its hyper_parameters")
-        return hyper.get("cfg") if isinstance(hyper.get("cfg"), dict) else hyper
+        cfg = hyper.get("cfg")
+        return cfg if isinstance(cfg, dict) else hyper
     notes.append(
         "no args.json beside the checkpoint: architecture, method and preprocessing read off the weights"
     )

@@ -142,7 +142,8 @@ def write_npz(
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            # numpy's stubs let **arrays fill the allow_pickle flag; the names here are array keys.
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
 
     atomic_write(path, write)
 

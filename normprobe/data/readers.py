@@ -172,8 +172,8 @@ class EncodedReader:
         if decoded is not None:
             import torch
 
-            for row, image in zip(rows, decoded, strict=True):
-                self._check_size(int(row), tuple(image.shape[1:]))
+            for row, tensor in zip(rows, decoded, strict=True):
+                self._check_size(int(row), tuple(tensor.shape[1:]))
             torch.from_numpy(out).copy_(torch.stack(decoded).permute(0, 2, 3, 1))
             return out
         if len(rows) < 64:

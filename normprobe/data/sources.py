@@ -262,7 +262,9 @@ def from_folder(path: Path, image_size: int, name: str | None = None) -> ImageSe
     )
     rel = np.array([as_text(str(p.relative_to(path))) for p in good], dtype=object)
     content = fingerprint(*(p.read_bytes() for p in good), str(image_size))
-    notes = (f"images resized (shorter side) and centre-cropped to {image_size}x{image_size}",)
+    notes: tuple[str, ...] = (
+        f"images resized (shorter side) and centre-cropped to {image_size}x{image_size}",
+    )
     if skipped:
         notes = (*notes, f"{len(skipped)} unreadable file(s) skipped")
     return _make_set(
