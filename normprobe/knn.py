@@ -522,7 +522,7 @@ class CosineIndex:
         on_cpu_torch = backend == "torch" and self.device.type == "cpu"
         if bf16_prefilter is None:
             # with oneDNN switched off, torch's bfloat16 GEMM is not the kernel the bound was checked on
-            bf16_prefilter = on_cpu_torch and cpu_has_bf16_matmul() and torch.backends.mkldnn.enabled
+            bf16_prefilter = on_cpu_torch and cpu_has_bf16_matmul() and bool(torch.backends.mkldnn.enabled)
         elif bf16_prefilter and not on_cpu_torch:
             raise NormprobeError("bf16_prefilter needs the torch backend with a CPU bank")
         self._bf16 = _round_bank(self.bank) if bf16_prefilter else None
@@ -574,7 +574,7 @@ class CosineIndex:
         need it.
         """
         leave_one_out = queries is None
-        q = self.bank if leave_one_out else as_embeddings(queries, "queries", dtype=None)
+        q = self.bank if queries is None else as_embeddings(queries, "queries", dtype=None)
         if q.shape[1] != self.dim:
             raise NormprobeError(f"queries have dimension {q.shape[1]} but the bank has dimension {self.dim}")
         available = self.n_bank - 1 if leave_one_out else self.n_bank
