@@ -120,6 +120,18 @@ def render_card(card: dict[str, Any]) -> str:
         lines.append(
             f"| {row['epoch']} | " + " | ".join(_cell(row.get(c)) for c in card["history_columns"]) + " |"
         )
+    analysis = card.get("analysis")
+    if analysis:  # measured after publishing with `normprobe analyze` on the full data
+        lines += [
+            "",
+            "## The paper's effects, measured with `normprobe analyze`",
+            "",
+            "```bash",
+            analysis["command"],
+            "```",
+            "",
+        ]
+        lines += analysis["findings"]
     lines += [
         "",
         "## Resolved training config",
