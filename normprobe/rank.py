@@ -8,13 +8,15 @@ nearest neighbors"). Scores follow normprobe's one direction: **larger = more fa
 
 * ``score_norm``: ‖embedding‖ of the chosen head;
 * ``score_knn``: minus the cosine distance ``1 - cos`` to the k-th nearest reference embedding;
-* ``rank_<score>``: 1 = the most unfamiliar sample by that score; ``rank`` is the one chosen by ``by``.
+* ``rank_<score>``: 1 = the most unfamiliar sample by that score; ``rank`` is the one chosen by ``by``;
+* ``is_unfamiliar``: the ``by`` score is below the threshold that keeps a fraction ``retain`` (0.95)
+  of the reference set (of the ranked set itself without one), the scorers' calibrated ``predict``.
 
 Rows come most-unfamiliar first; files that could not be read come last with ``status``
 ``unreadable`` and the ``reason`` (they are listed, not fatal).
 
     import normprobe
-    table = normprobe.rank("simclr.pt", "photos/", reference="cifar10")
+    table = normprobe.rank("simclr.pt", "photos/", reference="cifar10", ood_k=50)
 
 Heavy libraries (torch, pandas, Pillow) are imported inside the functions, because ``import
 normprobe`` binds :func:`rank` eagerly and must stay light.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,11 +62,56 @@ COLUMNS = (
     "rank_norm",
     "score_knn",
     "rank_knn",
+    "is_unfamiliar",
     "dataset",
     "split",
     "index",
     "position",
 )
+
+
+@dataclass(frozen=True)
+class RankSettings:
+    """Every choice of a ranking (the CLI's options; recorded in ``Ranking.settings``).
+
+    ``head``: ``auto`` = ``z`` if the checkpoint has a projector, else ``feats``. ``reference``: a
+    dataset (its train split by default), folder or .npz whose embeddings the kNN score measures
+    distance to, and on which the ``is_unfamiliar`` threshold is calibrated (``reference_size``
+    random samples of it, seeded by ``seed``, when given). ``ood_k``: k of the kNN distance score,
+    as ``analyze --ood-k``. ``by``: ``norm`` or ``knn``, the score that sets ``rank`` and
+    ``is_unfamiliar``. ``retain``: fraction of the reference kept familiar by the threshold.
+    ``trust_code``: load TorchScript / ``torch.export`` checkpoints, which run their own code.
+    """
+
+    head: str | None = "auto"
+    reference: str | None = None
+    ood_k: int = DEFAULT_K
+    by: str = "norm"
+    retain: float = 0.95
+    split: str | None = None
+    reference_size: int | None = None
+    seed: int = 0
+    data_root: str | None = None
+    batch_size: int = 256
+    device: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+    trust_code: bool = False
+
+    def check(self) -> None:
+        """Reject impossible combinations before any work."""
+        if self.by not in SCORES:
+            raise NormprobeError(f"unknown ranking score {self.by!r} (choose from {', '.join(SCORES)})")
+        if self.by == "knn" and self.reference is None:
+            raise NormprobeError("ranking by the kNN distance needs a reference set (--reference)")
+        if self.ood_k < 1:
+            raise NormprobeError(f"--ood-k must be >= 1, got {self.ood_k}")
+        if not 0.0 < self.retain <= 1.0:
+            raise NormprobeError(f"--retain must be in (0, 1], got {self.retain}")
+        if self.reference_size is not None and self.reference_size < 1:
+            raise NormprobeError(f"--reference-size must be >= 1, got {self.reference_size}")
+        if self.batch_size < 1:
+            raise NormprobeError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -101,46 +148,33 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _check_options(by: str | None, has_reference: bool, k: int) -> str:
-    """The ranking score (default ``norm``), after rejecting impossible combinations."""
-    by = by or "norm"
-    if by not in SCORES:
-        raise NormprobeError(f"unknown ranking score {by!r} (choose from {', '.join(SCORES)})")
-    if by == "knn" and not has_reference:
-        raise NormprobeError("ranking by the kNN distance needs a reference set (--reference)")
-    if k < 1:
-        raise NormprobeError(f"k must be >= 1, got {k}")
-    return by
-
-
 def score_imageset(
     loaded: LoadedEncoder,
     imageset: ImageSet,
-    *,
-    head: str | None = "auto",
+    settings: RankSettings,
     reference: ImageSet | None = None,
-    k: int = DEFAULT_K,
-    by: str | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
     cache: EmbeddingCache | None = None,
-    progress: bool = True,
 ) -> Ranking:
     """Score and rank every sample of ``imageset`` (readable ones), listing ``imageset.skipped`` as unreadable."""
     import pandas as pd
 
+    from normprobe.analyses.norms import embedding_norms
     from normprobe.embed import extract
     from normprobe.scores import KNNDistanceScorer, NormScorer
 
-    head = resolve_head(loaded, head)
-    by = _check_options(by, reference is not None, k)
+    settings.check()
+    head, by, k = resolve_head(loaded, settings.head), settings.by, settings.ood_k
+    extract_options: dict[str, Any] = {
+        "batch_size": settings.batch_size,
+        "device": settings.device,
+        "cache": cache,
+        "progress": settings.progress,
+    }
     if reference is not None and len(reference) < k + 1:
         raise NormprobeError(
-            f"k = {k} needs at least k + 1 = {k + 1} reference samples, the reference set has {len(reference)}; lower --k"
+            f"k = {k} needs at least k + 1 = {k + 1} reference samples, the reference set has {len(reference)}; lower --ood-k"
         )
-    embeddings = extract(
-        loaded, imageset, [head], batch_size=batch_size, device=device, cache=cache, progress=progress
-    )
+    embeddings = extract(loaded, imageset, [head], **extract_options)
     z = np.asarray(embeddings.heads[head], dtype=np.float32)
     labels = imageset.labels
     known = labels >= 0
@@ -155,7 +189,7 @@ def score_imageset(
                 names[c] if ok and c < len(names) else ""
                 for c, ok in zip(labels.tolist(), known, strict=True)
             ],
-            "score_norm": NormScorer().fit(z).score_samples(None),
+            "score_norm": embedding_norms(z),
             "dataset": imageset.name,
             "split": imageset.split,
             "index": imageset.index,
@@ -164,7 +198,8 @@ def score_imageset(
     )
     table.loc[~known, "label"] = pd.NA
     table["rank_norm"] = _ranks(table["score_norm"].to_numpy())
-    settings: dict[str, Any] = {
+    record: dict[str, Any] = {
+        **asdict(settings),
         "checkpoint": loaded.path,
         "checkpoint_sha256": loaded.sha256,
         "adapter": loaded.adapter,
@@ -179,19 +214,22 @@ def score_imageset(
             "unreadable": len(imageset.skipped),
         },
         "preprocess": loaded.preprocess.describe(),
-        "by": by,
         "score_direction": "larger = more familiar",
     }
+    # The threshold of is_unfamiliar is calibrated on the reference (what "familiar" means); without
+    # one, on the ranked set itself, so that its least familiar 1 - retain are flagged.
+    calibration = z
     if reference is not None:
-        bank = extract(
-            loaded, reference, [head], batch_size=batch_size, device=device, cache=cache, progress=progress
-        )
-        scorer = KNNDistanceScorer(k).fit(np.asarray(bank.heads[head], dtype=np.float32))
+        bank = extract(loaded, reference, [head], **extract_options)
+        calibration = np.asarray(bank.heads[head], dtype=np.float32)
+        scorer = KNNDistanceScorer(k, retain=settings.retain).fit(calibration)
         # The same set as its own reference: leave-one-out, so no sample is its own nearest neighbour.
         same = reference.fingerprint == imageset.fingerprint
         table["score_knn"] = scorer.score_samples(None if same else z)
         table["rank_knn"] = _ranks(table["score_knn"].to_numpy())
-        settings["reference"] = {
+        if by == "knn":
+            record["threshold"] = float(scorer.offset_)
+        record["reference"] = {
             "name": reference.name,
             "split": reference.split,
             "n": len(reference),
@@ -199,10 +237,13 @@ def score_imageset(
             "fingerprint": reference.fingerprint,
             "leave_one_out": same,
         }
-        settings["k"] = k
     else:
         table["score_knn"] = np.nan
         table["rank_knn"] = pd.array([pd.NA] * len(table), dtype="Int64")
+    if by == "norm":
+        record["threshold"] = float(NormScorer(retain=settings.retain).fit(calibration).offset_)
+    record["threshold_of"] = f"score_{by}"
+    table["is_unfamiliar"] = table[f"score_{by}"] < record["threshold"]
     table["rank"] = table[f"rank_{by}"]
     table = table.sort_values("rank", kind="stable")
     if imageset.skipped:
@@ -219,115 +260,55 @@ def score_imageset(
     table = table.reset_index(drop=True)
     for column in ("rank", "rank_norm", "rank_knn", "index", "position"):
         table[column] = table[column].astype("Int64")
-    table.attrs["normprobe"] = settings
-    return Ranking(table[list(COLUMNS)], imageset, settings)
+    table["is_unfamiliar"] = table["is_unfamiliar"].astype("boolean")
+    table.attrs["normprobe"] = record
+    return Ranking(table[list(COLUMNS)], imageset, record)
 
 
-def run_rank(
-    checkpoint: str | Path | LoadedEncoder,
-    data: str | Path,
-    *,
-    head: str | None = "auto",
-    reference: str | Path | None = None,
-    k: int = DEFAULT_K,
-    by: str | None = None,
-    split: str | None = None,
-    reference_size: int | None = None,
-    seed: int = 0,
-    data_root: str | Path | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-    use_cache: bool = True,
-    progress: bool = True,
-    trust_code: bool = False,
-) -> Ranking:
-    """Load the checkpoint and the data, then :func:`score_imageset`; see :func:`rank` for the arguments."""
+def run_rank(checkpoint: str | Path | LoadedEncoder, data: str | Path, settings: RankSettings) -> Ranking:
+    """Load the checkpoint and the data, then :func:`score_imageset`; see :class:`RankSettings`."""
     from normprobe import data as datasets
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import LoadedEncoder, load_encoder
     from normprobe.zoo import resolve_checkpoint
 
-    _check_options(by, reference is not None, k)
-    if reference_size is not None and reference_size < 1:
-        raise NormprobeError(f"--reference-size must be >= 1, got {reference_size}")
+    settings.check()
     loaded = (
         checkpoint
         if isinstance(checkpoint, LoadedEncoder)
-        else load_encoder(resolve_checkpoint(checkpoint), trust_code=trust_code)
+        else load_encoder(resolve_checkpoint(checkpoint), trust_code=settings.trust_code)
     )
     image_size = int(loaded.preprocess.input_size[0])
-    imageset = datasets.load_any(str(data), split, data_root, image_size)
+    imageset = datasets.load_any(str(data), settings.split, settings.data_root, image_size)
     reference_set = None
-    if reference is not None:
-        reference_set = load_reference(str(reference), data_root, image_size)
-        if reference_size is not None and reference_size < len(reference_set):
+    if settings.reference is not None:
+        reference_set = load_reference(settings.reference, settings.data_root, image_size)
+        size = settings.reference_size
+        if size is not None and size < len(reference_set):
             picked = np.sort(
-                np.random.default_rng(seed).choice(len(reference_set), reference_size, replace=False)
+                np.random.default_rng(settings.seed).choice(len(reference_set), size, replace=False)
             )
-            reference_set = reference_set.subset(picked, f"random {reference_size} (seed {seed})")
-    ranking = score_imageset(
-        loaded,
-        imageset,
-        head=head,
-        reference=reference_set,
-        k=k,
-        by=by,
-        batch_size=batch_size,
-        device=device,
-        cache=EmbeddingCache() if use_cache else None,
-        progress=progress,
-    )
-    if reference_size is not None:
-        ranking.settings["reference_size"], ranking.settings["seed"] = reference_size, seed
-    return ranking
+            reference_set = reference_set.subset(picked, f"random {size} (seed {settings.seed})")
+    cache = EmbeddingCache() if settings.use_cache else None
+    return score_imageset(loaded, imageset, settings, reference_set, cache)
 
 
-def rank(
-    checkpoint: str | Path | LoadedEncoder,
-    data: str | Path,
-    *,
-    head: str | None = "auto",
-    reference: str | Path | None = None,
-    k: int = DEFAULT_K,
-    by: str | None = None,
-    split: str | None = None,
-    reference_size: int | None = None,
-    seed: int = 0,
-    data_root: str | Path | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-    use_cache: bool = True,
-    progress: bool = True,
-    trust_code: bool = False,
-) -> pd.DataFrame:
+def rank(checkpoint: str | Path | LoadedEncoder, data: str | Path, **options: Any) -> pd.DataFrame:
     """Every sample of ``data`` scored and ranked, most unfamiliar first (a pandas DataFrame).
 
     ``checkpoint``: a checkpoint file, a zoo model name or a loaded encoder. ``data``: an image
     folder (any size or format Pillow reads; class sub-folders give labels), a dataset name
-    (``cifar10:test``) or an .npz. ``head``: ``auto`` = ``z`` if the checkpoint has a projector,
-    else ``feats``. ``reference``: a dataset (its train split by default), folder or .npz whose
-    embeddings the kNN score measures distance to (``reference_size`` random samples of it, seeded,
-    when given). ``by``: ``norm`` (default) or ``knn``, the score that sets ``rank``.
-    ``trust_code``: load TorchScript / ``torch.export`` checkpoints, which run their own code.
-    Columns: :data:`COLUMNS`; the settings are in ``table.attrs["normprobe"]``.
+    (``cifar10:test``) or an .npz. ``options``: the fields of :class:`RankSettings` (``reference``,
+    ``ood_k``, ``by``, ``retain``, ...). Columns: :data:`COLUMNS`; the settings and the
+    ``is_unfamiliar`` threshold are in ``table.attrs["normprobe"]``.
     """
-    return run_rank(
-        checkpoint,
-        data,
-        head=head,
-        reference=reference,
-        k=k,
-        by=by,
-        split=split,
-        reference_size=reference_size,
-        seed=seed,
-        data_root=data_root,
-        batch_size=batch_size,
-        device=device,
-        use_cache=use_cache,
-        progress=progress,
-        trust_code=trust_code,
-    ).table
+    if "reference" in options and options["reference"] is not None:
+        options["reference"] = str(options["reference"])
+    try:
+        settings = RankSettings(**options)
+    except TypeError as err:
+        raise NormprobeError(f"rank: {err}") from err
+    return run_rank(checkpoint, data, settings).table
 
 
 # --------------------------------------------------------------------------- outputs

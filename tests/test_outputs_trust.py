@@ -333,7 +333,7 @@ def test_csv_cells_cannot_run_as_formulas(photos: Path, tmp_path: Path) -> None:
         str(out),
         "--reference",
         str(photos),
-        "--k",
+        "--ood-k",
         "2",
         "--no-cache",
     )

@@ -18,6 +18,7 @@ import normprobe
 from normprobe import data
 from normprobe.checkpoints import save_checkpoint
 from normprobe.cli import main
+from normprobe.errors import NormprobeError
 from normprobe.models import build_encoder
 from normprobe.models.heads import simclr_projector
 from normprobe.preprocess import Preprocess
@@ -93,7 +94,7 @@ def test_rank_with_reference_scores_knn_distance(workdir: Path) -> None:
         workdir / "mixed",
         reference="cifar10",
         reference_size=200,
-        k=10,
+        ood_k=10,
         by="knn",
         head="feats",
         progress=False,
@@ -112,9 +113,37 @@ def test_rank_with_reference_scores_knn_distance(workdir: Path) -> None:
     )
 
 
+def test_is_unfamiliar_is_calibrated_on_the_reference(workdir: Path) -> None:
+    """The threshold keeps ``retain`` of the reference familiar (the scorer's ``offset_``), and
+    ``is_unfamiliar`` is exactly the ``by`` score below it."""
+    from normprobe.scores import NormScorer
+
+    options = {"reference": "cifar10", "reference_size": 200, "head": "feats", "progress": False}
+    table = normprobe.rank(workdir / "tiny.pt", workdir / "mixed", retain=0.9, **options)
+    record = table.attrs["normprobe"]
+    ok = table[table["status"] == "ok"]
+    assert record["threshold_of"] == "score_norm" and record["retain"] == 0.9
+    assert (ok["is_unfamiliar"] == (ok["score_norm"] < record["threshold"])).all()
+    assert table.loc[table["status"] != "ok", "is_unfamiliar"].isna().all()
+    looser = normprobe.rank(workdir / "tiny.pt", workdir / "mixed", retain=0.5, **options)
+    assert looser.attrs["normprobe"]["threshold"] > record["threshold"]
+    # without a reference, the ranked set calibrates itself: about 1 - retain of it is flagged
+    alone = normprobe.rank(workdir / "tiny.pt", workdir / "mixed", retain=0.9, progress=False)
+    flagged = alone.loc[alone["status"] == "ok", "is_unfamiliar"].mean()
+    assert 0.05 <= flagged <= 0.15
+    assert NormScorer(retain=0.9).get_params() == {"retain": 0.9}
+
+
+def test_rank_options_are_checked(workdir: Path) -> None:
+    with pytest.raises(NormprobeError, match="unexpected keyword argument 'k'"):
+        normprobe.rank(workdir / "tiny.pt", workdir / "mixed", k=3)
+    with pytest.raises(NormprobeError, match="--retain"):
+        normprobe.rank(workdir / "tiny.pt", workdir / "mixed", retain=0.0)
+
+
 def test_same_set_as_reference_is_leave_one_out(workdir: Path) -> None:
     table = normprobe.rank(
-        workdir / "tiny.pt", workdir / "mixed", reference=workdir / "mixed", k=1, progress=False
+        workdir / "tiny.pt", workdir / "mixed", reference=workdir / "mixed", ood_k=1, progress=False
     )
     ok = table[table["status"] == "ok"]
     assert table.attrs["normprobe"]["reference"]["leave_one_out"]
@@ -150,7 +179,7 @@ def test_cli_writes_table_and_contact_sheets(
             "cifar10",
             "--reference-size",
             "200",
-            "--k",
+            "--ood-k",
             "5",
         ]
     )
@@ -187,8 +216,8 @@ def test_cli_writes_table_and_contact_sheets(
         (["{tmp}/missing.pt", "{folder}", "--out", "{tmp}/r.csv"], "no such checkpoint file"),
         (["{ckpt}", "{folder}", "--out", "{tmp}/r.csv", "--head", "p"], "checkpoint has no head 'p'"),
         (
-            ["{ckpt}", "{folder}", "--out", "{tmp}/r.csv", "--reference", "{folder}", "--k", "500"],
-            "lower --k",
+            ["{ckpt}", "{folder}", "--out", "{tmp}/r.csv", "--reference", "{folder}", "--ood-k", "500"],
+            "lower --ood-k",
         ),
         (["{ckpt}", "{bad}", "--out", "{tmp}/r.csv"], "none of the 2 image files could be read"),
     ],

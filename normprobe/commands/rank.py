@@ -7,7 +7,15 @@ import sys
 
 from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
-from normprobe.rank import DEFAULT_K, SCORES, check_outputs, run_rank, write_contact_sheets, write_table
+from normprobe.rank import (
+    DEFAULT_K,
+    SCORES,
+    RankSettings,
+    check_outputs,
+    run_rank,
+    write_contact_sheets,
+    write_table,
+)
 from normprobe.terminal import printable
 
 DESCRIPTION = """\
@@ -77,10 +85,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="use this many random reference images (seeded by --seed; default: all)",
     )
     parser.add_argument(
-        "--k",
+        "--ood-k",
         type=int,
         default=DEFAULT_K,
-        help=f"k of the kNN distance score (default: {DEFAULT_K}, Sun et al. 2022)",
+        help=f"k of the kNN distance score, as in `analyze --ood-k` (default: {DEFAULT_K}, Sun et al. 2022)",
+    )
+    parser.add_argument(
+        "--retain",
+        type=float,
+        default=0.95,
+        help="is_unfamiliar flags scores below the threshold that keeps this fraction of the reference set "
+        "(of DATA itself without --reference) familiar (default: 0.95)",
     )
     parser.add_argument(
         "--by", choices=SCORES, default="norm", help="the score that sets `rank` (default: norm)"
@@ -108,13 +123,12 @@ def run(args: argparse.Namespace) -> int:
     out = check_outputs(args.out, sheets=not args.no_sheet, force=args.force)
     if args.top < 1:
         raise NormprobeError(f"--top must be >= 1, got {args.top}")
-    ranking = run_rank(
-        args.checkpoint,
-        args.data,
+    settings = RankSettings(
         head=args.head,
         reference=args.reference,
-        k=args.k,
+        ood_k=args.ood_k,
         by=args.by,
+        retain=args.retain,
         split=args.split,
         reference_size=args.reference_size,
         seed=args.seed,
@@ -124,11 +138,18 @@ def run(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         trust_code=args.trust_code,
     )
+    ranking = run_rank(args.checkpoint, args.data, settings)
     write_table(ranking.table, out)
     table = ranking.table
     ok = table[table["status"] == "ok"]
     # ids are file names: printable() keeps their escape sequences and control characters off the terminal
-    print(printable(f"ranked {len(ok)} images by {args.by} (head {ranking.settings['head']}) -> {out}"))
+    flagged = int(ok["is_unfamiliar"].sum())
+    print(
+        printable(
+            f"ranked {len(ok)} images by {args.by} (head {ranking.settings['head']}) -> {out}; "
+            f"{flagged} below the threshold {ranking.settings['threshold']:.4g} (is_unfamiliar)"
+        )
+    )
     if not args.no_sheet:
         png, page = write_contact_sheets(ranking, out, args.top)
         print(printable(f"contact sheets: {png}, {page}"))
