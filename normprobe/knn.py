@@ -31,6 +31,7 @@ the result exact, the same neighbours as the float32 GEMM (see :func:`_topk_bf16
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import warnings
 from collections.abc import Iterator
@@ -502,6 +503,12 @@ class CosineIndex:
         Select candidates with a bfloat16 GEMM and re-score them in float32 (torch backend, CPU;
         the same neighbours as float32, see :func:`_topk_bf16`). ``None``: where the CPU
         multiplies bfloat16 natively (:func:`cpu_has_bf16_matmul`); ``False``: float32 only.
+    memoize:
+        Keep every search's sorted neighbours (per query set, identified by its content) and answer
+        any later search of the same queries with at most that many neighbours from them. One
+        analysis asks the same bank for the classifier's k = 200 neighbours and the OOD scorers'
+        k = 50 of the same sets: with a shared memoizing index each set is searched once, at the
+        largest k, which is asked first. Costs ``n_queries * k * 12`` bytes per set kept.
     """
 
     def __init__(
@@ -511,6 +518,7 @@ class CosineIndex:
         backend: Backend = "torch",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         bf16_prefilter: bool | None = None,
+        memoize: bool = False,
     ) -> None:
         if backend not in ("torch", "faiss"):
             raise NormprobeError(f"unknown kNN backend {backend!r}; choose 'torch' or 'faiss'")
@@ -526,6 +534,7 @@ class CosineIndex:
         elif bf16_prefilter and not on_cpu_torch:
             raise NormprobeError("bf16_prefilter needs the torch backend with a CPU bank")
         self._bf16 = _round_bank(self.bank) if bf16_prefilter else None
+        self._memo: dict[str, Neighbors] | None = {} if memoize else None
         self._faiss_index = None
         if backend == "faiss":
             faiss = _import_faiss()
@@ -581,6 +590,23 @@ class CosineIndex:
         if not 1 <= k <= available:
             what = "bank size - 1 (leave-one-out)" if leave_one_out else "bank size"
             raise NormprobeError(f"k={k} must be between 1 and the {what} = {available}")
+        if self._memo is None:
+            yield from self._iter_backend(q, k, leave_one_out, sort)
+            return
+        key = "leave-one-out" if leave_one_out else _content_key(q)
+        kept = self._memo.get(key)
+        if kept is None or kept.similarities.shape[1] < k:
+            blocks = [block for _, block in self._iter_backend(q, k, leave_one_out, sort=True)]
+            kept = Neighbors(
+                torch.cat([b.similarities for b in blocks]), torch.cat([b.indices for b in blocks])
+            )
+            self._memo[key] = kept
+        # sorted rows: their first k entries are the k nearest
+        yield 0, Neighbors(kept.similarities[:, :k], kept.indices[:, :k])
+
+    def _iter_backend(
+        self, q: torch.Tensor, k: int, leave_one_out: bool, sort: bool
+    ) -> Iterator[tuple[int, Neighbors]]:
         if self.backend == "faiss":
             yield from self._iter_faiss(q, k, leave_one_out)
         else:
@@ -702,6 +728,14 @@ class CosineIndex:
             yield q0, Neighbors(sims, idx)
 
 
+def _content_key(x: torch.Tensor) -> str:
+    """Identity of a query set for :class:`CosineIndex`'s memo: a digest of its shape, dtype and values."""
+    values = x.detach().cpu().contiguous()
+    digest = hashlib.blake2b(f"{tuple(values.shape)}{values.dtype}".encode(), digest_size=16)
+    digest.update(values.view(torch.uint8).numpy().data)  # the raw bytes, whatever the dtype
+    return digest.hexdigest()
+
+
 def _import_faiss():  # noqa: ANN202 - faiss has no type stubs
     try:
         import faiss
@@ -710,6 +744,16 @@ def _import_faiss():  # noqa: ANN202 - faiss has no type stubs
             "backend='faiss' needs the faiss-cpu package: pip install 'normprobe[faiss]'"
         ) from exc
     return faiss
+
+
+def shared_index(index: CosineIndex | None, bank: ArrayLike) -> CosineIndex | None:
+    """``index`` after checking that it indexes ``bank`` (same shape), or None when not given."""
+    if index is None:
+        return None
+    shape = tuple(bank.shape)
+    if shape != (index.n_bank, index.dim):
+        raise NormprobeError(f"the shared index holds {index.n_bank} x {index.dim} embeddings, not {shape}")
+    return index
 
 
 def cosine_topk(
@@ -780,9 +824,13 @@ class KNNClassifier:
         self.classes_: np.ndarray | None = None
         self._codes: torch.Tensor | None = None
 
-    def fit(self, bank: ArrayLike, labels: ArrayLike) -> KNNClassifier:
-        """Store the normalised bank and its labels (any 1-D array of sortable values)."""
-        index = CosineIndex(
+    def fit(self, bank: ArrayLike, labels: ArrayLike, *, index: CosineIndex | None = None) -> KNNClassifier:
+        """Store the normalised bank and its labels (any 1-D array of sortable values).
+
+        ``index``: an already built :class:`CosineIndex` of this ``bank`` to search (e.g. one shared,
+        memoizing, with the kNN OOD scorers) instead of building one.
+        """
+        index = shared_index(index, bank) or CosineIndex(
             bank,
             backend=self.backend,
             memory_budget_bytes=self.memory_budget_bytes,

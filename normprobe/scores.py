@@ -43,7 +43,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from normprobe.errors import NormprobeError
-from normprobe.knn import DEFAULT_MEMORY_BUDGET_BYTES, Backend, CosineIndex, as_embeddings
+from normprobe.knn import DEFAULT_MEMORY_BUDGET_BYTES, Backend, CosineIndex, as_embeddings, shared_index
 from normprobe.metrics import acceptance_threshold
 
 _S = TypeVar("_S", bound="Scorer")
@@ -91,12 +91,17 @@ class Scorer(OutlierMixin, BaseEstimator):
         """
         return cls()
 
-    def fit(self: _S, X: Any, y: Any = None) -> _S:
-        """Fit on ID-train embeddings ``X`` (``y``: class labels, used by class-conditional scorers)."""
+    def fit(self: _S, X: Any, y: Any = None, *, index: CosineIndex | None = None) -> _S:
+        """Fit on ID-train embeddings ``X`` (``y``: class labels, used by class-conditional scorers).
+
+        ``index``: a :class:`~normprobe.knn.CosineIndex` already built on ``X``, which the
+        neighbour-based scorers search instead of building their own (a memoizing one, shared with
+        the kNN classifier, searches each set once; see ``CosineIndex(memoize=True)``).
+        """
         if not 0.0 < self.retain <= 1.0:
             raise NormprobeError(f"retain must be in (0, 1], got {self.retain}")
         x = _checked(X, "embeddings")
-        train_scores = self._fit(x, _labels(y, x.shape[0]))
+        train_scores = self._fit(x, _labels(y, x.shape[0]), shared_index(index, x))
         self.n_features_in_ = int(x.shape[1])
         self.train_scores_ = train_scores
         self.offset_ = acceptance_threshold(train_scores, self.retain)
@@ -123,7 +128,7 @@ class Scorer(OutlierMixin, BaseEstimator):
         """+1 (familiar: ``score >= offset_``) or -1 (unfamiliar) per sample."""
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         raise NotImplementedError
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
@@ -144,7 +149,7 @@ class NormScorer(Scorer):
     def __init__(self, *, retain: float = 0.95) -> None:
         self.retain = retain
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         return self._score(x)
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
@@ -182,7 +187,7 @@ class KNNDistanceScorer(Scorer):
     def from_settings(cls: type[_S], *, k: int) -> _S:
         return cls(k=k)
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         if self.k < 1:
             raise NormprobeError(f"k must be >= 1, got {self.k}")
         # k + 1 points are needed so that leave-one-out scoring of the training set works too
@@ -190,7 +195,9 @@ class KNNDistanceScorer(Scorer):
             raise NormprobeError(
                 f"k={self.k} needs at least k + 1 = {self.k + 1} ID-train samples, got {x.shape[0]}"
             )
-        self.index_ = CosineIndex(x, backend=self.backend, memory_budget_bytes=self.memory_budget_bytes)
+        self.index_ = index or CosineIndex(
+            x, backend=self.backend, memory_budget_bytes=self.memory_budget_bytes
+        )
         return self._kth(None)
 
     def _kth(self, queries: torch.Tensor | None) -> np.ndarray:
@@ -226,7 +233,7 @@ class MahalanobisScorer(Scorer):
         self.block_rows = block_rows
         self.retain = retain
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         if not self.ridge > 0:
             raise NormprobeError(f"ridge must be > 0, got {self.ridge}")
         n, d = x.shape
@@ -310,11 +317,11 @@ class NormKNNScorer(Scorer):
     def from_settings(cls: type[_S], *, k: int) -> _S:
         return cls(k=k)
 
-    def _fit(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+    def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         self.norm_ = NormScorer(retain=self.retain).fit(x)
         self.knn_ = KNNDistanceScorer(
             self.k, backend=self.backend, memory_budget_bytes=self.memory_budget_bytes, retain=self.retain
-        ).fit(x)
+        ).fit(x, index=index)
         self.norm_mean_, self.norm_std_ = _zscore_stats(self.norm_.train_scores_, "the embedding norm")
         self.knn_mean_, self.knn_std_ = _zscore_stats(self.knn_.train_scores_, "the kNN score")
         return self._combine(self.norm_.train_scores_, self.knn_.train_scores_)

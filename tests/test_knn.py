@@ -506,3 +506,39 @@ def test_bf16_prefilter_is_chosen_by_cpu_capability(monkeypatch: pytest.MonkeyPa
     assert CosineIndex(bank, bf16_prefilter=False)._bf16 is None
     with pytest.raises(NormprobeError, match="bf16_prefilter needs the torch backend"):
         CosineIndex(bank, backend="faiss", bf16_prefilter=True)
+
+
+def test_a_memoizing_index_searches_each_query_set_once() -> None:
+    """The classifier's k and the OOD scorers' smaller k share one search per set, with the same answers."""
+    from normprobe.scores import KNNDistanceScorer, NormKNNScorer
+
+    rng = np.random.default_rng(7)
+    bank = rng.standard_normal((400, 16)).astype(np.float32)
+    labels = rng.integers(0, 4, 400)
+    queries = rng.standard_normal((50, 16)).astype(np.float32)
+    index = CosineIndex(bank, memoize=True)
+    calls: list[int] = []
+    search = index._iter_backend
+
+    def counted(q, k, leave_one_out, sort):  # noqa: ANN001, ANN202 - a spy on the backend search
+        calls.append(k)
+        return search(q, k, leave_one_out, sort)
+
+    index._iter_backend = counted  # type: ignore[method-assign]
+    shared = KNNClassifier(k=20).fit(bank, labels, index=index)
+    loo, test = shared.predict(), shared.predict(queries)
+    knn = KNNDistanceScorer(k=5).fit(bank, index=index)
+    both = NormKNNScorer(k=5).fit(bank, index=index)
+    scores = knn.score_samples(queries), both.score_samples(queries)
+    assert calls == [20, 20], "leave-one-out and the queries, once each, at the largest k"
+    alone = KNNClassifier(k=20).fit(bank, labels)
+    np.testing.assert_array_equal(loo, alone.predict())
+    np.testing.assert_array_equal(test, alone.predict(queries))
+    # the same neighbours; their float32 similarities may differ in the last bit between a k = 20
+    # and a k = 5 search (the re-score runs over different candidate sets)
+    close = {"rtol": 0, "atol": 1e-6}
+    np.testing.assert_allclose(knn.train_scores_, KNNDistanceScorer(k=5).fit(bank).train_scores_, **close)
+    np.testing.assert_allclose(scores[0], KNNDistanceScorer(k=5).fit(bank).score_samples(queries), **close)
+    np.testing.assert_allclose(scores[1], NormKNNScorer(k=5).fit(bank).score_samples(queries), atol=1e-5)
+    with pytest.raises(NormprobeError, match="shared index"):
+        KNNDistanceScorer(k=5).fit(bank[:100], index=index)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from normprobe.errors import NormprobeError
-from normprobe.knn import KNNClassifier
+from normprobe.knn import CosineIndex, KNNClassifier
 
 
 def knn_predictions(
@@ -26,16 +26,18 @@ def knn_predictions(
     k: int = 200,
     temperature: float = 0.1,
     device: torch.device | None = None,
+    index: CosineIndex | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(train predictions by leave-one-out, test predictions)`` of the weighted cosine kNN fitted on ``train``.
 
-    The search runs on ``device`` (default: the CPU), where the training bank is placed.
+    The search runs on ``device`` (default: the CPU), where the training bank is placed, or through
+    ``index``, an index of ``train`` shared with other searches (see ``CosineIndex(memoize=True)``).
     """
     n_train = len(train)
     if k > n_train - 1:
         raise NormprobeError(f"--k {k} needs more than {k} ID-train samples, there are {n_train}; lower --k")
     bank = torch.as_tensor(train, device=device)
-    classifier = KNNClassifier(k=k, temperature=temperature).fit(bank, train_labels)
+    classifier = KNNClassifier(k=k, temperature=temperature).fit(bank, train_labels, index=index)
     return classifier.predict(None), classifier.predict(test)
 
 

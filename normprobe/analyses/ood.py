@@ -27,6 +27,7 @@ from normprobe import metrics, scores
 from normprobe.cache import EmbeddingCache
 from normprobe.data.hashing import fingerprint
 from normprobe.errors import NormprobeError
+from normprobe.knn import CosineIndex
 
 ROC_POINTS = 201
 """ROC curves are stored on a fixed grid of false positive rates (exact upper envelope), not per sample."""
@@ -75,6 +76,7 @@ def fit_and_score(
     device: torch.device | None = None,
     cache: EmbeddingCache | None = None,
     keys: Sequence[dict[str, str]] | None = None,
+    index: CosineIndex | None = None,
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Score every row (ID-train first, then each of ``others`` in order) with every scorer.
 
@@ -84,7 +86,8 @@ def fit_and_score(
     ``train_scores_`` (the point itself left out where the scorer uses neighbours). With a
     ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
     ``others``), each set's scores are cached under the scorer's parameters, and a scorer is
-    fitted only if some are missing.
+    fitted only if some are missing. ``index``: an index of ``train[primary]`` shared by the
+    neighbour-based scorers (and the kNN classifier), so that each set is searched once.
     """
     plan = [(name, primary) for name in scorers]
     if "norm" in scorers:
@@ -106,7 +109,8 @@ def fit_and_score(
             values = cache.get(key) if cache is not None and key is not None else None
             if values is None:
                 if not fitted:
-                    scorer.fit(torch.as_tensor(train[head], device=device), train_labels)
+                    shared = index if head == primary else None
+                    scorer.fit(torch.as_tensor(train[head], device=device), train_labels, index=shared)
                     fitted = True
                 values = scorer.score_samples(
                     None if i == 0 else torch.as_tensor(embeddings[head], device=device)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from normprobe import __version__, data
 from normprobe.analyses import human
@@ -52,6 +53,7 @@ from normprobe.data.hashing import fingerprint
 from normprobe.device import pick_device
 from normprobe.embed import cache_key, extract
 from normprobe.errors import NormprobeError
+from normprobe.knn import CosineIndex
 from normprobe.report import PLOTLY_FILE, Section, analysis_report, plotly_js, table_html
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
 from normprobe.terminal import printable
@@ -393,6 +395,9 @@ def run_analysis(
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
     samples = _samples_frame(sets, heads, primary)
     train, test = sets[0], sets[1]
+    # One memoizing index of ID-train's primary head serves the classifier (k = --k) and the kNN
+    # scorers (k = --ood-k): each set is searched once, at the larger k, which the classifier asks first.
+    index = CosineIndex(torch.as_tensor(train.embeddings[primary], device=device), memoize=True)
     knn_key = fingerprint(
         "analyze-knn/1",
         train.cache_keys[primary],
@@ -411,6 +416,7 @@ def run_analysis(
                 k=settings.k,
                 temperature=settings.temperature,
                 device=device,
+                index=index,
             )
         ),
     )
@@ -429,6 +435,7 @@ def run_analysis(
         device=device,
         cache=cache,
         keys=[s.cache_keys for s in sets],
+        index=index,
     )
     for name, values in scores.items():
         samples[f"score_{name}"] = values
