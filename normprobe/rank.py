@@ -223,10 +223,10 @@ def score_imageset(
 
 def run_rank(
     checkpoint: str | Path | LoadedEncoder,
-    data: str | Path,
+    data: str | Path | Any,
     *,
     head: str | None = "auto",
-    reference: str | Path | None = None,
+    reference: str | Path | Any | None = None,
     k: int = DEFAULT_K,
     by: str | None = None,
     split: str | None = None,
@@ -242,6 +242,7 @@ def run_rank(
     from normprobe import data as datasets
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import LoadedEncoder, load_encoder
+    from normprobe.data.torch_dataset import python_imageset
     from normprobe.zoo import resolve_checkpoint
 
     _check_options(by, reference is not None, k)
@@ -251,10 +252,18 @@ def run_rank(
         checkpoint if isinstance(checkpoint, LoadedEncoder) else load_encoder(resolve_checkpoint(checkpoint))
     )
     image_size = int(loaded.preprocess.input_size[0])
-    imageset = datasets.load_any(str(data), split, data_root, image_size)
+    imageset = (
+        datasets.load_any(str(data), split, data_root, image_size)
+        if isinstance(data, str | Path)
+        else python_imageset(data, "all", image_size)
+    )
     reference_set = None
     if reference is not None:
-        reference_set = load_reference(str(reference), data_root, image_size)
+        reference_set = (
+            load_reference(str(reference), data_root, image_size)
+            if isinstance(reference, str | Path)
+            else python_imageset(reference, "reference", image_size)
+        )
         if reference_size is not None and reference_size < len(reference_set):
             picked = np.sort(
                 np.random.default_rng(seed).choice(len(reference_set), reference_size, replace=False)
@@ -279,10 +288,10 @@ def run_rank(
 
 def rank(
     checkpoint: str | Path | LoadedEncoder,
-    data: str | Path,
+    data: str | Path | Any,
     *,
     head: str | None = "auto",
-    reference: str | Path | None = None,
+    reference: str | Path | Any | None = None,
     k: int = DEFAULT_K,
     by: str | None = None,
     split: str | None = None,
@@ -298,7 +307,8 @@ def rank(
 
     ``checkpoint``: a checkpoint file, a zoo model name or a loaded encoder. ``data``: an image
     folder (any size or format Pillow reads; class sub-folders give labels), a dataset name
-    (``cifar10:test``) or an .npz. ``head``: ``auto`` = ``z`` if the checkpoint has a projector,
+    (``cifar10:test``), an .npz, an ImageSet or a map-style ``torch.utils.data.Dataset`` of images
+    (so may ``reference`` be). ``head``: ``auto`` = ``z`` if the checkpoint has a projector,
     else ``feats``. ``reference``: a dataset (its train split by default), folder or .npz whose
     embeddings the kNN score measures distance to (``reference_size`` random samples of it, seeded,
     when given). ``by``: ``norm`` (default) or ``knn``, the score that sets ``rank``.

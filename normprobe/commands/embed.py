@@ -6,13 +6,17 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from normprobe import __version__
 from normprobe.atomic import atomic_write
 from normprobe.errors import NormprobeError
+
+if TYPE_CHECKING:
+    from normprobe.checkpoints import LoadedEncoder
+    from normprobe.data import ImageSet
 
 FORMATS = (".npz", ".parquet")
 
@@ -171,24 +175,67 @@ def write_parquet(
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def run(args: argparse.Namespace) -> int:
-    from normprobe.zoo import resolve_checkpoint
-
-    out: Path = args.out
+def check_output_file(out: str | Path) -> Path:
+    """The output file, checked before any work: a .npz or .parquet name in a writable folder."""
+    out = Path(out).expanduser()
     if out.suffix.lower() not in FORMATS:
         raise NormprobeError(
             f"--out {out}: unknown output format {out.suffix!r} (use {' or '.join(FORMATS)})"
         )
     if out.is_dir():
         raise NormprobeError(f"--out {out} is a folder; give a file name ending in {' or '.join(FORMATS)}")
-    if args.batch_size < 1:
-        raise NormprobeError(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NormprobeError(f"--out {out}: cannot create its folder ({err.strerror})") from err
     if not os.access(out.parent, os.W_OK):
         raise NormprobeError(f"--out {out}: folder {out.parent} is not writable")
+    return out
+
+
+def embed_config(
+    loaded: LoadedEncoder, imageset: ImageSet, spec: str, heads: list[str], precision: str, device: object
+) -> dict[str, Any]:
+    """What a file of embeddings records about how they were made (its ``config``)."""
+    return {
+        "normprobe": __version__,
+        "checkpoint": {
+            "path": loaded.path,
+            "sha256": loaded.sha256,
+            "adapter": loaded.adapter,
+            "method": loaded.method,
+        },
+        "dataset": {
+            "spec": spec,
+            "name": imageset.name,
+            "split": imageset.split,
+            "source": imageset.source,
+            "fingerprint": imageset.fingerprint,
+            "size": len(imageset),
+            "notes": list(imageset.notes),
+            "classes": list(imageset.classes),
+        },
+        "preprocess": loaded.preprocess.describe(),
+        "heads": heads,
+        "precision": precision,
+        "device": str(device),
+    }
+
+
+def write_embeddings(
+    out: Path, heads: dict[str, np.ndarray], imageset: ImageSet, config: dict[str, Any]
+) -> None:
+    """Write ``heads`` of ``imageset`` to ``out`` as .npz or .parquet, by its suffix."""
+    writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
+    writer(out, heads, imageset.index, imageset.labels, imageset.ids, config)
+
+
+def run(args: argparse.Namespace) -> int:
+    from normprobe.zoo import resolve_checkpoint
+
+    out = check_output_file(args.out)
+    if args.batch_size < 1:
+        raise NormprobeError(f"--batch-size must be >= 1, got {args.batch_size}")
     heads = _parse_heads(args.heads)
     checkpoint = resolve_checkpoint(args.checkpoint)
 
@@ -228,31 +275,8 @@ def run(args: argparse.Namespace) -> int:
         cache=cache,
         progress=not args.no_progress,
     )
-    config = {
-        "normprobe": __version__,
-        "checkpoint": {
-            "path": loaded.path,
-            "sha256": loaded.sha256,
-            "adapter": loaded.adapter,
-            "method": loaded.method,
-        },
-        "dataset": {
-            "spec": args.dataset,
-            "name": imageset.name,
-            "split": imageset.split,
-            "source": imageset.source,
-            "fingerprint": imageset.fingerprint,
-            "size": len(imageset),
-            "notes": list(imageset.notes),
-            "classes": list(imageset.classes),
-        },
-        "preprocess": loaded.preprocess.describe(),
-        "heads": list(embeddings.heads),
-        "precision": args.precision,
-        "device": str(device),
-    }
-    writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
-    writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
+    config = embed_config(loaded, imageset, args.dataset, list(embeddings.heads), args.precision, device)
+    write_embeddings(out, embeddings.heads, imageset, config)
 
     dims = ", ".join(
         f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})"
