@@ -265,11 +265,21 @@ def score_imageset(
     return Ranking(table[list(COLUMNS)], imageset, record)
 
 
-def run_rank(checkpoint: str | Path | LoadedEncoder, data: str | Path, settings: RankSettings) -> Ranking:
-    """Load the checkpoint and the data, then :func:`score_imageset`; see :class:`RankSettings`."""
+def run_rank(
+    checkpoint: str | Path | LoadedEncoder,
+    data: str | Path | Any,
+    settings: RankSettings,
+    reference_data: Any = None,
+) -> Ranking:
+    """Load the checkpoint and the data, then :func:`score_imageset`; see :class:`RankSettings`.
+
+    ``data`` (and ``reference_data``, which replaces ``settings.reference`` when given) may also be an
+    ImageSet or a map-style ``torch.utils.data.Dataset`` of images.
+    """
     from normprobe import data as datasets
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import LoadedEncoder, load_encoder
+    from normprobe.data.torch_dataset import python_imageset
     from normprobe.zoo import resolve_checkpoint
 
     settings.check()
@@ -279,10 +289,17 @@ def run_rank(checkpoint: str | Path | LoadedEncoder, data: str | Path, settings:
         else load_encoder(resolve_checkpoint(checkpoint), trust_code=settings.trust_code)
     )
     image_size = int(loaded.preprocess.input_size[0])
-    imageset = datasets.load_any(str(data), settings.split, settings.data_root, image_size)
+    imageset = (
+        datasets.load_any(str(data), settings.split, settings.data_root, image_size)
+        if isinstance(data, str | Path)
+        else python_imageset(data, "all", image_size)
+    )
     reference_set = None
-    if settings.reference is not None:
+    if reference_data is not None:
+        reference_set = python_imageset(reference_data, "reference", image_size)
+    elif settings.reference is not None:
         reference_set = load_reference(settings.reference, settings.data_root, image_size)
+    if reference_set is not None:
         size = settings.reference_size
         if size is not None and size < len(reference_set):
             picked = np.sort(
@@ -293,22 +310,28 @@ def run_rank(checkpoint: str | Path | LoadedEncoder, data: str | Path, settings:
     return score_imageset(loaded, imageset, settings, reference_set, cache)
 
 
-def rank(checkpoint: str | Path | LoadedEncoder, data: str | Path, **options: Any) -> pd.DataFrame:
+def rank(checkpoint: str | Path | LoadedEncoder, data: str | Path | Any, **options: Any) -> pd.DataFrame:
     """Every sample of ``data`` scored and ranked, most unfamiliar first (a pandas DataFrame).
 
     ``checkpoint``: a checkpoint file, a zoo model name or a loaded encoder. ``data``: an image
     folder (any size or format Pillow reads; class sub-folders give labels), a dataset name
-    (``cifar10:test``) or an .npz. ``options``: the fields of :class:`RankSettings` (``reference``,
+    (``cifar10:test``), an .npz, an ImageSet or a map-style ``torch.utils.data.Dataset`` of images
+    (so may ``reference`` be). ``options``: the fields of :class:`RankSettings` (``reference``,
     ``ood_k``, ``by``, ``retain``, ...). Columns: :data:`COLUMNS`; the settings and the
     ``is_unfamiliar`` threshold are in ``table.attrs["normprobe"]``.
     """
-    if "reference" in options and options["reference"] is not None:
-        options["reference"] = str(options["reference"])
+    reference = options.get("reference")
+    reference_data = None
+    if reference is not None and not isinstance(reference, str | Path):
+        # an ImageSet or torch Dataset: handed over as data, recorded in the settings by its type
+        reference_data, options["reference"] = reference, f"<{type(reference).__name__}>"
+    elif reference is not None:
+        options["reference"] = str(reference)
     try:
         settings = RankSettings(**options)
     except TypeError as err:
         raise NormprobeError(f"rank: {err}") from err
-    return run_rank(checkpoint, data, settings).table
+    return run_rank(checkpoint, data, settings, reference_data).table
 
 
 # --------------------------------------------------------------------------- outputs

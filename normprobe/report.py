@@ -337,6 +337,30 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+NO_IMAGES = (
+    "No images: this set was analysed from its embeddings, so its exemplars are listed by index "
+    "(also in tables/exemplars.csv)."
+)
+
+
+def exemplar_list_html(exemplars: pd.DataFrame) -> str:
+    """The exemplars of a set without images (embedding input): a note and the samples by index."""
+    shown = pd.DataFrame(
+        {
+            "class": [
+                name or ("all" if label < 0 else str(label))
+                for name, label in zip(exemplars["label_name"].fillna(""), exemplars["label"], strict=True)
+            ],
+            "extreme": exemplars["extreme"] + " norm",
+            "rank": exemplars["rank"],
+            "index": exemplars["index"],
+            "id": exemplars["id"],
+            "norm": exemplars["norm"],
+        }
+    )
+    return f'<p class="note">{html.escape(NO_IMAGES)}</p>' + table_html(shown)
+
+
 def exemplar_grid_html(exemplars: pd.DataFrame, imageset: ImageSet) -> str:
     """One row per class: its highest-norm images, then its lowest-norm ones, each with its norm.
 
@@ -653,34 +677,57 @@ def _verdict_section(run: Mapping[str, Any], groups: pd.DataFrame) -> Section:
 # --------------------------------------------------------------------------- the analysis report
 
 
-def _run_section(run: Mapping[str, Any]) -> Section:
+def _source_name(run: Mapping[str, Any]) -> str:
+    """What was analysed, in a few words: the checkpoint's file name, or the ID-train embeddings file's."""
+    if run["checkpoint"] is not None:
+        return Path(run["checkpoint"]["path"]).name
+    first = run["inputs"][0]
+    return f"embeddings {Path(first['path']).name}" if first.get("path") else "embeddings"
+
+
+def _field_table(fields: Mapping[str, Any]) -> str:
+    return table_html(pd.DataFrame({"field": list(fields), "value": list(fields.values())}))
+
+
+def _provenance_html(run: Mapping[str, Any]) -> str:
+    """The checkpoint table, or for embedding input one row per input file (sha256 and shapes)."""
     checkpoint = run["checkpoint"]
-    ckpt = pd.DataFrame(
+    about = {
+        "heads (primary)": f"{', '.join(run['heads'])} ({run['primary_head']})",
+        "normprobe": run["normprobe_version"],
+        "created (UTC)": run["created_utc"],
+        "command": " ".join(map(str, run["command"])),
+    }
+    if checkpoint is None:
+        inputs = pd.DataFrame(
+            [
+                {
+                    "role": _role_label(entry["role"]),
+                    "file": entry.get("path") or "arrays (Python)",
+                    "layout": entry.get("layout", ""),
+                    "sha256": (entry.get("sha256") or "")[:16],
+                    "shape": "; ".join(
+                        f"{h} {'×'.join(map(str, shape))}" for h, shape in entry["shapes"].items()
+                    ),
+                    "embedded with": (entry.get("embedded_with") or {}).get("path", ""),
+                }
+                for entry in run["inputs"]
+            ]
+        )
+        return "<h3>Embedding input</h3>" + table_html(inputs) + _field_table(about)
+    return "<h3>Checkpoint</h3>" + _field_table(
         {
-            "field": [
-                "path",
-                "sha256",
-                "adapter",
-                "method",
-                "heads (primary)",
-                "preprocess",
-                "normprobe",
-                "created (UTC)",
-                "command",
-            ],
-            "value": [
-                checkpoint["path"],
-                checkpoint["sha256"],
-                checkpoint["adapter"],
-                checkpoint["method"],
-                f"{', '.join(run['heads'])} ({run['primary_head']})",
-                checkpoint["preprocess"].get("description", ""),
-                run["normprobe_version"],
-                run["created_utc"],
-                " ".join(map(str, run["command"])),
-            ],
+            "path": checkpoint["path"],
+            "sha256": checkpoint["sha256"],
+            "adapter": checkpoint["adapter"],
+            "method": checkpoint["method"],
+            "preprocess": checkpoint["preprocess"].get("description", ""),
+            **about,
         }
     )
+
+
+def _run_section(run: Mapping[str, Any]) -> Section:
     sets = pd.DataFrame(
         [
             {
@@ -698,8 +745,7 @@ def _run_section(run: Mapping[str, Any]) -> Section:
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in run.get("notes", []))
     return Section(
         "Run",
-        html="<h3>Checkpoint</h3>"
-        + table_html(ckpt)
+        html=_provenance_html(run)
         + "<h3>Datasets</h3>"
         + table_html(sets)
         + "<h3>Settings</h3>"
@@ -822,7 +868,7 @@ def analysis_report(
     exemplars = tables["exemplars"]
     grids = "".join(
         f"<h3>{html.escape(labels.get(key, key))}, {html.escape(ROLE_LABELS.get(part['role'].iloc[0], ''))}</h3>"
-        + exemplar_grid_html(part, imagesets[key])
+        + (exemplar_grid_html(part, imagesets[key]) if key in imagesets else exemplar_list_html(part))
         for key, part in exemplars.groupby(exemplars["dataset"] + "/" + exemplars["split"], sort=False)
     )
     exemplar_section = Section(
@@ -832,7 +878,7 @@ def analysis_report(
         html=grids,
     )
     return render_report(
-        f"normprobe analysis: {Path(run['checkpoint']['path']).name}",
+        f"normprobe analysis: {_source_name(run)}",
         [_verdict_section(run, tables.get("ood_groups", pd.DataFrame())), _run_section(run)],
         [norms, buckets, _ood_section(run, tables["ood"], roc), exemplar_section, *extra_sections],
         plotly=plotly,

@@ -83,6 +83,8 @@ RUN_KEYS = (
     "timings",
 )
 CHECKPOINT_KEYS = ("path", "sha256", "adapter", "method", "heads", "preprocess")
+INPUT_KEYS = ("role", "path", "sha256", "shapes")
+"""A run from embeddings has ``checkpoint: null`` and one ``inputs`` entry per set with these keys."""
 DATASET_KEYS = ("name", "split", "role", "n", "fingerprint", "source", "notes", "data_root")
 SETTINGS_KEYS = (
     "k",
@@ -349,17 +351,28 @@ def read_results(path: str | Path) -> Results:
 def _validate_run(run: Any, where: str) -> None:
     if not isinstance(run, dict):
         raise NormprobeError(f"{where}: expected a JSON object, got {type(run).__name__}")
-    for keys, part, name in (
+    # a run from embedding files has no checkpoint ("checkpoint": null) but "inputs"
+    embedding_input = run.get("checkpoint", {}) is None
+    parts = [
         (RUN_KEYS, run, "run"),
-        (CHECKPOINT_KEYS, run.get("checkpoint"), "checkpoint"),
         (SETTINGS_KEYS, run.get("settings"), "settings"),
         (SUMMARY_KEYS, run.get("summary"), "summary"),
-    ):
+    ]
+    if not embedding_input:
+        parts.append((CHECKPOINT_KEYS, run.get("checkpoint"), "checkpoint"))
+    for keys, part, name in parts:
         if not isinstance(part, dict):
             raise NormprobeError(f"{where}: '{name}' must be an object")
         missing = [k for k in keys if k not in part]
         if missing:
             raise NormprobeError(f"{where}: '{name}' lacks {', '.join(missing)}")
+    inputs = run.get("inputs")
+    if embedding_input and (not isinstance(inputs, list) or not inputs):
+        raise NormprobeError(f"{where}: 'checkpoint' is null, so 'inputs' must be a non-empty list")
+    for entry in inputs if embedding_input and isinstance(inputs, list) else []:
+        missing = [k for k in INPUT_KEYS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise NormprobeError(f"{where}: an 'inputs' entry lacks {', '.join(missing)}")
     if not isinstance(run["datasets"], list) or not run["datasets"]:
         raise NormprobeError(f"{where}: 'datasets' must be a non-empty list")
     for entry in run["datasets"]:

@@ -89,3 +89,27 @@ def shared_analysis(base: Path) -> tuple[Path, Path, Path, str]:
         assert status == 0, stderr
         stdout_file.write_text(stdout)
     return checkpoint, out, cache, stdout_file.read_text()
+
+
+IMAGE_SUBSETS = {
+    "c10train": ("cifar10", "train", 600),
+    "c10test": ("cifar10", "test", 200),
+    "c100": ("cifar100", "test", 200),
+    "mnist": ("mnist", "test", 200),
+}
+"""Image .npz files of the first N images of real splits: the sets of an analysis with
+``--max-train 600 --max-per-split 200``, as files `normprobe embed` reads."""
+
+
+def image_subsets(folder: Path) -> dict[str, Path]:
+    """Write :data:`IMAGE_SUBSETS` as ``<name>_images.npz`` (decoded images and labels) into ``folder``."""
+    import numpy as np
+
+    from normprobe import data
+
+    paths = {}
+    for name, (dataset, split, n) in IMAGE_SUBSETS.items():
+        images = data.load(dataset, split, DATA_ROOT)
+        paths[name] = folder / f"{name}_images.npz"
+        np.savez(paths[name], images=images.images(np.arange(n)).numpy(), labels=images.labels[:n])
+    return paths

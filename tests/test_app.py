@@ -343,3 +343,43 @@ def test_explore_binds_to_localhost_unless_told() -> None:
     command = streamlit_command(Path("/r"), 8501, LOCALHOST)
     assert command[command.index("--server.address") + 1] == "127.0.0.1"
     assert command[command.index("--browser.gatherUsageStats") + 1] == "false"
+
+
+@pytest.fixture(scope="module")
+def embedding_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder of `normprobe analyze` from seeded plain .npz embeddings: no checkpoint, no images."""
+    from normprobe.cli import main
+
+    work = tmp_path_factory.mktemp("embedding-run")
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 120), ("test", 60), ("far", 40)):
+        labels = rng.integers(0, 3, n)
+        embeddings = rng.normal(size=(n, 8))
+        embeddings[np.arange(n), labels] += 3.0
+        np.savez(work / f"{name}.npz", embeddings=embeddings, **({"labels": labels} if name != "far" else {}))
+    status = main(
+        [
+            "analyze",
+            *("--id-train", str(work / "train.npz"), "--id-test", str(work / "test.npz")),
+            *("--ood", str(work / "far.npz"), "--k", "10", "--ood-k", "5", "--min-bucket-count", "3"),
+            *("--cache-dir", str(work / "cache"), "--out", str(work / "results"), "--quiet", "--no-report"),
+        ]
+    )
+    assert status == 0
+    return work / "results"
+
+
+def test_a_run_from_embeddings_shows_its_inputs_and_says_it_has_no_images(
+    monkeypatch: pytest.MonkeyPatch, embedding_results: Path
+) -> None:
+    app = _app(monkeypatch, embedding_results)
+    _no_failure(app)
+    assert {m.label: m.value for m in app.metric}["Method"] == "embedding input"
+    assert any("Embedding input" in m.value and "no images" in m.value for m in app.markdown)
+    assert set(app.dataframe[0].value["role"]) == {"id-train", "id-test", "ood"}  # the input files
+    for section in ("Exemplars", "Unfamiliar"):
+        app = _app(monkeypatch, embedding_results, section)
+        _no_failure(app)
+        assert app.info and all(i.value.startswith("No images: ") for i in app.info)
+        assert not app.warning and not app.get("image")
+        assert any({"index", "id"} <= set(frame.value.columns) for frame in app.dataframe)

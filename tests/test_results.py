@@ -253,3 +253,37 @@ def test_write_is_atomic_and_force_replaces(
     bad = dict(results.run, primary_head="p")
     with pytest.raises(NormprobeError, match="primary_head"):
         write_results(tmp_path / "other", bad, results.samples, {})
+
+
+def test_a_run_from_embeddings_has_inputs_instead_of_a_checkpoint(tmp_path: Path) -> None:
+    from analyze_helpers import cli
+
+    from normprobe.results import INPUT_KEYS
+
+    rng = np.random.default_rng(0)
+    for name in ("train", "test", "ood"):
+        np.savez(tmp_path / f"{name}.npz", embeddings=rng.normal(size=(40, 6)), labels=np.arange(40) % 2)
+    files = [str(tmp_path / f"{name}.npz") for name in ("train", "test", "ood")]
+    status, _, stderr = cli(
+        "analyze",
+        *("--id-train", files[0], "--id-test", files[1], "--ood", files[2], "--k", "5", "--ood-k", "5"),
+        *("--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--quiet", "--no-report"),
+    )
+    assert status == 0, stderr
+    run = read_results(tmp_path / "out").run
+    assert run["checkpoint"] is None and [e["path"] for e in run["inputs"]] == files
+    assert all(set(INPUT_KEYS) <= set(e) for e in run["inputs"])
+
+    broken = tmp_path / "broken"
+    for change, message in (
+        (lambda r: r.pop("inputs"), "'checkpoint' is null, so 'inputs' must be a non-empty list"),
+        (lambda r: r["inputs"][1].pop("sha256"), "an 'inputs' entry lacks sha256"),
+        (lambda r: r.update(checkpoint={"path": "x"}), "'checkpoint' lacks sha256"),
+    ):
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(tmp_path / "out", broken)
+        damaged = json.loads((broken / "run.json").read_text())
+        change(damaged)
+        (broken / "run.json").write_text(json.dumps(damaged))
+        with pytest.raises(NormprobeError, match=message):
+            read_results(broken)

@@ -54,6 +54,15 @@ def show(
     if frame.empty:
         st.caption("No samples.")
         return
+    entry = loading.dataset_entry(session.run, group.dataset, group.split)
+    if not entry.get("images", True):
+        st.info(
+            f"No images: {explore.plain(group.label)} was analysed from {explore.plain(entry.get('source', '?'))} "
+            "(embedding input or a Python object), not from images the explorer can open. The samples:"
+        )
+        columns = ["index", "id", "label_name", session.norm_column, "knn_pred", "knn_correct"]
+        st.dataframe(frame[[c for c in columns if c in frame.columns]], hide_index=True, key=f"{key}-table")
+        return
     try:
         images = _images(session, group, frame, loading.THUMBNAIL_SIZE)
     except NormprobeError as err:

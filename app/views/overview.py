@@ -1,4 +1,4 @@
-"""The run at a glance: checkpoint, datasets, settings and summary metrics from run.json."""
+"""The run at a glance: checkpoint (or embedding input files), datasets, settings and summary metrics from run.json."""
 
 from __future__ import annotations
 
@@ -51,10 +51,11 @@ def _knn_metrics(summary: dict[str, Any]) -> dict[str, str]:
 
 def render(session: Session) -> None:
     run = session.run
-    checkpoint = run.get("checkpoint", {})
+    checkpoint = run.get("checkpoint") or {}
+    inputs = run.get("inputs") or []
     summary = run.get("summary", {})
     metrics = {
-        "Method": explore.plain(checkpoint.get("method", "?")),
+        "Method": explore.plain(checkpoint.get("method", "?")) if checkpoint else "embedding input",
         "In-distribution": explore.plain(run.get("id_dataset", "?")),
         "Samples": f"{len(session.samples):,}",
         **_knn_metrics(summary),
@@ -63,12 +64,19 @@ def render(session: Session) -> None:
         column.metric(name, value)
     # Every value here comes from run.json: shown as text, never as markdown.
     text = explore.plain
-    st.markdown(
+    source = (
         f"**Checkpoint** {text(checkpoint.get('path', '?'))} · sha256 {text(str(checkpoint.get('sha256', '?'))[:16])}… · "
-        f"adapter {text(checkpoint.get('adapter', '?'))} · heads {text(', '.join(map(str, run.get('heads', []))))} "
+        f"adapter {text(checkpoint.get('adapter', '?'))}"
+        if checkpoint
+        else f"**Embedding input** ({len(inputs)} files, no images)"
+    )
+    st.markdown(
+        f"{source} · heads {text(', '.join(map(str, run.get('heads', []))))} "
         f"(primary {text(run.get('primary_head', '?'))}) · normprobe {text(run.get('normprobe_version', '?'))} · "
         f"{text(run.get('created_utc', '?'))}"
     )
+    if inputs:
+        st.dataframe(pd.DataFrame(inputs).astype(str), hide_index=True, width="stretch")
     command = run.get("command")
     if command:
         st.code(command if isinstance(command, str) else " ".join(map(str, command)), language="bash")

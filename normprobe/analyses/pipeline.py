@@ -1,14 +1,20 @@
-"""`normprobe analyze` as a function: embed, analyse, write the results folder.
+"""`normprobe analyze` as a function: embed (or read embeddings), analyse, write the results folder.
 
     from normprobe.analyses.pipeline import AnalysisSettings, run_analysis
     results = run_analysis("simclr.pt", "results/", AnalysisSettings(ood=("cifar100", "mnist")))
     results.run["summary"]["ood"]["cifar100/test"]["norm"]["auroc"]
 
-The CLI, the demo command and notebooks all call :func:`run_analysis`. Steps: load the checkpoint
-and the datasets (ID train and test splits, every OOD set); embed each through the cache; kNN
-classification on the primary head (ID-test against ID-train, ID-train by leave-one-out); OOD
-scorers fitted on ID-train; then the analyses (norm summaries, norm buckets vs kNN accuracy,
-OOD metrics, exemplars, human labels) and the results folder (Contract 2).
+    # without a checkpoint: embeddings written by `normprobe embed`, or plain .npz files
+    settings = AnalysisSettings(id_train="train.npz", id_test="test.npz", ood=("c100.parquet",))
+    results = run_analysis(None, "results/", settings)
+
+The CLI, the demo command, :func:`normprobe.analyze` and notebooks all call :func:`run_analysis`.
+Steps: load the checkpoint and the datasets (ID train and test, every OOD set) and embed each
+through the cache, or read each set's embeddings file; kNN classification on the primary head
+(ID-test against ID-train, ID-train by leave-one-out); OOD scorers fitted on ID-train; then the
+analyses (norm summaries, norm buckets vs kNN accuracy, OOD metrics, exemplars, human labels) and
+the results folder (Contract 2). Embedding input has no images: the exemplars are listed by
+index, and the report and the explorer say there are no images to show.
 
 The kNN predictions and the per-set scores are cached too (same cache, keyed by the embeddings'
 cache keys and the settings that shape them), because on a 50,000-image training set the
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +58,7 @@ from normprobe.data import ImageSet, resolve_data_root
 from normprobe.data.hashing import fingerprint
 from normprobe.device import pick_device
 from normprobe.embed import cache_key, extract
+from normprobe.embedding_files import SUFFIXES, EmbeddingSet, primary_head, read_embeddings
 from normprobe.errors import NormprobeError
 from normprobe.knn import CosineIndex
 from normprobe.report import PLOTLY_FILE, Section, analysis_report, plotly_js, table_html
@@ -59,25 +66,52 @@ from normprobe.results import Results, check_output_dir, jsonable, read_results,
 from normprobe.terminal import printable
 from normprobe.zoo import resolve_checkpoint
 
+ROLE_OPTIONS = {"id-train": "--id-train", "id-test": "--id-test", "ood": "--ood"}
+ROLE_SPLITS = {"id-train": "train", "id-test": "test", "ood": "test"}
+"""The split of a named dataset each role takes when the name gives none."""
+GivenSets = Mapping[str, ImageSet | EmbeddingSet]
+"""Sets handed over in Python instead of being named: by the ``id_train`` / ``id_test`` / ``ood``
+value of the settings that stands for them."""
+
 
 @dataclass
 class AnalysedSet:
-    """One dataset split in the analysis, with its embeddings."""
+    """One set in the analysis (an ID split or an OOD set), with its embeddings."""
 
-    imageset: ImageSet
     role: str
     spec: str
+    """What named the set: a dataset (``cifar100``), a folder or a file, or a Python object's name."""
+    name: str
+    split: str
+    labels: np.ndarray
+    index: np.ndarray
+    ids: np.ndarray
+    classes: tuple[str, ...]
+    fingerprint: str
+    source: str
+    manifest: str | None
+    """The dataset manifest the set comes from (its title and OOD group), None for anything else."""
     embeddings: dict[str, np.ndarray]
     from_cache: bool
     embed_seconds: float
     cache_keys: dict[str, str]
-    """The embedding cache key of each head: the identity of these embeddings, also used to key
-    results computed from them (kNN predictions, scores)."""
+    """The cache key of each head's embeddings: their identity, also used to key results computed
+    from them (kNN predictions, scores)."""
     notes: list[str] = field(default_factory=list)
+    imageset: ImageSet | None = None
+    """The images; None for embedding input."""
+    reopenable: bool = False
+    """Whether the images can be opened again from ``spec`` (by the explorer): not for embedding
+    input nor for sets given as Python objects."""
+    input_record: dict[str, Any] | None = None
+    """For embedding input, the file's provenance (run.json ``inputs``)."""
 
     @property
     def key(self) -> str:
-        return f"{self.imageset.name}/{self.imageset.split}"
+        return f"{self.name}/{self.split}"
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def _log(progress: bool) -> Callable[[str], None]:
@@ -88,18 +122,21 @@ def _log(progress: bool) -> Callable[[str], None]:
     return log
 
 
-def _first(imageset: ImageSet, limit: int | None) -> ImageSet:
-    if limit is None or limit >= len(imageset):
-        return imageset
-    return imageset.subset(np.arange(limit), f"first {limit}")
+def _plan(settings: AnalysisSettings) -> list[tuple[str, str | None]]:
+    """(role, spec) of every set in order: ID-train, ID-test, each OOD set; spec None = the ID dataset's split."""
+    return [("id-train", settings.id_train), ("id-test", settings.id_test)] + [
+        ("ood", spec) for spec in settings.ood
+    ]
 
 
-def _primary_head(loaded: LoadedEncoder, settings: AnalysisSettings) -> tuple[str, tuple[str, ...]]:
-    heads = tuple(dict.fromkeys(settings.heads or loaded.heads))
-    primary = settings.head or ("z" if "z" in loaded.heads else "feats")
+def _heads(available: Sequence[str], settings: AnalysisSettings, owner: str) -> tuple[str, tuple[str, ...]]:
+    """(primary head, heads to analyse) among the ``available`` heads of the checkpoint or the inputs."""
+    available = tuple(available)
+    heads = tuple(dict.fromkeys(settings.heads or available))
+    primary = primary_head(available, settings.head)
     for head in (*heads, primary):
-        if head not in loaded.heads:
-            raise NormprobeError(f"checkpoint has no head {head!r} (heads: {', '.join(loaded.heads)})")
+        if head not in available:
+            raise NormprobeError(f"{owner} no head {head!r} (heads: {', '.join(available)})")
     if primary not in heads:
         heads = (*heads, primary)
     return primary, heads
@@ -110,35 +147,59 @@ def _manifest_name(spec: str) -> str | None:
     return None if Path(spec).expanduser().exists() else spec.partition(":")[0]
 
 
-def check_datasets(settings: AnalysisSettings) -> None:
-    """Name checks that need no data: a known ID dataset with train and test splits, OOD sets that
-    are folders, .npz files or known dataset splits, none equal to an ID split or given twice, and
+def _split_for(spec: str, role: str) -> str | None:
+    """The split to take of a dataset named without one (None for folders and files)."""
+    name = _manifest_name(spec)
+    return data.default_split(name, ROLE_SPLITS[role]) if name in data.manifest_names("images") else None
+
+
+def check_datasets(settings: AnalysisSettings, given: GivenSets, images: bool) -> None:
+    """Name checks that need no data: a known ID dataset (with train and test splits unless the ID
+    sets are given); sets that are folders, .npz files or known dataset splits with a checkpoint
+    (``images``), embedding files without one; none equal to an ID split or given twice; and
     ``--near`` / ``--far`` values that name OOD sets."""
-    manifest = data.load_manifest(settings.id_dataset)
-    if manifest.kind != "images" or not {"train", "test"} <= set(manifest.splits):
+    id_dataset = settings.named_id_dataset
+    seen: dict[tuple[str, str], str] = {}
+    if id_dataset is not None:
+        manifest = data.load_manifest(id_dataset)
+        if manifest.kind != "images":
+            raise NormprobeError(f"--id {id_dataset} is a label set, not an image dataset")
+        if settings.id_train is None:
+            if not {"train", "test"} <= set(manifest.splits):
+                raise NormprobeError(
+                    f"--id {id_dataset}: the in-distribution dataset needs train and test splits"
+                )
+            seen = {(id_dataset, "train"): "the ID-train set", (id_dataset, "test"): "the ID-test set"}
+    if not images and settings.id_train is None:
         raise NormprobeError(
-            f"--id {settings.id_dataset}: the in-distribution dataset needs train and test splits"
+            "without a checkpoint, give the ID embeddings: --id-train FILE --id-test FILE (.npz or .parquet)"
         )
-    seen = {
-        (settings.id_dataset, "train"): "the ID-train set",
-        (settings.id_dataset, "test"): "the ID-test set",
-    }
-    for spec in settings.ood:
-        if Path(spec).expanduser().exists():
+    for role, spec in _plan(settings):
+        if spec is None or spec in given:
+            continue
+        option = f"{ROLE_OPTIONS[role]} {spec}"
+        path = Path(spec).expanduser()
+        if not images:
+            if path.suffix.lower() not in SUFFIXES:
+                raise NormprobeError(f"{option}: not an embeddings file (use {' or '.join(SUFFIXES)})")
+            if not path.is_file():
+                raise NormprobeError(f"{option}: no such file")
+            continue
+        if path.exists():
             continue
         name, _, split = spec.partition(":")
         if name not in data.manifest_names("images"):
             raise NormprobeError(
-                f"--ood {spec}: neither a folder, an .npz file nor a known dataset ({', '.join(data.manifest_names('images'))})"
+                f"{option}: neither a folder, an .npz file nor a known dataset ({', '.join(data.manifest_names('images'))})"
             )
-        split = split or data.default_split(name, "test")
+        split = split or data.default_split(name, ROLE_SPLITS[role])
         if split not in data.load_manifest(name).splits:
             raise NormprobeError(
-                f"--ood {spec}: {name} has no split {split!r} (splits: {', '.join(data.load_manifest(name).splits)})"
+                f"{option}: {name} has no split {split!r} (splits: {', '.join(data.load_manifest(name).splits)})"
             )
         if (name, split) in seen:
-            raise NormprobeError(f"--ood {spec} is {name} {split}, the same split as {seen[(name, split)]}")
-        seen[(name, split)] = f"--ood {spec}"
+            raise NormprobeError(f"{option} is {name} {split}, the same split as {seen[(name, split)]}")
+        seen[(name, split)] = option
     known = {*settings.ood, *filter(None, map(_manifest_name, settings.ood))}
     for option, names in (("--near", settings.near), ("--far", settings.far)):
         for name in names:
@@ -150,8 +211,7 @@ def check_datasets(settings: AnalysisSettings) -> None:
 
 def _title(s: AnalysedSet) -> str:
     """The dataset's display name: its manifest's ``title`` (CIFAR-100), else its own name (a folder's)."""
-    manifest = _manifest_name(s.spec)
-    return str(data.load_manifest(manifest).raw.get("title", manifest)) if manifest else s.imageset.name
+    return str(data.load_manifest(s.manifest).raw.get("title", s.manifest)) if s.manifest else s.name
 
 
 def _ood_groups(sets: list[AnalysedSet], settings: AnalysisSettings) -> dict[str, str]:
@@ -159,43 +219,78 @@ def _ood_groups(sets: list[AnalysedSet], settings: AnalysisSettings) -> dict[str
     groups = {}
     for s in sets:
         if s.role == "ood":
-            manifest = _manifest_name(s.spec)
-            default = data.load_manifest(manifest).raw.get("ood_group") if manifest else None
-            groups[s.key] = ood_group((s.spec, s.imageset.name), default, settings.near, settings.far)
+            default = data.load_manifest(s.manifest).raw.get("ood_group") if s.manifest else None
+            groups[s.key] = ood_group((s.spec, s.name), default, settings.near, settings.far)
     return groups
 
 
-def _load_sets(settings: AnalysisSettings, input_size: tuple[int, int]) -> list[tuple[ImageSet, str, str]]:
-    """(imageset, role, spec) for ID-train, ID-test and each OOD set, subsets applied."""
-    train = data.load(settings.id_dataset, "train", settings.data_root)
-    test = data.load(settings.id_dataset, "test", settings.data_root)
-    if (train.labels < 0).any():
+def _given(given: GivenSets, spec: str, kind: type, role: str) -> Any:
+    value = given[spec]
+    if not isinstance(value, kind):
+        wanted = "images (the checkpoint embeds them)" if kind is ImageSet else "embeddings (no checkpoint)"
         raise NormprobeError(
-            f"--id {settings.id_dataset}: ID-train has unlabelled samples; the kNN analyses need labels"
+            f"{ROLE_OPTIONS[role]} {spec}: this analysis takes {wanted}, not {type(value).__name__}"
         )
-    sets = [
-        (train, "id-train", f"{settings.id_dataset}:train"),
-        (test, "id-test", f"{settings.id_dataset}:test"),
-    ]
-    for spec in settings.ood:
-        sets.append((data.load_any(spec, None, settings.data_root, image_size=input_size[0]), "ood", spec))
+    return value
+
+
+def _check_sets(sets: Sequence[tuple[ImageSet | EmbeddingSet, str, str]], what: str) -> None:
+    """Every set has samples, the ID sets are labelled (the kNN analyses need labels), and no two
+    sets share a name."""
     names: dict[tuple[str, str], str] = {}
-    for imageset, role, spec in sets:
-        if len(imageset) == 0:
-            raise NormprobeError(f"{spec} ({role}) has no images")
-        other = names.setdefault((imageset.name, imageset.split), spec)
-        if other != spec:
+    for item, role, spec in sets:
+        if len(item) == 0:
+            raise NormprobeError(f"{spec} ({role}) has no {what}")
+        unlabelled = int((item.labels < 0).sum())
+        if role != "ood" and unlabelled:
             raise NormprobeError(
-                f"--ood {spec} and {other} are both named {imageset.name}/{imageset.split}; rename one"
+                f"{spec} ({role}): {unlabelled} of {len(item)} samples have no label; the kNN analyses need "
+                "a label for every ID sample"
             )
-    return [
-        (_first(s, settings.max_train if role == "id-train" else settings.max_per_split), role, spec)
-        for s, role, spec in sets
-    ]
+        key = (item.name, item.split)
+        if key in names:
+            raise NormprobeError(
+                f"{spec} ({role}) and {names[key]} are both named {item.name}/{item.split}; give each set once, or rename one"
+            )
+        names[key] = f"{spec} ({role})"
+
+
+def _load_images(
+    settings: AnalysisSettings, given: GivenSets, input_size: tuple[int, int]
+) -> list[tuple[ImageSet, str, str, str | None]]:
+    """(imageset, role, spec, manifest) for ID-train, ID-test and each OOD set, subsets applied."""
+    id_dataset = settings.named_id_dataset
+    sets = []
+    for role, spec in _plan(settings):
+        if spec is None:  # the named ID dataset's split
+            assert id_dataset is not None, "_plan names no ID dataset split without an ID dataset"
+            split = ROLE_SPLITS[role]
+            imageset, spec, manifest = (
+                data.load(id_dataset, split, settings.data_root),
+                f"{id_dataset}:{split}",
+                id_dataset,
+            )
+        elif spec in given:
+            imageset, manifest = _given(given, spec, ImageSet, role), None
+        else:
+            imageset = data.load_any(
+                spec, _split_for(spec, role), settings.data_root, image_size=input_size[0]
+            )
+            manifest = _manifest_name(spec)
+        sets.append((imageset, role, spec, manifest))
+    _check_sets([(s, role, spec) for s, role, spec, _ in sets], "images")
+    out = []
+    for imageset, role, spec, manifest in sets:
+        limit = settings.max_train if role == "id-train" else settings.max_per_split
+        if limit is not None and limit < len(imageset):
+            imageset = imageset.subset(np.arange(limit), f"first {limit}")
+        out.append((imageset, role, spec, manifest))
+    return out
 
 
 def _embed(
-    sets: list[tuple[ImageSet, str, str]],
+    sets: list[tuple[ImageSet, str, str, str | None]],
+    given: GivenSets,
     loaded: LoadedEncoder,
     heads: tuple[str, ...],
     settings: AnalysisSettings,
@@ -205,7 +300,7 @@ def _embed(
     device = pick_device(settings.device)
     log = _log(progress)
     out = []
-    for imageset, role, spec in sets:
+    for imageset, role, spec, manifest in sets:
         result = extract(
             loaded,
             imageset,
@@ -233,21 +328,106 @@ def _embed(
                 f"images resized from {h}x{w} to {loaded.preprocess.input_size[0]}x{loaded.preprocess.input_size[1]} "
                 "(bilinear, antialiased)"
             )
-        # np.array copies: cached embeddings are read-only memory maps, which torch will not wrap
-        keys = {h: cache_key(loaded, imageset, h, settings.precision) for h in heads}
         out.append(
             AnalysedSet(
-                imageset,
-                role,
-                spec,
-                {h: np.array(result.heads[h], dtype=np.float32) for h in heads},
-                result.from_cache,
-                result.seconds,
-                keys,
-                notes,
+                role=role,
+                spec=spec,
+                name=imageset.name,
+                split=imageset.split,
+                labels=imageset.labels,
+                index=imageset.index,
+                ids=imageset.ids,
+                classes=imageset.classes,
+                fingerprint=imageset.fingerprint,
+                source=imageset.source,
+                manifest=manifest,
+                # np.array copies: cached embeddings are read-only memory maps, which torch will not wrap
+                embeddings={h: np.array(result.heads[h], dtype=np.float32) for h in heads},
+                from_cache=result.from_cache,
+                embed_seconds=result.seconds,
+                cache_keys={h: cache_key(loaded, imageset, h, settings.precision) for h in heads},
+                notes=notes,
+                imageset=imageset,
+                reopenable=spec not in given,
             )
         )
     return out
+
+
+def _read_embeddings(
+    settings: AnalysisSettings, given: GivenSets, progress: bool
+) -> tuple[list[AnalysedSet], str, tuple[str, ...]]:
+    """The sets of an analysis without a checkpoint, from their embedding files (or given sets):
+    validated, subsets applied; returns ``(sets, primary head, heads)``."""
+    log = _log(progress)
+    read = []
+    for role, spec in _plan(settings):
+        assert spec is not None  # check_datasets: without a checkpoint the ID sets are named
+        tick = time.perf_counter()
+        item = _given(given, spec, EmbeddingSet, role) if spec in given else read_embeddings(spec)
+        read.append((item, role, spec, time.perf_counter() - tick))
+    _check_sets([(item, role, spec) for item, role, spec, _ in read], "samples")
+    embedded_with = {item.checkpoint_sha256: spec for item, _, spec, _ in read if item.checkpoint_sha256}
+    if len(embedded_with) > 1:
+        (a, first), (b, second) = list(embedded_with.items())[:2]
+        raise NormprobeError(
+            f"{first} and {second} were embedded with different checkpoints (sha256 {a[:12]}… and {b[:12]}…); "
+            "the sets of one analysis must come from one encoder"
+        )
+    id_dataset = settings.named_id_dataset
+    images = data.manifest_names("images")
+    for item, role, spec, _ in read:
+        if role != "ood" and id_dataset and item.dataset in images and item.dataset != id_dataset:
+            raise NormprobeError(
+                f"{spec} holds {item.dataset} embeddings (its config), not --id {id_dataset}"
+            )
+    common = [h for h in read[0][0].heads if all(h in item.heads for item, *_ in read)]
+    if not common:
+        raise NormprobeError(
+            "the inputs have no head in common ("
+            + "; ".join(f"{spec}: {', '.join(item.heads)}" for item, _, spec, _ in read)
+            + ")"
+        )
+    primary, heads = _heads(common, settings, "the inputs (all of them) have")
+    train = read[0][0]
+    for item, _, spec, _ in read:
+        for head in heads:
+            if item.heads[head].shape[1] != train.heads[head].shape[1]:
+                raise NormprobeError(
+                    f"{spec}: head {head} is {item.heads[head].shape[1]}-d, ID-train's is {train.heads[head].shape[1]}-d"
+                )
+    out = []
+    for item, role, spec, seconds in read:
+        limit = settings.max_train if role == "id-train" else settings.max_per_split
+        part = item.first(limit) if limit is not None else item
+        log(
+            f"read {part.name}/{part.split} ({role}, {len(part)} embeddings) from {part.source} in {seconds:.1f}s"
+        )
+        dropped = [h for h in item.heads if h not in heads]
+        notes = list(part.notes) + ([f"heads not analysed: {', '.join(dropped)}"] if dropped else [])
+        out.append(
+            AnalysedSet(
+                role=role,
+                spec=spec,
+                name=part.name,
+                split=part.split,
+                labels=part.labels,
+                index=part.index,
+                ids=part.ids,
+                classes=part.classes,
+                fingerprint=part.fingerprint,
+                source=part.source,
+                manifest=part.dataset if part.dataset in images else None,
+                embeddings={h: part.heads[h] for h in heads},
+                from_cache=False,
+                embed_seconds=seconds,
+                # the content itself (with the labels the kNN and Mahalanobis fits use) keys what is computed from it
+                cache_keys={h: fingerprint("embedding-input/1", part.heads[h], part.labels) for h in heads},
+                notes=notes,
+                input_record={"role": role, "spec": spec, **item.record},
+            )
+        )
+    return out, primary, heads
 
 
 def cached_array(
@@ -266,18 +446,18 @@ def cached_array(
 def _samples_frame(sets: list[AnalysedSet], heads: tuple[str, ...], primary: str) -> pd.DataFrame:
     frames = []
     for s in sets:
-        names = s.imageset.classes
-        labels = s.imageset.labels
         frames.append(
             pd.DataFrame(
                 {
-                    "dataset": s.imageset.name,
-                    "split": s.imageset.split,
-                    "index": s.imageset.index.astype(np.int64),
-                    "id": s.imageset.ids.astype(str),
+                    "dataset": s.name,
+                    "split": s.split,
+                    "index": s.index.astype(np.int64),
+                    "id": s.ids.astype(str),
                     "role": s.role,
-                    "label": labels.astype(np.int64),
-                    "label_name": [names[i] if 0 <= i < len(names) else "" for i in labels.tolist()],
+                    "label": s.labels.astype(np.int64),
+                    "label_name": [
+                        s.classes[i] if 0 <= i < len(s.classes) else "" for i in s.labels.tolist()
+                    ],
                     **{f"norm_{h}": embedding_norms(s.embeddings[h]) for h in heads},
                 }
             )
@@ -319,14 +499,24 @@ def _bucket_curves(samples: pd.DataFrame, primary: str, settings: AnalysisSettin
     return pd.concat(frames, ignore_index=True)
 
 
+NO_ID_DATASET_NOTE = (
+    "human labels skipped: the in-distribution dataset is not named; name it (--id NAME, id_dataset= in "
+    "Python) when the ID sets hold that dataset's samples with their original positions (index)"
+)
+
+
 def _human(
     samples: pd.DataFrame, sets: list[AnalysedSet], primary: str, settings: AnalysisSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Add the ``human_*`` columns; return the human curves, correlations and notes (empty when no label set applies)."""
-    label_sets, notes = human.select_label_sets(settings.id_dataset, settings.human, settings.data_root)
+    id_dataset = settings.named_id_dataset
+    if id_dataset is None:
+        notes = [] if settings.human == "none" else [NO_ID_DATASET_NOTE]
+        return pd.DataFrame(), pd.DataFrame(), notes
+    label_sets, notes = human.select_label_sets(id_dataset, settings.human, settings.data_root)
     if not label_sets:
         return pd.DataFrame(), pd.DataFrame(), notes
-    frames = [human.human_columns(label_sets, s.imageset.index, s.imageset.labels, s.role) for s in sets]
+    frames = [human.human_columns(label_sets, s.index, s.labels, s.role) for s in sets]
     # nullable integers: a role without a label set gets missing values, not float NaN
     frames = [
         f.astype({c: "Int64" for c in f.columns if pd.api.types.is_integer_dtype(f[c])}) for f in frames
@@ -348,46 +538,61 @@ def _human(
 
 
 def run_analysis(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedEncoder | None,
     out: str | Path,
     settings: AnalysisSettings | None = None,
     *,
+    given: GivenSets | None = None,
     force: bool = False,
     command: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Results:
-    """Run every analysis of ``checkpoint`` and write the results folder ``out`` (Contract 2).
+    """Run every analysis and write the results folder ``out`` (Contract 2).
 
-    ``checkpoint`` is a file or a zoo model name. ``force`` overwrites a previous results folder
-    (never anything else). ``command`` is recorded in run.json (default: ``sys.argv``). Returns
-    the folder as read back by :func:`normprobe.results.read_results`. Raises
-    :class:`NormprobeError` for bad input, before any expensive work where possible.
+    ``checkpoint`` is a file, a zoo model name or a loaded encoder that embeds the image sets; None means
+    the sets are embeddings (``settings.id_train`` / ``id_test`` / ``ood`` name ``.npz`` or
+    ``.parquet`` files, see :mod:`normprobe.embedding_files`). ``given`` holds sets made in Python
+    (ImageSets with a checkpoint, EmbeddingSets without) under the names the settings use for them.
+    ``force`` overwrites a previous results folder (never anything else). ``command`` is recorded
+    in run.json (default: ``sys.argv``). Returns the folder as read back by
+    :func:`normprobe.results.read_results`. Raises :class:`NormprobeError` for bad input, before
+    any expensive work where possible.
     """
     settings = settings or AnalysisSettings()
     settings.check()
+    given = given or {}
     began = time.perf_counter()
     log = _log(progress)
     timings: dict[str, Any] = {}
     out_path = check_output_dir(out, force)
-    check_datasets(settings)
-    human.check_label_sets(
-        settings.id_dataset, settings.human, settings.data_root
-    )  # a bad --human fails before embedding
+    check_datasets(settings, given, images=checkpoint is not None)
+    # a bad --human fails before embedding
+    human.check_label_sets(settings.named_id_dataset, settings.human, settings.data_root)
 
     tick = time.perf_counter()
-    path = resolve_checkpoint(checkpoint)
-    loaded = load_encoder(path, arch=settings.arch, trust_code=settings.trust_code)
-    primary, heads = _primary_head(loaded, settings)
-    timings["load_checkpoint_s"] = time.perf_counter() - tick
-    log(
-        f"checkpoint {path} ({loaded.adapter}, {loaded.method}), heads {', '.join(heads)}; primary head {primary}"
-    )
-
-    tick = time.perf_counter()
-    loaded_sets = _load_sets(settings, loaded.preprocess.input_size)
-    timings["load_data_s"] = time.perf_counter() - tick
-    sets = _embed(loaded_sets, loaded, heads, settings, progress)
-    timings["embed_s"] = {s.key: s.embed_seconds for s in sets}
+    if checkpoint is None:
+        sets, primary, heads = _read_embeddings(settings, given, progress)
+        provenance = None
+        timings["load_data_s"] = time.perf_counter() - tick  # reading the files: nothing is embedded
+    else:
+        loaded = (
+            checkpoint
+            if isinstance(checkpoint, LoadedEncoder)
+            else load_encoder(
+                resolve_checkpoint(checkpoint), arch=settings.arch, trust_code=settings.trust_code
+            )
+        )
+        primary, heads = _heads(loaded.heads, settings, "checkpoint has")
+        timings["load_checkpoint_s"] = time.perf_counter() - tick
+        log(
+            f"checkpoint {loaded.path} ({loaded.adapter}, {loaded.method}), heads {', '.join(heads)}; primary head {primary}"
+        )
+        tick = time.perf_counter()
+        loaded_sets = _load_images(settings, given, loaded.preprocess.input_size)
+        timings["load_data_s"] = time.perf_counter() - tick
+        sets = _embed(loaded_sets, given, loaded, heads, settings, progress)
+        timings["embed_s"] = {s.key: s.embed_seconds for s in sets}
+        provenance = _checkpoint_record(loaded)
     timings["embeddings_from_cache"] = {s.key: s.from_cache for s in sets}
 
     tick = time.perf_counter()
@@ -411,7 +616,7 @@ def run_analysis(
         lambda: np.concatenate(
             knn_predictions(
                 train.embeddings[primary],
-                train.imageset.labels,
+                train.labels,
                 test.embeddings[primary],
                 k=settings.k,
                 temperature=settings.temperature,
@@ -420,13 +625,13 @@ def run_analysis(
             )
         ),
     )
-    _knn_columns(samples, predictions[: len(train.imageset)], predictions[len(train.imageset) :])
+    _knn_columns(samples, predictions[: len(train)], predictions[len(train) :])
     timings["knn_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     scores, timings["scores_from_cache"] = fit_and_score(
         train=train.embeddings,
-        train_labels=train.imageset.labels,
+        train_labels=train.labels,
         others=[s.embeddings for s in sets[1:]],
         heads=heads,
         primary=primary,
@@ -454,8 +659,7 @@ def run_analysis(
 
     run = _run_record(
         command=list(sys.argv if command is None else command),
-        path=path,
-        loaded=loaded,
+        checkpoint=provenance,
         heads=heads,
         primary=primary,
         settings=settings,
@@ -490,9 +694,8 @@ def run_analysis(
     if settings.report:
         tick = time.perf_counter()
         extra = [_human_section(human_curves, human_corr, settings)] if not human_curves.empty else []
-        report_html = analysis_report(
-            run, samples, tables, roc, {s.key: s.imageset for s in sets}, extra, plotly=settings.plotly
-        )
+        images = {s.key: s.imageset for s in sets if s.imageset is not None}
+        report_html = analysis_report(run, samples, tables, roc, images, extra, plotly=settings.plotly)
         if settings.plotly == "directory":
             report_files[PLOTLY_FILE] = plotly_js()
         timings["report_s"] = time.perf_counter() - tick
@@ -536,35 +739,38 @@ def _exemplars(
     frames = []
     start = 0
     for s in sets:
-        n = len(s.imageset)
+        n = len(s)
         norms = samples[f"norm_{primary}"].to_numpy()[start : start + n]
         start += n
-        by_class = s.role != "ood" and len(s.imageset.classes) > 0
+        by_class = s.role != "ood"  # ID sets are labelled throughout (_check_sets)
         table = norm_exemplars(
             norms,
-            s.imageset.labels,
+            s.labels,
             per_group=settings.exemplars_per_class * (1 if by_class else 2),
             by_class=by_class,
-            class_names=s.imageset.classes,
+            class_names=s.classes,
         )
         frames.append(
-            describe_exemplars(
-                table,
-                dataset=s.imageset.name,
-                split=s.imageset.split,
-                role=s.role,
-                index=s.imageset.index,
-                ids=s.imageset.ids,
-            )
+            describe_exemplars(table, dataset=s.name, split=s.split, role=s.role, index=s.index, ids=s.ids)
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def _checkpoint_record(loaded: LoadedEncoder) -> dict[str, Any]:
+    return {
+        "path": loaded.path,
+        "sha256": loaded.sha256,
+        "adapter": loaded.adapter,
+        "method": loaded.method,
+        "heads": list(loaded.heads),
+        "preprocess": {**loaded.preprocess.to_dict(), "description": loaded.preprocess.describe()},
+    }
 
 
 def _run_record(
     *,
     command: list[str],
-    path: Path,
-    loaded: LoadedEncoder,
+    checkpoint: dict[str, Any] | None,
     heads: tuple[str, ...],
     primary: str,
     settings: AnalysisSettings,
@@ -631,32 +837,29 @@ def _run_record(
     if not human_corr.empty:
         summary["human"] = human.human_summary(human_curves, human_corr)
     options = asdict(settings)
+    if checkpoint is None:  # embedding input: no encoder ran, so its settings do not apply
+        options.update(precision=None, batch_size=None)
     return {
         "normprobe_version": __version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "checkpoint": {
-            "path": str(path),
-            "sha256": loaded.sha256,
-            "adapter": loaded.adapter,
-            "method": loaded.method,
-            "heads": list(loaded.heads),
-            "preprocess": {**loaded.preprocess.to_dict(), "description": loaded.preprocess.describe()},
-        },
-        "id_dataset": settings.id_dataset,
+        "checkpoint": checkpoint,
+        **({} if checkpoint else {"inputs": [s.input_record for s in sets]}),
+        "id_dataset": settings.named_id_dataset,
         "datasets": [
             {
-                "name": s.imageset.name,
+                "name": s.name,
                 "title": _title(s),
-                "split": s.imageset.split,
+                "split": s.split,
                 "role": s.role,
-                "n": len(s.imageset),
-                "fingerprint": s.imageset.fingerprint,
-                "source": s.imageset.source,
+                "n": len(s),
+                "fingerprint": s.fingerprint,
+                "source": s.source,
                 "notes": s.notes,
                 "data_root": data_root,
                 "spec": s.spec,
-                "image_size": list(s.imageset.image_size),
+                "image_size": list(s.imageset.image_size) if s.imageset is not None else None,
+                "images": s.reopenable,
                 "embeddings_from_cache": s.from_cache,
                 **({"ood_group": group_of[s.key]} if s.role == "ood" else {}),
             }

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from normprobe.errors import NormprobeError
 
 DEFAULT_SCORERS = ("norm", "knn", "mahalanobis", "norm+knn")
+DEFAULT_ID_DATASET = "cifar10"
+"""The in-distribution dataset when neither ``id_dataset`` nor the ID sets are given."""
 HUMAN_MIN_BUCKET_COUNT = 50
 """Human-label curves hide buckets with fewer samples, as in the paper's Figure 4."""
 
@@ -16,6 +18,10 @@ HUMAN_MIN_BUCKET_COUNT = 50
 class AnalysisSettings:
     """Every choice of an analysis; all of it is recorded in ``run.json``.
 
+    ``id_train`` / ``id_test`` name the ID sets when they are not ``id_dataset``'s train and test
+    splits: embedding files (``.npz`` / ``.parquet``) when the analysis has no checkpoint, image
+    sets (folders, ``.npz`` files, ``dataset:split``) with one. ``id_dataset`` is then only the
+    dataset whose human label sets apply (None: none; see :attr:`named_id_dataset`).
     ``head`` is the primary head (kNN, scorers, buckets; default ``z`` when the encoder has a
     projector, else ``feats``); ``heads`` are the heads embedded (default: all), each getting a
     ``norm_<head>`` column and a norm scorer. ``max_train`` / ``max_per_split`` keep the first N
@@ -28,7 +34,9 @@ class AnalysisSettings:
     checkpoints load: they are programs that run their own code.
     """
 
-    id_dataset: str = "cifar10"
+    id_dataset: str | None = None
+    id_train: str | None = None
+    id_test: str | None = None
     ood: tuple[str, ...] = ("cifar100",)
     near: tuple[str, ...] = ()
     far: tuple[str, ...] = ()
@@ -58,8 +66,18 @@ class AnalysisSettings:
     report: bool = True
     plotly: str = "inline"
 
+    @property
+    def named_id_dataset(self) -> str | None:
+        """The in-distribution dataset: ``id_dataset``, else :data:`DEFAULT_ID_DATASET` unless the ID
+        sets are given (``id_train`` / ``id_test``), whose dataset is then unknown."""
+        if self.id_dataset is not None or self.id_train is not None:
+            return self.id_dataset
+        return DEFAULT_ID_DATASET
+
     def check(self) -> None:
         """Reject impossible settings before any work is done."""
+        if (self.id_train is None) != (self.id_test is None):
+            raise NormprobeError("give both --id-train and --id-test, or neither")
         positive = {
             "k": self.k,
             "ood_k": self.ood_k,

@@ -1,4 +1,4 @@
-"""`normprobe analyze CKPT --ood SET ... --out DIR`: the main analysis of a checkpoint."""
+"""`normprobe analyze CKPT --ood SET ... --out DIR`: the main analysis of a checkpoint (or of embedding files)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from normprobe.analyses.settings import DEFAULT_SCORERS, AnalysisSettings, split_ood_specs
+from normprobe.analyses.settings import DEFAULT_ID_DATASET, DEFAULT_SCORERS, AnalysisSettings, split_ood_specs
 from normprobe.commands.options import add_trust_code
 
 if TYPE_CHECKING:
@@ -21,6 +21,12 @@ ID-train by leave-one-out), OOD detection metrics of every scorer (ID-test is th
 score = more familiar), per-class exemplars and, where label sets exist, human-label curves (Fig. 4 middle
 and right). Writes DIR/run.json, DIR/samples.parquet, DIR/tables/*.csv and DIR/report.html, and prints
 a summary table.
+
+Without CKPT, the sets are embeddings you already have: --id-train, --id-test and each --ood name an
+.npz or .parquet file written by `normprobe embed`, or a plain .npz with an `embeddings` array (N x D
+float) and `labels` (N integers, -1 = unknown; required for the ID files), optionally `index` (the
+samples' original positions) and `classes`. Every analysis that needs no images runs; exemplars are
+listed by index. Human labels need --id naming the dataset the ID files hold (in its original order).
 """
 
 EXAMPLES = """\
@@ -29,6 +35,8 @@ examples:
   normprobe analyze simclr.pt --ood cifar100,tinyimagenet --ood mnist --head z --out results/simclr
   normprobe analyze simclr.pt --ood cifar100 --max-train 2000 --max-per-split 500 --out quick/   # a quick look
   normprobe analyze simclr.pt --ood my_images/ --ood extra.npz --out results/mine               # folders, .npz
+  normprobe analyze --id-train train.npz --id-test test.npz --ood c100.npz --ood mnist.parquet --out results/emb
+  normprobe analyze --id-train train.npz --id-test test.npz --ood c100.npz --id cifar10   # + CIFAR-10N/10H labels
 """
 
 
@@ -42,22 +50,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "checkpoint", metavar="CKPT", help="checkpoint file (any supported format) or zoo model name"
+        "checkpoint",
+        metavar="CKPT",
+        nargs="?",
+        help="checkpoint file (any supported format) or zoo model name; omit it to analyse embedding files",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--id",
         dest="id_dataset",
-        default=d.id_dataset,
+        default=None,
         metavar="NAME",
-        help=f"in-distribution dataset (a manifest with train and test splits; default: {d.id_dataset})",
+        help=f"in-distribution dataset (a manifest with train and test splits; default: {DEFAULT_ID_DATASET}); "
+        "with --id-train/--id-test only the dataset whose human label sets apply (default: none)",
+    )
+    data.add_argument(
+        "--id-train",
+        default=None,
+        metavar="SET",
+        help="the ID-train set instead of --id's train split: an embeddings file (.npz or .parquet) without "
+        "CKPT, an image folder, .npz or dataset:split with it",
+    )
+    data.add_argument(
+        "--id-test",
+        default=None,
+        metavar="SET",
+        help="the ID-test set instead of --id's test split (as --id-train)",
     )
     data.add_argument(
         "--ood",
         action="append",
         metavar="SET",
         help="OOD set: a dataset name (cifar100, cifar100:train, tinyimagenet, mnist, ...), an image folder "
-        "or an .npz file; repeat or give a comma list (default: cifar100)",
+        "or an .npz file; without CKPT an embeddings file; repeat or give a comma list (default with CKPT: cifar100)",
     )
     data.add_argument(
         "--near",
@@ -210,7 +235,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
     return AnalysisSettings(
         id_dataset=args.id_dataset,
-        ood=split_ood_specs(args.ood or ["cifar100"]),
+        id_train=args.id_train,
+        id_test=args.id_test,
+        ood=split_ood_specs(args.ood or ([] if args.checkpoint is None else ["cifar100"])),
         near=split_ood_specs(args.near or []),
         far=split_ood_specs(args.far or []),
         head=args.head,
@@ -248,12 +275,18 @@ def format_summary(results: Results) -> str:
     from normprobe.terminal import printable
 
     run = results.run
+    checkpoint = run["checkpoint"]
 
     def table(frame: pd.DataFrame) -> str:
         return frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
 
+    source = (
+        f"{checkpoint['path']} ({checkpoint['adapter']}, {checkpoint['method']})"
+        if checkpoint
+        else f"embeddings of {len(run['inputs'])} sets (ID-train {run['inputs'][0]['path'] or 'arrays'})"
+    )
     lines = [
-        f"normprobe analyze: {run['checkpoint']['path']} ({run['checkpoint']['adapter']}, {run['checkpoint']['method']}); "
+        f"normprobe analyze: {source}; "
         f"primary head {run['primary_head']}; kNN k={run['settings']['k']} T={run['settings']['temperature']}",
         *verdict_lines(run),
         table(summary_table(run)),
@@ -267,9 +300,10 @@ def format_summary(results: Results) -> str:
         for note in entry["notes"]:
             lines.append(f"note: {entry['name']}/{entry['split']}: {note}")
     cached = sum(bool(v) for v in run["timings"]["embeddings_from_cache"].values())
-    lines.append(
-        f"embeddings: {cached} of {len(run['datasets'])} sets from the cache; total {run['timings']['total_s']:.1f}s"
+    origin = (
+        f"{cached} of {len(run['datasets'])} sets from the cache" if checkpoint else "read from the inputs"
     )
+    lines.append(f"embeddings: {origin}; total {run['timings']['total_s']:.1f}s")
     report = results.path / REPORT_FILE
     lines.append(f"results: {results.path}" + (f"  (report: {report})" if report.is_file() else ""))
     # names and paths come from the user's files: no escape sequence reaches the terminal

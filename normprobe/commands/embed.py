@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,10 @@ from normprobe.atomic import atomic_write, check_new_file
 from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
 from normprobe.terminal import printable
+
+if TYPE_CHECKING:
+    from normprobe.checkpoints import LoadedEncoder
+    from normprobe.data import ImageSet
 
 FORMATS = (".npz", ".parquet")
 
@@ -175,19 +179,66 @@ def write_parquet(
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def run(args: argparse.Namespace) -> int:
-    from normprobe.zoo import resolve_checkpoint
-
-    out: Path = args.out
+def check_output_file(out: str | Path, force: bool = False) -> Path:
+    """The output file, checked before any work: a .npz or .parquet name, not an existing file unless
+    ``force`` (its folder is created when it is written)."""
+    out = Path(out).expanduser()
     if out.suffix.lower() not in FORMATS:
         raise NormprobeError(
             f"--out {out}: unknown output format {out.suffix!r} (use {' or '.join(FORMATS)})"
         )
     if out.is_dir():
         raise NormprobeError(f"--out {out} is a folder; give a file name ending in {' or '.join(FORMATS)}")
+    check_new_file(out, force=force, what="--out")
+    return out
+
+
+def embed_config(
+    loaded: LoadedEncoder, imageset: ImageSet, spec: str, heads: list[str], precision: str, device: object
+) -> dict[str, Any]:
+    """What a file of embeddings records about how they were made (its ``config``)."""
+    return {
+        "normprobe": __version__,
+        "checkpoint": {
+            "path": loaded.path,
+            "sha256": loaded.sha256,
+            "adapter": loaded.adapter,
+            "method": loaded.method,
+        },
+        "dataset": {
+            "spec": spec,
+            "name": imageset.name,
+            "split": imageset.split,
+            "source": imageset.source,
+            "fingerprint": imageset.fingerprint,
+            "size": len(imageset),
+            "notes": list(imageset.notes),
+            "classes": list(imageset.classes),
+        },
+        "preprocess": loaded.preprocess.describe(),
+        "heads": heads,
+        "precision": precision,
+        "device": str(device),
+    }
+
+
+def write_embeddings(
+    out: Path, heads: dict[str, np.ndarray], imageset: ImageSet, config: dict[str, Any]
+) -> None:
+    """Write ``heads`` of ``imageset`` to ``out`` as .npz or .parquet, by its suffix (atomically)."""
+    writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
+    try:
+        writer(out, heads, imageset.index, imageset.labels, imageset.ids, config)
+    except OSError as err:  # a full disk: one line, and (atomic write) no partial file
+        raise NormprobeError(f"cannot write {out}: {err.strerror or err}") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    from normprobe.zoo import resolve_checkpoint
+
+    out = check_output_file(args.out, force=args.force)
     if args.batch_size < 1:
         raise NormprobeError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_new_file(out, force=args.force, what="--out")  # its folder is created when it is written
     heads = _parse_heads(args.heads)
     checkpoint = resolve_checkpoint(args.checkpoint)
 
@@ -230,34 +281,8 @@ def run(args: argparse.Namespace) -> int:
         cache=cache,
         progress=not args.no_progress,
     )
-    config = {
-        "normprobe": __version__,
-        "checkpoint": {
-            "path": loaded.path,
-            "sha256": loaded.sha256,
-            "adapter": loaded.adapter,
-            "method": loaded.method,
-        },
-        "dataset": {
-            "spec": args.dataset,
-            "name": imageset.name,
-            "split": imageset.split,
-            "source": imageset.source,
-            "fingerprint": imageset.fingerprint,
-            "size": len(imageset),
-            "notes": list(imageset.notes),
-            "classes": list(imageset.classes),
-        },
-        "preprocess": loaded.preprocess.describe(),
-        "heads": list(embeddings.heads),
-        "precision": args.precision,
-        "device": str(device),
-    }
-    writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
-    try:
-        writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
-    except OSError as err:  # a full disk: one line, and (atomic write) no partial file
-        raise NormprobeError(f"cannot write {out}: {err.strerror or err}") from err
+    config = embed_config(loaded, imageset, args.dataset, list(embeddings.heads), args.precision, device)
+    write_embeddings(out, embeddings.heads, imageset, config)
 
     dims = ", ".join(
         f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})"
