@@ -221,11 +221,10 @@ def embed(
 ) -> EmbeddingSet:
     """Run `normprobe embed`: the raw embeddings of every head (default: all) of one set, in its order.
 
-    With ``out`` (``.npz`` or ``.parquet``) the file `normprobe embed --out` writes is written too (an
-    existing file only with ``force``)
+    ``data``: a dataset name (``cifar10:test``, or ``split``), an image folder, an .npz of images,
     an :class:`~normprobe.data.ImageSet` or a map-style ``torch.utils.data.Dataset`` of images.
     With ``out`` (``.npz`` or ``.parquet``) the file `normprobe embed --out` writes is written too
-    and read back. Returns an :class:`~normprobe.embedding_files.EmbeddingSet` (``.heads["z"]``,
+    (over an existing file only with ``force``) and read back. Returns an :class:`~normprobe.embedding_files.EmbeddingSet` (``.heads["z"]``,
     ``.labels``, ``.index``, ``.ids``, ``.config``), which :func:`analyze` takes as a set.
     """
     from normprobe import data as datasets
