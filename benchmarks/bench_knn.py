@@ -12,7 +12,10 @@ loaded machine it is the steadier measure). Every library gets ``--threads`` thr
 * ``sklearn``: ``KNeighborsClassifier(metric="cosine", algorithm="brute", n_neighbors=k,
   weights=lambda d: exp((1 - d) / T))`` (scikit-learn passes cosine *distances* to the callable).
 * ``faiss``: normalise, ``IndexFlatIP`` search for k neighbours, then the same vote in numpy.
-* ``normprobe``: ``KNNClassifier(k, T).fit(bank, labels).predict(queries)``.
+* ``normprobe``: ``KNNClassifier(k, T).fit(bank, labels).predict(queries)`` (on a CPU with
+  AVX512-BF16 or AMX, its exact bfloat16 candidate pass with a float32 re-score);
+* ``normprobe-fp32``: the same with ``bf16_prefilter=False`` (float32 GEMM + exact top-k), the
+  path CPUs without bfloat16 instructions take.
 
 Agreement is the fraction of queries whose predicted label equals scikit-learn's. Speed is
 reported, never asserted: on a shared machine timings are noisy.
@@ -92,7 +95,19 @@ def run_normprobe(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> 
     return KNNClassifier(k=K, temperature=TEMPERATURE).fit(bank, labels).predict(queries)
 
 
-METHODS = {"sklearn": run_sklearn, "faiss": run_faiss, "normprobe": run_normprobe}
+def run_normprobe_fp32(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    from normprobe.knn import KNNClassifier
+
+    classifier = KNNClassifier(k=K, temperature=TEMPERATURE, bf16_prefilter=False)
+    return classifier.fit(bank, labels).predict(queries)
+
+
+METHODS = {
+    "sklearn": run_sklearn,
+    "faiss": run_faiss,
+    "normprobe": run_normprobe,
+    "normprobe-fp32": run_normprobe_fp32,
+}
 
 
 def _child(method: str, args: dict[str, Any], conn: Any) -> None:
@@ -104,7 +119,7 @@ def _child(method: str, args: dict[str, Any], conn: Any) -> None:
         import faiss
 
         faiss.omp_set_num_threads(args["threads"])
-    elif method == "normprobe":
+    elif method.startswith("normprobe"):
         import normprobe.knn  # noqa: F401
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cpu0, t0 = time.process_time(), time.perf_counter()
