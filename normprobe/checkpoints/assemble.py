@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normprobe.checkpoints.arch import Arch
-from normprobe.checkpoints.layouts import StateDict, prefixed
+from normprobe.checkpoints.keys import StateDict, prefixed
 from normprobe.checkpoints.weights import load_weights
 from normprobe.models import Encoder, build_encoder
 from normprobe.models.heads import LayerSpec

@@ -20,15 +20,8 @@ from typing import Any
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
 from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
-    infer_backbone,
-    is_resnet,
-    is_vit,
-    native_input_size,
-    strip_module_prefix,
-    tensors_only,
-    under,
-)
+from normprobe.checkpoints.keys import strip_module_prefix, tensors_only, under
+from normprobe.checkpoints.layouts import infer_backbone, is_resnet, is_vit, native_input_size
 
 
 def _bare(obj: Any) -> dict[str, Any] | None:

@@ -24,19 +24,15 @@ from typing import Any
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
 from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
+from normprobe.checkpoints.keys import (
     StateDict,
     check_consumed,
-    infer_backbone,
-    infer_mlp,
-    is_resnet,
-    is_vit,
-    native_input_size,
+    lightning_state_dict,
     sample,
     top_prefixes,
     under,
 )
-from normprobe.checkpoints.solo_learn import lightning_state_dict
+from normprobe.checkpoints.layouts import infer_backbone, infer_mlp, is_resnet, is_vit, native_input_size
 from normprobe.errors import NormprobeError
 
 # Positions of torchvision ResNet's children in nn.Sequential(*resnet.children()[:-1]).

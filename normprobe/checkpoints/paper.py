@@ -28,15 +28,8 @@ import torch
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
 from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
-    RELU,
-    StateDict,
-    check_consumed,
-    infer_backbone,
-    is_resnet,
-    tensors_only,
-    under,
-)
+from normprobe.checkpoints.keys import StateDict, check_consumed, tensors_only, under
+from normprobe.checkpoints.layouts import RELU, infer_backbone, is_resnet
 from normprobe.errors import NormprobeError
 from normprobe.models.heads import LayerSpec
 

@@ -29,16 +29,8 @@ from typing import Any
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
 from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
-    StateDict,
-    check_consumed,
-    infer_backbone,
-    infer_mlp,
-    native_input_size,
-    tensors_only,
-    top_prefixes,
-    under,
-)
+from normprobe.checkpoints.keys import StateDict, check_consumed, lightning_state_dict, top_prefixes, under
+from normprobe.checkpoints.layouts import infer_backbone, infer_mlp, native_input_size
 from normprobe.errors import NormprobeError
 
 # dataset -> (input size, normalisation name), as in solo-learn's data pipelines.
@@ -50,14 +42,6 @@ DATASETS = {
     "imagenet": (224, "imagenet"),
 }
 IGNORED = ("classifier.", "momentum_", "queue", "prototypes.")
-
-
-def lightning_state_dict(obj: Any) -> StateDict | None:
-    """The ``state_dict`` of a Lightning checkpoint, of a ``{"state_dict": ...}`` export of one, or that
-    state_dict alone (as a ``.safetensors`` conversion holds it)."""
-    if isinstance(obj, dict) and tensors_only(obj.get("state_dict")):
-        return obj["state_dict"]
-    return obj if tensors_only(obj) else None
 
 
 def detect(obj: Any) -> bool:
