@@ -18,38 +18,32 @@ Rows come most-unfamiliar first; files that could not be read come last with ``s
     import normprobe
     table = normprobe.rank("simclr.pt", "photos/", reference="cifar10", ood_k=50)
 
-Heavy libraries (torch, pandas, Pillow) are imported inside the functions, because ``import
-normprobe`` binds :func:`rank` eagerly and must stay light.
+This module scores and ranks; the contact sheets are drawn by :mod:`normprobe.render.contact_sheet`
+and the CLI (:mod:`normprobe.commands.rank`) writes the table and the sheets. Heavy libraries
+(torch, pandas) are imported inside the functions, because ``import normprobe`` binds
+:func:`rank` eagerly and must stay light.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from normprobe.atomic import atomic_write, check_new_file
 from normprobe.errors import NormprobeError
-from normprobe.spreadsheet import spreadsheet_safe
 
 if TYPE_CHECKING:
     import pandas as pd
-    from PIL import Image
 
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import LoadedEncoder
     from normprobe.data import ImageSet
 
 SCORES = ("norm", "knn")
-TABLE_SUFFIXES = (".csv", ".parquet")
 DEFAULT_K = 50
 """k of the kNN distance score: Sun et al. (2022) use k = 50 for CIFAR-10."""
-TILE = 64
-"""Contact-sheet thumbnail size in pixels (small images are enlarged without smoothing)."""
 
 COLUMNS = (
     "rank",
@@ -332,175 +326,3 @@ def rank(checkpoint: str | Path | LoadedEncoder, data: str | Path | Any, **optio
     except TypeError as err:
         raise NormprobeError(f"rank: {err}") from err
     return run_rank(checkpoint, data, settings, reference_data).table
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def check_table_path(path: str | Path) -> Path:
-    """The output table path: a ``.csv`` or ``.parquet`` file name (its folder is created when written)."""
-    path = Path(path).expanduser()
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise NormprobeError(f"{path}: the output must end in {' or '.join(TABLE_SUFFIXES)}")
-    if path.is_dir():
-        raise NormprobeError(f"{path} is a folder; give a file name")
-    return path
-
-
-def check_outputs(path: str | Path, *, sheets: bool, force: bool) -> Path:
-    """Before any work: the table path, and that neither it nor (with ``sheets``) the contact sheets beside
-    it exist unless ``force`` (``--out r/mine.csv`` also writes ``r/mine.png`` and ``r/mine.html``),
-    and that their folder can be written."""
-    table = check_table_path(path)
-    check_new_file(table, force=force, what="--out")
-    for sheet in sheet_paths(table) if sheets else ():
-        if not force and (sheet.exists() or sheet.is_symlink()):
-            raise NormprobeError(
-                f"{sheet} already exists, and rank writes a contact sheet there (beside --out {table}); "
-                "pass --force to overwrite it, or --no-sheet"
-            )
-    return table
-
-
-def _write(path: Path, write: Callable[[Path], object]) -> None:
-    try:
-        atomic_write(path, write)
-    except (
-        OSError
-    ) as err:  # a full disk, a folder made read-only since the check: no traceback, no partial file
-        raise NormprobeError(f"cannot write {path}: {err.strerror or err}") from err
-
-
-def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write the ranked table as CSV (string cells defused for spreadsheets) or Parquet (by suffix), atomically."""
-    path = check_table_path(path)
-    if path.suffix.lower() == ".csv":
-        safe = spreadsheet_safe(table)
-        _write(path, lambda tmp: safe.to_csv(tmp, index=False))
-    else:
-        _write(path, lambda tmp: table.to_parquet(tmp, index=False))
-    return path
-
-
-def _extremes(table: pd.DataFrame, top: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ``top`` least and most familiar readable rows; with few rows, each side gets its own half."""
-    ok = table[table["status"] == "ok"]
-    least = min(top, (len(ok) + 1) // 2)
-    most = min(top, len(ok) - least)
-    return ok.head(least), ok.tail(most).iloc[::-1]
-
-
-def _caption(row: Any, by: str) -> str:
-    score = row.score_knn if by == "knn" else row.score_norm
-    return f"#{row.rank}\n{score:.4g}"
-
-
-def _tiles(imageset: ImageSet, rows: pd.DataFrame) -> list[np.ndarray]:
-    if rows.empty:
-        return []
-    return list(imageset.images(rows["position"].to_numpy(np.int64)).numpy())
-
-
-def _thumbnail(image: np.ndarray) -> Image.Image:
-    from PIL import Image
-
-    picture = Image.fromarray(image)
-    smooth = max(picture.size) > TILE
-    return picture.resize((TILE, TILE), Image.Resampling.BICUBIC if smooth else Image.Resampling.NEAREST)
-
-
-def contact_sheet_png(ranking: Ranking, top: int = 100, columns: int = 10) -> Image.Image:
-    """The ``top`` least familiar samples (most unfamiliar first), then the ``top`` most familiar, captioned."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    by = ranking.settings.get("by", "norm")
-    font = ImageFont.load_default(size=12)
-    caption_h, header_h, pad = 30, 22, 12
-    least, most = _extremes(ranking.table, top)
-    panels = [
-        (f"least familiar by {by} (rank 1 = most unfamiliar)", least),
-        (f"most familiar by {by}", most),
-    ]
-    columns = max(1, min(columns, max(len(least), len(most), 1)))
-    cell_w, cell_h = TILE + pad, TILE + caption_h + pad
-    height = sum(header_h + -(-len(rows) // columns) * cell_h for _, rows in panels) + pad
-    sheet = Image.new("RGB", (columns * cell_w + pad, height), "white")
-    draw = ImageDraw.Draw(sheet)
-    y = 0
-    for title, rows in panels:
-        draw.text((pad, y + 4), f"{title}: {len(rows)} shown", fill="black", font=font)
-        y += header_h
-        for i, (row, image) in enumerate(zip(rows.itertuples(), _tiles(ranking.imageset, rows), strict=True)):
-            x0, y0 = pad + (i % columns) * cell_w, y + (i // columns) * cell_h
-            sheet.paste(_thumbnail(image), (x0, y0))
-            draw.multiline_text((x0, y0 + TILE + 1), _caption(row, by), fill="black", font=font, spacing=1)
-        y += -(-len(rows) // columns) * cell_h
-    return sheet
-
-
-def contact_sheet_html(ranking: Ranking, top: int = 100) -> str:
-    """A self-contained HTML page (images as data URIs) of the extremes, the unreadable files and the settings."""
-    import json
-
-    import pandas as pd
-
-    from normprobe.report import png_data_uri, table_html
-
-    settings = ranking.settings
-    least, most = _extremes(ranking.table, top)
-
-    def figures(rows: pd.DataFrame) -> str:
-        out = []
-        for row, image in zip(rows.itertuples(), _tiles(ranking.imageset, rows), strict=True):
-            label = "" if pd.isna(row.label) else f" · {row.label_name or row.label}"
-            scores = f"norm {row.score_norm:.4g}" + (
-                "" if np.isnan(row.score_knn) else f" · kNN {row.score_knn:.4g}"
-            )
-            out.append(
-                f'<figure><img src="{png_data_uri(np.asarray(_thumbnail(image)))}" alt="{html.escape(str(row.id))}">'
-                f"<figcaption><b>#{row.rank}</b> {html.escape(str(row.id))}{html.escape(label)}<br>{scores}</figcaption></figure>"
-            )
-        return "".join(out)
-
-    unreadable = ranking.table[ranking.table["status"] != "ok"][["id", "reason"]]
-    skipped = (
-        f"<h2>Unreadable files ({len(unreadable)})</h2>{table_html(unreadable)}" if len(unreadable) else ""
-    )
-    by = settings.get("by", "norm")
-    title = f"normprobe rank: {settings['data']['name']} ({settings['data']['n']} images)"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>"
-        f"<p>Ranked by <b>{html.escape(by)}</b>; every score: larger = more familiar. Head "
-        f"<code>{html.escape(settings['head'])}</code> of <code>{html.escape(str(settings['checkpoint']))}</code>.</p>"
-        f"<h2>Least familiar ({len(least)})</h2><div class=grid>{figures(least)}</div>"
-        f"<h2>Most familiar ({len(most)})</h2><div class=grid>{figures(most)}</div>"
-        f"{skipped}<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2, default=str))}</pre>"
-        "</body></html>\n"
-    )
-
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222}
-h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.5em}
-.grid figure{display:inline-block;margin:3px;width:120px;vertical-align:top;text-align:center}
-.grid img{width:96px;height:96px;image-rendering:pixelated;display:block;margin:0 auto}
-.grid figcaption{font-size:0.72em;color:#444;word-break:break-all}
-table{border-collapse:collapse;font-size:0.9em} th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
-pre{background:#f7f7f7;padding:0.5em;font-size:0.8em;overflow-x:auto}
-"""
-
-
-def sheet_paths(table_path: Path) -> tuple[Path, Path]:
-    """Where the contact sheets go: beside the table, same stem, ``.png`` and ``.html``."""
-    return table_path.with_suffix(".png"), table_path.with_suffix(".html")
-
-
-def write_contact_sheets(ranking: Ranking, table_path: Path, top: int) -> tuple[Path, Path]:
-    png_path, html_path = sheet_paths(table_path)
-    sheet = contact_sheet_png(ranking, top)
-    _write(png_path, lambda tmp: sheet.save(tmp, format="PNG"))
-    page = contact_sheet_html(ranking, top)
-    _write(html_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
-    return png_path, html_path

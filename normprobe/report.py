@@ -11,7 +11,8 @@ the report imports nothing from :mod:`normprobe.analyses`. plotly.js is inlined 
 head by default (works offline); ``plotly="cdn"`` links it from the plotly CDN and
 ``plotly="directory"`` from a ``plotly.min.js`` beside the page (:func:`plotly_js` gives its
 text). Images are embedded as base64 PNG data URIs, decoded only for the samples shown. Labels
-are readable names (``CIFAR-100 (test)``, ``kNN distance``), never raw column names.
+are readable names (``CIFAR-100 (test)``, ``kNN distance``), never raw column names. The page
+shell, stylesheet and tables are :mod:`normprobe.render.page`'s, shared with ``rank``'s contact sheet.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
-from PIL import Image
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from plotly.subplots import make_subplots
 
 from normprobe.data import ImageSet
 from normprobe.metrics import OOD_METRICS
+from normprobe.render.page import html_page, png_data_uri, table_html
 from normprobe.scores import SCORERS
 
 COLORS = (
@@ -314,29 +314,6 @@ def auroc_heatmap_figure(run: Mapping[str, Any]) -> go.Figure:
 # --------------------------------------------------------------------------- HTML pieces
 
 
-def table_html(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
-    """A DataFrame as a plain HTML table (values escaped; NaN and None as empty cells)."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for row in frame.itertuples(index=False):
-        cells = []
-        for value in row:
-            if isinstance(value, (float, np.floating)):
-                text = "" if np.isnan(value) else float_format.format(value)
-            else:
-                text = "" if value is None or value is pd.NA else str(value)
-            cells.append(f"<td>{html.escape(text)}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def png_data_uri(image: np.ndarray) -> str:
-    """A uint8 H×W×3 image as a ``data:image/png;base64,...`` URI."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 NO_IMAGES = (
     "No images: this set was analysed from its embeddings, so its exemplars are listed by index "
     "(also in tables/exemplars.csv)."
@@ -391,20 +368,6 @@ def exemplar_grid_html(exemplars: pd.DataFrame, imageset: ImageSet) -> str:
 
 # --------------------------------------------------------------------------- page
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222}
-h1{font-size:1.6em;margin-bottom:0.2em} h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:2em}
-table{border-collapse:collapse;margin:0.5em 0;font-size:0.9em} th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-thead th{background:#f5f5f5} .note{background:#fff8e1;border-left:4px solid #f0c040;padding:0.5em 1em;margin:0.5em 0}
-.muted{color:#666;font-size:0.9em} .figure{margin:1em 0}
-ul.verdict{padding-left:1.2em} ul.verdict li{margin:0.3em 0}
-ul.verdict li.inverted{background:#fdecea;border-left:4px solid #d62728;padding:0.4em 0.8em;list-style:none;margin-left:-1.2em}
-table.exemplars figure{display:inline-block;margin:2px;text-align:center}
-table.exemplars img{width:64px;height:64px;image-rendering:pixelated;display:block}
-table.exemplars figcaption{font-size:0.75em;color:#555} td.highest{background:#f3fbf3} td.lowest{background:#fdf3f3}
-nav a{margin-right:1em}
-"""
-
 
 def _paragraphs(text: str) -> str:
     return "".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n") if p.strip())
@@ -457,11 +420,7 @@ def render_report(
             f"{_paragraphs(section.intro)}{section.lead}{figures}{section.html}</section>"
         )
     nav = "".join(f'<a href="#{_anchor(s.title)}">{html.escape(s.title)}</a>' for s in (*header, *sections))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>{script}</head>"
-        f"<body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{''.join(parts)}</body></html>\n"
-    )
+    return html_page(title, f"<nav>{nav}</nav>{''.join(parts)}", head=script)
 
 
 def _value_text(value: Any) -> str:

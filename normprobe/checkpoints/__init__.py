@@ -9,7 +9,9 @@ solo-learn and lightly Lightning checkpoints, bare torchvision / timm backbones,
 ``torch.export`` archives. Files are ``torch.save`` files (read with the weights-only unpickler) or
 ``.safetensors`` files; the adapters see the same state_dict either way. TorchScript and
 ``torch.export`` files are programs and load only with ``trust_code``. ``--arch`` (:mod:`normprobe.checkpoints.arch`) names or overrides the
-architecture and preprocessing where the file does not say them.
+architecture and preprocessing where the file does not say them. What adapters are given and
+return is :mod:`normprobe.checkpoints.contract`; the key and architecture helpers they share are
+:mod:`~normprobe.checkpoints.keys` and :mod:`~normprobe.checkpoints.layouts`.
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ from pathlib import Path
 
 from normprobe.checkpoints.arch import parse_arch
 from normprobe.checkpoints.archive import screen_archive
-from normprobe.checkpoints.fileio import read_checkpoint
+from normprobe.checkpoints.contract import CheckpointSource
+from normprobe.checkpoints.fileio import open_source
 from normprobe.checkpoints.loaded import LoadedEncoder
 from normprobe.checkpoints.native import FORMAT, save_checkpoint
 from normprobe.checkpoints.registry import ADAPTERS, adapter_by_name
-from normprobe.checkpoints.sniff import program_kind
 from normprobe.data.hashing import file_sha256
 from normprobe.errors import NormprobeError
 
 __all__ = ["FORMAT", "ADAPTERS", "LoadedEncoder", "load_encoder", "save_checkpoint"]
 
 
-def _describe(obj: object) -> str:
+def _describe(source: CheckpointSource) -> str:
+    if source.is_program:  # only reached when --adapter names a weights format for a program file
+        return f"a {source.kind} archive"
+    obj = source.state
     if isinstance(obj, dict):
         keys = list(obj)[:6]
         return f"a dict with keys {keys}{' ...' if len(obj) > 6 else ''}"
@@ -61,7 +66,7 @@ def load_encoder(
     ``adapter`` forces a format instead of auto-detection; ``arch`` (an ``--arch`` string, see
     :mod:`normprobe.checkpoints.arch`) names or overrides the architecture and preprocessing for
     formats that do not describe them (see each adapter). The adapter used is ``.adapter``; how
-    keys were remapped and what was ignored or assumed is in ``.meta["notes"]``. TorchScript and
+    keys were remapped and what was ignored or assumed is in ``.origin.notes``. TorchScript and
     ``torch.export`` files are refused unless ``trust_code`` (``--trust-code``), and then load with
     a warning on stderr: they are programs, and what they run is up to whoever wrote them.
     """
@@ -69,25 +74,27 @@ def load_encoder(
     path = Path(path)
     if not path.is_file():
         raise NormprobeError(f"{path}: no such checkpoint file")
-    source = str(path)
-    kind = program_kind(path)
-    if kind is not None:
-        _allow_program(path, kind, trust_code)
+    source = open_source(path)
+    if source.is_program:
+        _allow_program(path, source.kind, trust_code)
     candidates = [adapter_by_name(adapter)] if adapter else ADAPTERS
-    chosen = next((a for a in candidates if a.file_level and a.detect(path)), None)
-    obj = None
-    if chosen is None:
-        obj = read_checkpoint(path)
-        chosen = next((a for a in candidates if not a.file_level and a.detect(obj)), None)
+    chosen = next((a for a in candidates if a.detect(source)), None)
     if chosen is None:
         names = ", ".join(a.name for a in candidates)
         raise NormprobeError(
-            f"{path}: not a checkpoint format normprobe knows ({_describe(obj)}; tried {names})"
+            f"{path}: not a checkpoint format normprobe knows ({_describe(source)}; tried {names})"
         )
-    module, preprocess, method, meta = chosen.build(path if chosen.file_level else obj, source, parsed_arch)
-    meta.setdefault("notes", [])
-    module.eval()
-    for parameter in module.parameters():
+    built = chosen.build(source, parsed_arch)
+    built.module.eval()
+    for parameter in built.module.parameters():
         parameter.requires_grad_(False)
-    heads = tuple(meta.pop("heads", None) or getattr(module, "heads", ("feats",)))
-    return LoadedEncoder(module, preprocess, heads, chosen.name, method, file_sha256(path), source, meta)
+    return LoadedEncoder(
+        built.module,
+        built.preprocess,
+        built.heads,
+        chosen.name,
+        built.method,
+        file_sha256(path),
+        source.label,
+        built.origin,
+    )

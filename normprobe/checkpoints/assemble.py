@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normprobe.checkpoints.arch import Arch
-from normprobe.checkpoints.layouts import StateDict, prefixed
+from normprobe.checkpoints.contract import BuildResult, Origin
+from normprobe.checkpoints.keys import StateDict, prefixed
 from normprobe.checkpoints.weights import load_weights
-from normprobe.models import Encoder, build_encoder
+from normprobe.models import build_encoder
 from normprobe.models.heads import LayerSpec
 from normprobe.preprocess import Preprocess
-
-BuildResult = tuple[Encoder, Preprocess, str, dict[str, Any]]
 
 
 @dataclass
@@ -28,7 +27,10 @@ class Remapped:
     predictor: list[LayerSpec] | None = None
     predictor_weights: StateDict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    extra_meta: dict[str, Any] = field(default_factory=dict)
+    # What a Lightning checkpoint says of its run, passed through to Origin.
+    run_config: dict[str, Any] | None = None
+    epoch: int | None = None
+    global_step: int | None = None
 
 
 def assemble(remapped: Remapped, source: str, arch: Arch | None) -> BuildResult:
@@ -49,5 +51,12 @@ def assemble(remapped: Remapped, source: str, arch: Arch | None) -> BuildResult:
     }
     # Older files and some exporters omit BatchNorm's step counter; eval mode never reads it.
     load_weights(encoder, state_dict, source, ignore_missing=("num_batches_tracked",))
-    meta = {"encoder": spec, "notes": notes, "arch": arch.text if arch else None, **remapped.extra_meta}
-    return encoder, preprocess, remapped.method, meta
+    origin = Origin(
+        notes=tuple(notes),
+        encoder_spec=spec,
+        arch=arch.text if arch else None,
+        run_config=remapped.run_config,
+        epoch=remapped.epoch,
+        global_step=remapped.global_step,
+    )
+    return BuildResult(encoder, preprocess, remapped.method, encoder.heads, origin)

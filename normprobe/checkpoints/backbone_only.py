@@ -19,16 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
-from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
-    infer_backbone,
-    is_resnet,
-    is_vit,
-    native_input_size,
-    strip_module_prefix,
-    tensors_only,
-    under,
-)
+from normprobe.checkpoints.assemble import Remapped, assemble
+from normprobe.checkpoints.contract import BuildResult, CheckpointSource
+from normprobe.checkpoints.keys import strip_module_prefix, tensors_only, under
+from normprobe.checkpoints.layouts import infer_backbone, is_resnet, is_vit, native_input_size
 
 
 def _bare(obj: Any) -> dict[str, Any] | None:
@@ -37,24 +31,25 @@ def _bare(obj: Any) -> dict[str, Any] | None:
     return under(obj, "module.") if all(k.startswith("module.") for k in obj) else obj
 
 
-def detect_torchvision(obj: Any) -> bool:
-    sd = _bare(obj)
+def detect_torchvision(source: CheckpointSource) -> bool:
+    sd = _bare(source.state)
     return sd is not None and is_resnet(sd)
 
 
-def detect_timm(obj: Any) -> bool:
-    sd = _bare(obj)
+def detect_timm(source: CheckpointSource) -> bool:
+    sd = _bare(source.state)
     return sd is not None and is_vit(sd)
 
 
-def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
+def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
+    label = source.label
     notes: list[str] = []
-    sd = strip_module_prefix(dict(obj), notes)
-    spec, backbone = infer_backbone(sd, source, notes, arch=arch)
+    sd = strip_module_prefix(dict(source.state), notes)
+    spec, backbone = infer_backbone(sd, label, notes, arch=arch)
     size = native_input_size(spec)
     notes.append(
         f"a bare backbone: only the 'feats' head; assumed {size}x{size} input with ImageNet mean/std (override with --arch input_size=N:norm=...)"
     )
     return assemble(
-        Remapped(spec, backbone, make_preprocess(size, "imagenet"), "unknown", notes=notes), source, arch
+        Remapped(spec, backbone, make_preprocess(size, "imagenet"), "unknown", notes=notes), label, arch
     )

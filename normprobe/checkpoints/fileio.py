@@ -20,6 +20,7 @@ import torch
 
 from normprobe.atomic import atomic_write
 from normprobe.checkpoints.archive import is_zip, screen_archive
+from normprobe.checkpoints.contract import CheckpointSource
 from normprobe.checkpoints.sniff import program_kind, torch_reason, unpickling_failure
 from normprobe.errors import NormprobeError
 
@@ -84,11 +85,15 @@ def read_torch_file(path: Path) -> Any:
         ) from err
 
 
-def read_checkpoint(path: Path) -> Any:
-    """What a checkpoint file holds: a safetensors file's tensors, or the object ``torch.save`` wrote."""
+def open_source(path: Path) -> CheckpointSource:
+    """A checkpoint file for the adapters: a program as it is (its adapter loads it, only once it is
+    trusted), a safetensors file's tensors, or the object ``torch.save`` wrote."""
+    program = program_kind(path)
+    if program is not None:
+        return CheckpointSource(path, program)
     if path.is_file() and path.stat().st_size > 0 and is_safetensors(path):
-        return read_safetensors(path)
-    return read_torch_file(path)
+        return CheckpointSource(path, "safetensors", read_safetensors(path))
+    return CheckpointSource(path, "torch.save", read_torch_file(path))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

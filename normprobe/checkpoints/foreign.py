@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
-from normprobe.checkpoints.sniff import inner_name, is_exported_program, is_torchscript
+from normprobe.checkpoints.contract import BuildResult, CheckpointSource, Origin
+from normprobe.checkpoints.sniff import inner_name
 from normprobe.errors import NormprobeError
 from normprobe.models import HEADS
 from normprobe.preprocess import Preprocess
@@ -131,28 +132,29 @@ def _preprocess(arch: Arch | None, source: str, fixed: tuple[int, int] | None = 
     return preprocess
 
 
-def _meta(
-    preprocess: Preprocess, heads: tuple[str, ...], arch: Arch | None, notes: list[str]
-) -> dict[str, Any]:
+def _built(
+    encoder: ForeignEncoder, preprocess: Preprocess, arch: Arch | None, notes: list[str], source: str
+) -> BuildResult:
+    """Probe the wrapped program and describe it; a program's method is never known."""
+    heads = _probe(encoder, preprocess, source)
     if arch is None or arch.input_size is None:
         notes.append(f"input {preprocess.describe()} (override with --arch input_size=N:norm=...)")
-    return {"heads": heads, "notes": notes, "arch": arch.text if arch else None}
+    origin = Origin(notes=tuple(notes), arch=arch.text if arch else None)
+    return BuildResult(encoder, preprocess, "unknown", heads, origin)
 
 
-def build_torchscript(
-    path: Path, source: str, arch: Arch | None
-) -> tuple[nn.Module, Preprocess, str, dict[str, Any]]:
+def build_torchscript(source: CheckpointSource, arch: Arch | None) -> BuildResult:
+    path, label = source.path, source.label
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as err:
-        raise NormprobeError(f"{source}: not a loadable TorchScript archive: {first_line(err)}") from err
+        raise NormprobeError(f"{label}: not a loadable TorchScript archive: {first_line(err)}") from err
     encoder = ForeignEncoder(module)
     encoder.eval()
-    preprocess = _preprocess(arch, source)
-    heads = _probe(encoder, preprocess, source)
-    return encoder, preprocess, "unknown", _meta(preprocess, heads, arch, ["TorchScript module run as saved"])
+    preprocess = _preprocess(arch, label)
+    return _built(encoder, preprocess, arch, ["TorchScript module run as saved"], label)
 
 
 def _member_config(archive: zipfile.ZipFile, name: str, source: str) -> dict[str, Any]:
@@ -220,31 +222,29 @@ def _static_input(program: Any, source: str) -> tuple[int | None, tuple[int, int
     return batch, size
 
 
-def build_exported(
-    path: Path, source: str, arch: Arch | None
-) -> tuple[nn.Module, Preprocess, str, dict[str, Any]]:
-    _screen_pt2(path, source)
+def build_exported(source: CheckpointSource, arch: Arch | None) -> BuildResult:
+    path, label = source.path, source.label
+    _screen_pt2(path, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001 -- the loader raises many types for a bad archive
         raise NormprobeError(
-            f"{source}: not a loadable torch.export archive: {type(err).__name__}: {first_line(err)}"
+            f"{label}: not a loadable torch.export archive: {type(err).__name__}: {first_line(err)}"
         ) from err
-    batch, size = _static_input(program, source)
+    batch, size = _static_input(program, label)
     encoder = ForeignEncoder(program.module(), static_batch=batch, switchable=False)
-    preprocess = _preprocess(arch, source, size)
-    heads = _probe(encoder, preprocess, source)
+    preprocess = _preprocess(arch, label, size)
     notes = ["torch.export program run as exported (its train/eval mode is fixed)"]
     if batch is not None:
         notes.append(f"static batch size {batch}: batches are run in chunks of {batch}")
-    return encoder, preprocess, "unknown", _meta(preprocess, heads, arch, notes)
+    return _built(encoder, preprocess, arch, notes, label)
 
 
-def detect_torchscript(path: Any) -> bool:
-    return isinstance(path, Path) and is_torchscript(path)
+def detect_torchscript(source: CheckpointSource) -> bool:
+    return source.kind == "TorchScript"
 
 
-def detect_exported(path: Any) -> bool:
-    return isinstance(path, Path) and is_exported_program(path)
+def detect_exported(source: CheckpointSource) -> bool:
+    return source.kind == "torch.export"

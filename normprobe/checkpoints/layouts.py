@@ -9,17 +9,17 @@ kernel (3x3 = CIFAR stem, 7x7 = ImageNet stem); a ViT's size from ``patch_embed`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from normprobe.checkpoints.arch import Arch
+from normprobe.checkpoints.keys import StateDict, sample
 from normprobe.errors import NormprobeError
 from normprobe.models.heads import LayerSpec
 from normprobe.models.resnet import ARCHITECTURES, Bottleneck
 
-StateDict = dict[str, torch.Tensor]
 RELU: LayerSpec = {"type": "relu"}
 
 # timm's ViT sizes: the number of attention heads is not visible in any tensor shape.
@@ -29,50 +29,6 @@ VIT_BY_DIM = {
     768: ("vit_base_patch16_224", 12),
     1024: ("vit_large_patch16_224", 16),
 }
-
-
-def tensors_only(obj: Any) -> bool:
-    """A flat ``{str: Tensor}`` mapping (a state_dict), non-empty."""
-    return (
-        isinstance(obj, Mapping)
-        and bool(obj)
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def under(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    """The entries of ``sd`` whose key starts with ``prefix``, with the prefix removed."""
-    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def prefixed(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    return {prefix + k: v for k, v in sd.items()}
-
-
-def top_prefixes(keys: Iterable[str]) -> list[str]:
-    return sorted({k.split(".", 1)[0] for k in keys})
-
-
-def sample(keys: Iterable[str], limit: int = 4) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def check_consumed(sd: Mapping[str, torch.Tensor], used: set[str], source: str, layout: str) -> None:
-    """Fail on keys that no part of the remapping accounted for (nothing is silently dropped)."""
-    left = [k for k in sd if k not in used]
-    if left:
-        raise NormprobeError(
-            f"{source}: {len(left)} key(s) that a {layout} checkpoint should not have: {sample(left)}"
-        )
-
-
-def strip_module_prefix(sd: StateDict, notes: list[str]) -> StateDict:
-    """DistributedDataParallel saves every key under ``module.``; drop it."""
-    if sd and all(k.startswith("module.") for k in sd):
-        notes.append("stripped the DistributedDataParallel prefix 'module.' from every key")
-        return under(sd, "module.")
-    return sd
 
 
 def is_resnet(sd: Mapping[str, torch.Tensor]) -> bool:

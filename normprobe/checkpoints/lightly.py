@@ -20,23 +20,18 @@ ImageNet-stem resnet18 on 32x32 crops, for which pass ``--arch input_size=32``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from normprobe.checkpoints.arch import Arch, make_preprocess
-from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
+from normprobe.checkpoints.assemble import Remapped, assemble
+from normprobe.checkpoints.contract import BuildResult, CheckpointSource
+from normprobe.checkpoints.keys import (
     StateDict,
     check_consumed,
-    infer_backbone,
-    infer_mlp,
-    is_resnet,
-    is_vit,
-    native_input_size,
+    lightning_state_dict,
     sample,
     top_prefixes,
     under,
 )
-from normprobe.checkpoints.solo_learn import lightning_state_dict
+from normprobe.checkpoints.layouts import infer_backbone, infer_mlp, is_resnet, is_vit, native_input_size
 from normprobe.errors import NormprobeError
 
 # Positions of torchvision ResNet's children in nn.Sequential(*resnet.children()[:-1]).
@@ -44,8 +39,8 @@ _CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer
 IGNORED = ("backbone_momentum.", "projection_head_momentum.", "criterion.")
 
 
-def detect(obj: Any) -> bool:
-    sd = lightning_state_dict(obj)
+def detect(source: CheckpointSource) -> bool:
+    sd = lightning_state_dict(source.state)
     return sd is not None and {"backbone", "projection_head"} <= set(top_prefixes(sd))
 
 
@@ -71,7 +66,8 @@ def _torchvision_names(backbone: StateDict, source: str, notes: list[str]) -> St
     )
 
 
-def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
+def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
+    obj, label = source.state, source.label
     sd = lightning_state_dict(obj)
     assert sd is not None
     notes: list[str] = []
@@ -79,19 +75,19 @@ def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
         k for k in sd if k.startswith(("backbone.", "projection_head.layers.", "prediction_head.layers."))
     }
     ignored = [k for k in sd if k.startswith(IGNORED)]
-    check_consumed(sd, used | set(ignored), source, "lightly")
+    check_consumed(sd, used | set(ignored), label, "lightly")
     if ignored:
         notes.append(
             f"ignored {', '.join(top_prefixes(ignored))}: momentum copies and loss state are not the encoder"
         )
 
     spec, backbone = infer_backbone(
-        _torchvision_names(under(sd, "backbone."), source, notes), source, notes, arch=arch
+        _torchvision_names(under(sd, "backbone."), label, notes), label, notes, arch=arch
     )
     projector_sd = under(sd, "projection_head.layers.")
     predictor_sd = under(sd, "prediction_head.layers.")
-    projector = infer_mlp(projector_sd, source, "projection_head")
-    predictor = infer_mlp(predictor_sd, source, "prediction_head") if predictor_sd else None
+    projector = infer_mlp(projector_sd, label, "projection_head")
+    predictor = infer_mlp(predictor_sd, label, "prediction_head") if predictor_sd else None
     momentum = any(k.startswith("backbone_momentum.") for k in sd)
     method = ("byol" if momentum else "simsiam") if predictor else ("moco" if momentum else "unknown")
     notes.append(f"method {method!r} guessed from the heads (lightly checkpoints do not record it)")
@@ -110,6 +106,7 @@ def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
         predictor,
         predictor_sd,
         notes,
-        {"epoch": obj.get("epoch"), "global_step": obj.get("global_step")},
+        epoch=obj.get("epoch"),
+        global_step=obj.get("global_step"),
     )
-    return assemble(remapped, source, arch)
+    return assemble(remapped, label, arch)

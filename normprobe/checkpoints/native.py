@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
+from normprobe.checkpoints.arch import Arch
+from normprobe.checkpoints.contract import BuildResult, CheckpointSource, Origin
 from normprobe.checkpoints.fileio import atomic_torch_save
 from normprobe.checkpoints.weights import check_state_dict, load_weights
 from normprobe.errors import NormprobeError
-from normprobe.models import Encoder, build_encoder
+from normprobe.models import build_encoder
 from normprobe.preprocess import Preprocess
 
 FORMAT = "normprobe.checkpoint/1"
@@ -47,29 +49,44 @@ def save_checkpoint(
     atomic_torch_save(payload, Path(path))
 
 
-def is_native(obj: Any) -> bool:
+def detect(source: CheckpointSource) -> bool:
+    obj = source.state
     return isinstance(obj, dict) and str(obj.get("format", "")).startswith("normprobe.checkpoint/")
 
 
-def load_native(obj: dict[str, Any], source: str) -> tuple[Encoder, Preprocess, str, dict[str, Any]]:
+def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
+    obj, label = source.state, source.label
+    if arch is not None and arch.backbone is not None:
+        raise NormprobeError(
+            f"{label}: a normprobe checkpoint describes its own architecture; --arch {arch.text} can only set input_size/norm"
+        )
     if obj["format"] != FORMAT:
         raise NormprobeError(
-            f"{source}: checkpoint format {obj['format']!r} is newer than this normprobe reads ({FORMAT})"
+            f"{label}: checkpoint format {obj['format']!r} is newer than this normprobe reads ({FORMAT})"
         )
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
-        raise NormprobeError(f"{source}: normprobe checkpoint lacks {', '.join(missing)}")
+        raise NormprobeError(f"{label}: normprobe checkpoint lacks {', '.join(missing)}")
     for key in ("encoder", "preprocess"):
         if not isinstance(obj[key], dict):
             raise NormprobeError(
-                f"{source}: the checkpoint's {key!r} entry is a {type(obj[key]).__name__}, not a mapping"
+                f"{label}: the checkpoint's {key!r} entry is a {type(obj[key]).__name__}, not a mapping"
             )
-    check_state_dict(obj["state_dict"], source)
+    check_state_dict(obj["state_dict"], label)
     try:
         preprocess = Preprocess.from_dict(obj["preprocess"])
         encoder = build_encoder(obj["encoder"])
     except NormprobeError as err:  # the spec's own checks do not know the file's name
-        raise NormprobeError(f"{source}: {err}") from err
-    load_weights(encoder, obj["state_dict"], source)
-    meta = {"training": obj.get("training", {}), "encoder": obj["encoder"]}
-    return encoder, preprocess, str(obj["method"]), meta
+        raise NormprobeError(f"{label}: {err}") from err
+    load_weights(encoder, obj["state_dict"], label)
+    notes: tuple[str, ...] = ()
+    if arch is not None:
+        preprocess = arch.preprocess(preprocess)
+        notes = (f"--arch {arch.text} applied: preprocessing {preprocess.describe()}",)
+    origin = Origin(
+        notes=notes,
+        encoder_spec=obj["encoder"],
+        arch=arch.text if arch else None,
+        training=obj.get("training", {}),
+    )
+    return BuildResult(encoder, preprocess, str(obj["method"]), encoder.heads, origin)

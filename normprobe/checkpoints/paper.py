@@ -22,28 +22,22 @@ copies disagree is refused instead of loaded half-right.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
-from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
-    RELU,
-    StateDict,
-    check_consumed,
-    infer_backbone,
-    is_resnet,
-    tensors_only,
-    under,
-)
+from normprobe.checkpoints.assemble import Remapped, assemble
+from normprobe.checkpoints.contract import BuildResult, CheckpointSource
+from normprobe.checkpoints.keys import StateDict, check_consumed, tensors_only, under
+from normprobe.checkpoints.layouts import RELU, infer_backbone, is_resnet
 from normprobe.errors import NormprobeError
 from normprobe.models.heads import LayerSpec
 
 _NAMED = re.compile(r"^layer(\d+)(_bn)?\.(.+)$")
 
 
-def detect(obj: Any) -> bool:
+def detect(source: CheckpointSource) -> bool:
+    obj = source.state
     return (
         tensors_only(obj)
         and "enc.0.conv1.weight" in obj
@@ -127,27 +121,29 @@ def _check_aliases(sd: StateDict, aliases: dict[str, str], used: set[str], sourc
         used.add(alias)
 
 
-def build(obj: StateDict, source: str, arch: Arch | None) -> BuildResult:
+def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
+    obj: StateDict = source.state
+    label = source.label
     notes: list[str] = []
     used: set[str] = set()
     aliases: dict[str, str] = {}
     backbone_sd = under(obj, "enc.0.")
     if not is_resnet(backbone_sd):
-        raise NormprobeError(f"{source}: enc.0 is not a torchvision ResNet")
+        raise NormprobeError(f"{label}: enc.0 is not a torchvision ResNet")
     used.update("enc.0." + k for k in backbone_sd)
     aliases.update({"backbone." + k: "enc.0." + k for k in backbone_sd})
-    spec, backbone_sd = infer_backbone(backbone_sd, source, notes, arch=arch)
+    spec, backbone_sd = infer_backbone(backbone_sd, label, notes, arch=arch)
 
-    projector, projector_weights = _named_head(obj, "enc.1.", source, used, aliases)
+    projector, projector_weights = _named_head(obj, "enc.1.", label, used, aliases)
     for key in [k for k in obj if k.startswith("enc.1.")]:  # SimCLR registers enc.1 again as `projector`
         aliases["projector." + key[len("enc.1.") :]] = aliases.get(key, key)
     predictor = predictor_weights = None
     if "predictor.layer1.weight" in obj:
-        predictor, predictor_weights = _named_head(obj, "predictor.", source, used, aliases)
-    _check_aliases(obj, aliases, used, source)
+        predictor, predictor_weights = _named_head(obj, "predictor.", label, used, aliases)
+    _check_aliases(obj, aliases, used, label)
     target = [k for k in obj if k.startswith("target_encoder.")]
     used.update(target)
-    check_consumed(obj, used, source, "paper (SSLEmbeddingNorms)")
+    check_consumed(obj, used, label, "paper (SSLEmbeddingNorms)")
 
     method = "byol" if target else "simsiam" if predictor else "simclr"
     notes.append(
@@ -156,7 +152,7 @@ def build(obj: StateDict, source: str, arch: Arch | None) -> BuildResult:
     if target:
         notes.append("ignored the BYOL target_encoder (EMA copy): embeddings come from the online encoder")
     if predictor is None and method != "simclr":
-        raise NormprobeError(f"{source}: {method} checkpoint without a predictor")
+        raise NormprobeError(f"{label}: {method} checkpoint without a predictor")
     stem_size = 32 if spec.get("stem") == "cifar" else 128
     preprocess = make_preprocess(stem_size, "none")
     notes.append(
@@ -173,4 +169,4 @@ def build(obj: StateDict, source: str, arch: Arch | None) -> BuildResult:
         predictor_weights or {},
         notes,
     )
-    return assemble(remapped, source, arch)
+    return assemble(remapped, label, arch)

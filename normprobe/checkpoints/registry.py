@@ -1,55 +1,33 @@
 """The adapter registry: each known checkpoint format, how to recognise it and how to rebuild it.
 
-An adapter's ``build(obj, source, arch)`` returns ``(module, preprocess, method, meta)``, where
-``module(x)`` returns a dict of raw embeddings by head and ``arch`` is the parsed ``--arch``
-(:class:`~normprobe.checkpoints.arch.Arch` or ``None``). ``meta`` may carry ``"heads"`` and carries
-``"notes"``: how keys were remapped, what was ignored, what was assumed. ``file_level`` adapters
-(TorchScript, ``torch.export``) recognise and read the file themselves, because those archives are
-not loaded with ``torch.load``; all others receive the object ``torch.load(weights_only=True)``
-returned. Order matters: the first adapter whose ``detect`` accepts the input wins, so the most
-specific layouts come first.
+Every adapter keeps the contract of :mod:`normprobe.checkpoints.contract`: ``detect(source)`` and
+``build(source, arch) -> BuildResult`` on a :class:`~normprobe.checkpoints.contract.CheckpointSource`.
+Order matters: the first adapter whose ``detect`` accepts the file wins, so the most specific
+layouts come first. Weights adapters never accept a program and program adapters never accept
+weights, so the two groups do not compete.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from torch import nn
-
-from normprobe.checkpoints import backbone_only, foreign, lightly, paper, solo_learn
+from normprobe.checkpoints import backbone_only, foreign, lightly, native, paper, solo_learn
 from normprobe.checkpoints.arch import Arch
-from normprobe.checkpoints.native import is_native, load_native
+from normprobe.checkpoints.contract import BuildResult, CheckpointSource
 from normprobe.errors import NormprobeError
-from normprobe.preprocess import Preprocess
-
-BuildResult = tuple[nn.Module, Preprocess, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Adapter:
     name: str
     summary: str
-    detect: Callable[[Any], bool]
-    build: Callable[[Any, str, Arch | None], BuildResult]
-    file_level: bool = False
-
-
-def _build_native(obj: Any, source: str, arch: Arch | None) -> BuildResult:
-    if arch is not None and arch.backbone is not None:
-        raise NormprobeError(
-            f"{source}: a normprobe checkpoint describes its own architecture; --arch {arch.text} can only set input_size/norm"
-        )
-    module, preprocess, method, meta = load_native(obj, source)
-    if arch is not None:
-        preprocess = arch.preprocess(preprocess)
-        meta["notes"] = [f"--arch {arch.text} applied: preprocessing {preprocess.describe()}"]
-    return module, preprocess, method, meta
+    detect: Callable[[CheckpointSource], bool]
+    build: Callable[[CheckpointSource, Arch | None], BuildResult]
 
 
 ADAPTERS: list[Adapter] = [
-    Adapter("normprobe", "normprobe's own checkpoint file (Contract 1)", is_native, _build_native),
+    Adapter("normprobe", "normprobe's own checkpoint file (Contract 1)", native.detect, native.build),
     Adapter(
         "paper",
         "the paper's SimCLR/SimSiam/BYOL state_dict (SSLEmbeddingNorms: backbone + enc.0 + enc.1)",
@@ -85,14 +63,12 @@ ADAPTERS: list[Adapter] = [
         "TorchScript archive (torch.jit.save) of any architecture",
         foreign.detect_torchscript,
         foreign.build_torchscript,
-        file_level=True,
     ),
     Adapter(
         "torch.export",
         "torch.export archive (.pt2) of any architecture",
         foreign.detect_exported,
         foreign.build_exported,
-        file_level=True,
     ),
 ]
 

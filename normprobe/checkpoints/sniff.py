@@ -14,11 +14,13 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from normprobe.checkpoints.archive import zip_members
 
 _MAX_PICKLE_BYTES = 64 << 20
 LIGHTNING_KEY = "pytorch-lightning_version"
+ProgramKind = Literal["TorchScript", "torch.export"]
 
 
 def inner_name(name: str) -> str:
@@ -48,7 +50,7 @@ def is_exported_program(path: Path) -> bool:
     return new or "serialized_exported_program.json" in inner
 
 
-def program_kind(path: Path) -> str | None:
+def program_kind(path: Path) -> ProgramKind | None:
     """``"TorchScript"`` or ``"torch.export"`` for the archives that are programs rather than weights."""
     if is_torchscript(path):
         return "TorchScript"

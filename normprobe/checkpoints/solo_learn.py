@@ -28,17 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from normprobe.checkpoints.arch import Arch, make_preprocess
-from normprobe.checkpoints.assemble import BuildResult, Remapped, assemble
-from normprobe.checkpoints.layouts import (
-    StateDict,
-    check_consumed,
-    infer_backbone,
-    infer_mlp,
-    native_input_size,
-    tensors_only,
-    top_prefixes,
-    under,
-)
+from normprobe.checkpoints.assemble import Remapped, assemble
+from normprobe.checkpoints.contract import BuildResult, CheckpointSource
+from normprobe.checkpoints.keys import StateDict, check_consumed, lightning_state_dict, top_prefixes, under
+from normprobe.checkpoints.layouts import infer_backbone, infer_mlp, native_input_size
 from normprobe.errors import NormprobeError
 
 # dataset -> (input size, normalisation name), as in solo-learn's data pipelines.
@@ -52,16 +45,8 @@ DATASETS = {
 IGNORED = ("classifier.", "momentum_", "queue", "prototypes.")
 
 
-def lightning_state_dict(obj: Any) -> StateDict | None:
-    """The ``state_dict`` of a Lightning checkpoint, of a ``{"state_dict": ...}`` export of one, or that
-    state_dict alone (as a ``.safetensors`` conversion holds it)."""
-    if isinstance(obj, dict) and tensors_only(obj.get("state_dict")):
-        return obj["state_dict"]
-    return obj if tensors_only(obj) else None
-
-
-def detect(obj: Any) -> bool:
-    sd = lightning_state_dict(obj)
+def detect(source: CheckpointSource) -> bool:
+    sd = lightning_state_dict(source.state)
     if sd is None:
         return False
     prefixes = set(top_prefixes(sd))
@@ -72,8 +57,8 @@ def detect(obj: Any) -> bool:
     )
 
 
-def _read_args(source: str, obj: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    path = Path(source).parent / "args.json"
+def _read_args(checkpoint: Path, obj: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    path = checkpoint.parent / "args.json"
     if path.is_file():
         try:
             args = json.loads(path.read_text())
@@ -120,31 +105,32 @@ def _guess_method(sd: StateDict, projector: list[dict[str, Any]] | None, has_pre
     return "unknown"
 
 
-def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
+def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
+    obj, label = source.state, source.label
     sd = lightning_state_dict(obj)
     assert sd is not None
     notes: list[str] = []
-    args = _read_args(source, obj, notes)
+    args = _read_args(source.path, obj, notes)
     dataset = str(_arg(args, "data.dataset", "dataset") or "").lower()
     prefix = "backbone." if any(k.startswith("backbone.") for k in sd) else "encoder."
     used = {k for k in sd if k.startswith((prefix, "projector.", "predictor."))}
     ignored = [k for k in sd if k.startswith(IGNORED) and k not in used]
-    check_consumed(sd, used | set(ignored), source, "solo-learn")
+    check_consumed(sd, used | set(ignored), label, "solo-learn")
     if ignored:
         notes.append(
             f"ignored {', '.join(p for p in top_prefixes(ignored))}: momentum copies, the online linear probe and training state are not the encoder"
         )
 
-    spec, backbone = infer_backbone(under(sd, prefix), source, notes, cifar_stem_padding=2, arch=arch)
+    spec, backbone = infer_backbone(under(sd, prefix), label, notes, cifar_stem_padding=2, arch=arch)
     named = _arg(args, "backbone.name", "backbone", "encoder")
     if named and not str(spec["name"]).removeprefix("timm:").startswith(str(named)):
         notes.append(
             f"args.json names backbone {named!r} but the weights are a {spec['name']}: built what the weights say"
         )
     projector_sd = under(sd, "projector.")  # absent in solo-learn's linear-evaluation checkpoints
-    projector = infer_mlp(projector_sd, source, "projector") if projector_sd else None
+    projector = infer_mlp(projector_sd, label, "projector") if projector_sd else None
     predictor_sd = under(sd, "predictor.")
-    predictor = infer_mlp(predictor_sd, source, "predictor") if predictor_sd else None
+    predictor = infer_mlp(predictor_sd, label, "predictor") if predictor_sd else None
     method = str(_arg(args, "method") or _guess_method(sd, projector, predictor is not None))
 
     size = native_input_size(spec)  # a ViT's own image size wins over the dataset's
@@ -172,6 +158,8 @@ def build(obj: dict[str, Any], source: str, arch: Arch | None) -> BuildResult:
         predictor,
         predictor_sd,
         notes,
-        {"run_config": args, "epoch": obj.get("epoch"), "global_step": obj.get("global_step")},
+        run_config=args,
+        epoch=obj.get("epoch"),
+        global_step=obj.get("global_step"),
     )
-    return assemble(remapped, source, arch)
+    return assemble(remapped, label, arch)

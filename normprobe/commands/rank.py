@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from normprobe.atomic import atomic_write, check_new_file
 from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
-from normprobe.rank import (
-    DEFAULT_K,
-    SCORES,
-    RankSettings,
-    check_outputs,
-    run_rank,
-    write_contact_sheets,
-    write_table,
-)
+from normprobe.rank import DEFAULT_K, SCORES, Ranking, RankSettings, run_rank
+from normprobe.spreadsheet import spreadsheet_safe
 from normprobe.terminal import printable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 DESCRIPTION = """\
 Score every image of DATA by the norm of its raw embedding (larger = more familiar to the encoder;
@@ -117,6 +119,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-sheet", action="store_true", help="write only the table, no contact sheets")
     add_trust_code(parser)
     parser.set_defaults(func=run)
+
+
+def check_table_path(path: str | Path) -> Path:
+    """The output table path: a ``.csv`` or ``.parquet`` file name (its folder is created when written)."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise NormprobeError(f"{path}: the output must end in {' or '.join(TABLE_SUFFIXES)}")
+    if path.is_dir():
+        raise NormprobeError(f"{path} is a folder; give a file name")
+    return path
+
+
+def sheet_paths(table_path: Path) -> tuple[Path, Path]:
+    """Where the contact sheets go: beside the table, same stem, ``.png`` and ``.html``."""
+    return table_path.with_suffix(".png"), table_path.with_suffix(".html")
+
+
+def check_outputs(path: str | Path, *, sheets: bool, force: bool) -> Path:
+    """Before any work: the table path, and that neither it nor (with ``sheets``) the contact sheets beside
+    it exist unless ``force`` (``--out r/mine.csv`` also writes ``r/mine.png`` and ``r/mine.html``),
+    and that their folder can be written."""
+    table = check_table_path(path)
+    check_new_file(table, force=force, what="--out")
+    for sheet in sheet_paths(table) if sheets else ():
+        if not force and (sheet.exists() or sheet.is_symlink()):
+            raise NormprobeError(
+                f"{sheet} already exists, and rank writes a contact sheet there (beside --out {table}); "
+                "pass --force to overwrite it, or --no-sheet"
+            )
+    return table
+
+
+def _write(path: Path, write: Callable[[Path], object]) -> None:
+    try:
+        atomic_write(path, write)
+    except OSError as err:
+        # a full disk, or a folder made read-only since the check: one line, and no partial file
+        raise NormprobeError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """Write the ranked table as CSV (string cells defused for spreadsheets) or Parquet (by suffix), atomically."""
+    if path.suffix.lower() == ".csv":
+        safe = spreadsheet_safe(table)
+        _write(path, lambda tmp: safe.to_csv(tmp, index=False))
+    else:
+        _write(path, lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def write_contact_sheets(ranking: Ranking, table_path: Path, top: int) -> tuple[Path, Path]:
+    # Imported here: Pillow and pandas load only once there is a ranking to draw.
+    from normprobe.render.contact_sheet import contact_sheet_html, contact_sheet_png
+
+    png_path, html_path = sheet_paths(table_path)
+    sheet = contact_sheet_png(ranking.table, ranking.imageset, ranking.settings, top)
+    _write(png_path, lambda tmp: sheet.save(tmp, format="PNG"))
+    page = contact_sheet_html(ranking.table, ranking.imageset, ranking.settings, top)
+    _write(html_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return png_path, html_path
 
 
 def run(args: argparse.Namespace) -> int:
