@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from plotly.subplots import make_subplots
 
 from normprobe.data import ImageSet
 from normprobe.metrics import OOD_METRICS
-from normprobe.render.page import html_page, png_data_uri, table_html
+from normprobe.render.page import PLOTLY_MODES, html_page, png_data_uri, table_html
 from normprobe.scores import SCORERS
 
 COLORS = (
@@ -50,8 +50,6 @@ COLORS = (
     "#17becf",
 )
 TEMPLATE = "plotly_white"
-PLOTLY_MODES = ("inline", "cdn", "directory")
-"""Where the page gets plotly.js: inlined (offline, ~5 MB), the plotly CDN, or :data:`PLOTLY_FILE` beside it."""
 PLOTLY_FILE = "plotly.min.js"
 ROLE_LABELS = {"id-train": "ID train", "id-test": "ID test", "ood": "OOD"}
 METRIC_LABELS = {m.key: m.label for m in OOD_METRICS}
@@ -309,6 +307,59 @@ def auroc_heatmap_figure(run: Mapping[str, Any]) -> go.Figure:
         yaxis={"autorange": "reversed"},
     )
     return fig
+
+
+HUMAN_FIGURES = (
+    (
+        "accuracy",
+        "Accuracy of human labels per embedding-norm bucket (paper Fig. 4, middle)",
+        "accuracy of the human label",
+    ),
+    (
+        "mean entropy (bits)",
+        "Entropy of the CIFAR-10H label distribution per norm bucket (paper Fig. 4, right)",
+        "entropy of the human labels (bits)",
+    ),
+    (
+        "fraction",
+        "Human majority disagrees with the dataset label, per norm bucket",
+        "human majority disagrees with the label",
+    ),
+)
+"""(statistic of the human-label curves, figure title, y-axis title) of each human-label figure."""
+
+
+def human_figures(
+    curves: pd.DataFrame, correlations: pd.DataFrame | None, label_of: Callable[[str], str]
+) -> list[go.Figure]:
+    """Plotly figures of the shown buckets: human label accuracy (Fig. 4 middle), CIFAR-10H entropy
+    (Fig. 4 right) and the CIFAR-10H majority's disagreement; each line is named by
+    ``label_of(signal)`` (the analysis's names; the report computes nothing) and its legend gives
+    its Spearman rho."""
+    rho = (
+        {}
+        if correlations is None
+        else dict(zip(correlations["signal"], correlations["spearman_rho"], strict=True))
+    )
+
+    def series(signal: str) -> str:
+        value = rho.get(signal, np.nan)
+        return label_of(signal) + ("" if pd.isna(value) else f" (Spearman {value:+.3f})")
+
+    figures = []
+    for statistic, title, y_title in HUMAN_FIGURES:
+        part = curves[curves["statistic"] == statistic]
+        if part.empty:
+            continue
+        figures.append(
+            bucket_figure(
+                part.assign(series=part["signal"].map(series)),
+                title=title,
+                y_title=y_title,
+                x_title="embedding norm / max norm (buckets with too few samples hidden)",
+            )
+        )
+    return figures
 
 
 # --------------------------------------------------------------------------- HTML pieces

@@ -14,6 +14,7 @@ from scipy import stats
 from normprobe import data
 from normprobe.analyses import human
 from normprobe.errors import NormprobeError
+from normprobe.report import human_figures
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
 
@@ -168,7 +169,7 @@ def test_correlations_summary_and_figures() -> None:
     json.dumps(summary, allow_nan=False)
     assert summary["human_c10n_aggre_correct"]["ci"] == [row["ci_low"], row["ci_high"]]
     assert summary["human_c10n_aggre_correct"]["mean"] == pytest.approx(1 - wrong.mean())
-    figures = human.human_figures(curves, corr.reset_index())
+    figures = human_figures(curves, corr.reset_index(), human.signal_label)
     assert len(figures) == 1 and len(figures[0].data) == 5
     with pytest.raises(NormprobeError, match="no column 'norm_p'"):
         human.human_curves(samples, "norm_p")

@@ -19,11 +19,11 @@ from app import explore, loading
 from app.loading import FileStamp
 from app.session import Session
 from normprobe.analyses.buckets import SCALINGS, bucket_curve
-from normprobe.analyses.human import human_correlations, human_curves, human_figures, signal_columns
+from normprobe.analyses.human import human_correlations, human_curves, signal_columns, signal_label
 from normprobe.analyses.ood import evaluate_ood
 from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT
 from normprobe.errors import NormprobeError
-from normprobe.report import bucket_figure, roc_figure
+from normprobe.report import bucket_figure, human_figures, roc_figure
 
 SCALING_AXES = {"max": "norm / max norm", "minmax": "(norm − min) / (max − min)", "quantile": "norm quantile"}
 
@@ -148,7 +148,7 @@ def human_label_figures(path: str, files: FileStamp, head: str, buckets: Buckets
         scaling=buckets.scaling,
         min_count=buckets.human_min_count,
     )
-    return human_figures(curves, human_correlation_table(path, files, head))
+    return human_figures(curves, human_correlation_table(path, files, head), signal_label)
 
 
 def human_label_section(session: Session, buckets: Buckets) -> None:

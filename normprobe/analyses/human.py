@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,9 +42,6 @@ from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT
 from normprobe.data import load_labels, load_manifest, manifest_names, resolve_data_root
 from normprobe.errors import NormprobeError
 from normprobe.metrics import bootstrap_spearman
-
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
 
 PREFIX = "human_"
 
@@ -404,45 +401,3 @@ def human_summary(curves: pd.DataFrame, correlations: pd.DataFrame) -> dict[str,
 def _json_float(value: Any) -> float | None:
     value = float(value)
     return None if np.isnan(value) else value
-
-
-def human_figures(curves: pd.DataFrame, correlations: pd.DataFrame | None = None) -> list[go.Figure]:
-    """Plotly figures of the shown buckets: human label accuracy (Fig. 4 middle), CIFAR-10H entropy (Fig. 4 right)
-    and the CIFAR-10H majority's disagreement; each line's legend gives its Spearman rho."""
-    from normprobe.report import bucket_figure
-
-    rho = (
-        {}
-        if correlations is None
-        else dict(zip(correlations["signal"], correlations["spearman_rho"], strict=True))
-    )
-
-    def series(signal: str) -> str:
-        value = rho.get(signal, np.nan)
-        return signal_label(signal) + ("" if pd.isna(value) else f" (Spearman {value:+.3f})")
-
-    figures = []
-    for statistic, title in (
-        ("accuracy", "Accuracy of human labels per embedding-norm bucket (paper Fig. 4, middle)"),
-        (
-            "mean entropy (bits)",
-            "Entropy of the CIFAR-10H label distribution per norm bucket (paper Fig. 4, right)",
-        ),
-        ("fraction", "Human majority disagrees with the dataset label, per norm bucket"),
-    ):
-        part = curves[curves["statistic"] == statistic]
-        if part.empty:
-            continue
-        figures.append(
-            bucket_figure(
-                part.assign(series=part["signal"].map(series)),
-                title=title,
-                y_title=_axis_title(statistic),
-                x_title="embedding norm / max norm (buckets with too few samples hidden)",
-            )
-        )
-    return figures
-
-
-def _axis_title(statistic: str) -> str:
-    return next(title for stat, title in SIGNAL_KINDS.values() if stat == statistic)

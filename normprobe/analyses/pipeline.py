@@ -61,7 +61,8 @@ from normprobe.embed import cache_key, extract
 from normprobe.embedding_files import SUFFIXES, EmbeddingSet, primary_head, read_embeddings
 from normprobe.errors import NormprobeError
 from normprobe.knn import CosineIndex
-from normprobe.report import PLOTLY_FILE, Section, analysis_report, plotly_js, table_html
+from normprobe.render.page import table_html
+from normprobe.report import PLOTLY_FILE, Section, analysis_report, human_figures, plotly_js
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
 from normprobe.terminal import printable
 from normprobe.zoo import resolve_checkpoint
@@ -709,7 +710,7 @@ def run_analysis(
 
 
 def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame, settings: AnalysisSettings) -> Section:
-    figures = human.human_figures(curves, correlations)
+    figures = human_figures(curves, correlations, human.signal_label)
     return Section(
         "Human labels",
         "Human annotations against the embedding norm (paper Figure 4, middle and right): larger norms should go "

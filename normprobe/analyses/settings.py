@@ -30,7 +30,7 @@ class AnalysisSettings:
     group, overriding the manifests' ``ood_group`` (user folders and files are far by default). ``min_bucket_count``
     hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
     curves (50, as in the paper). ``plotly`` is where report.html gets plotly.js
-    (:data:`normprobe.report.PLOTLY_MODES`). ``trust_code`` lets TorchScript / ``torch.export``
+    (:data:`normprobe.render.page.PLOTLY_MODES`). ``trust_code`` lets TorchScript / ``torch.export``
     checkpoints load: they are programs that run their own code.
     """
 
@@ -102,7 +102,7 @@ class AnalysisSettings:
         from normprobe.analyses.buckets import SCALINGS
         from normprobe.analyses.ood import scorer_names
         from normprobe.embed import PRECISIONS
-        from normprobe.report import PLOTLY_MODES
+        from normprobe.render.page import PLOTLY_MODES
 
         if self.bucket_scaling not in SCALINGS:
             raise NormprobeError(

@@ -35,6 +35,9 @@ table.exemplars figcaption{font-size:0.75em;color:#555} td.highest{background:#f
 .grid figcaption{font-size:0.72em;color:#444;word-break:break-all}
 """
 
+PLOTLY_MODES = ("inline", "cdn", "directory")
+"""Where the page gets plotly.js: inlined (offline, ~5 MB), the plotly CDN, or ``plotly.min.js`` (normprobe.report.PLOTLY_FILE) beside it."""
+
 
 def html_page(title: str, body: str, *, head: str = "") -> str:
     """A whole page: the stylesheet and ``head`` (trusted HTML, e.g. a script) in its head, the title as its heading, then ``body`` (trusted HTML)."""
