@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from normprobe.app import explore
 
-from app import explore
 from normprobe import data
 from normprobe.data import ImageSet
 from normprobe.errors import NormprobeError

@@ -15,10 +15,10 @@ import sys
 from typing import cast
 
 import streamlit as st
+from normprobe.app import explore, loading
+from normprobe.app.session import Session
+from normprobe.app.views import curves, exemplars, norms, overview, unfamiliar
 
-from app import explore, loading
-from app.session import Session
-from app.views import curves, exemplars, norms, overview, unfamiliar
 from normprobe.errors import NormprobeError
 
 NOT_RESULTS = "this is not a results folder of `normprobe analyze` (a valid run.json and samples.parquet)."

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from normprobe.app.loading import FileStamp
 
-from app.loading import FileStamp
 from normprobe.results import Results
 
 

@@ -14,7 +14,7 @@ Every configuration runs in its own subprocess, because glibc reads its tunables
 * ``research``: what research code does: a ``Dataset`` decoding one JPEG per ``__getitem__`` with
   Pillow + ``transforms.ToTensor()``, a ``DataLoader`` (``--workers`` processes), the model in
   default (contiguous) memory format under ``torch.no_grad()``, glibc's default allocator.
-* ``normprobe fp32``: ``normprobe.embed.extract_arrays`` (batched torchvision JPEG decode of whole
+* ``normprobe fp32``: ``normprobe.extraction.extract_arrays`` (batched torchvision JPEG decode of whole
   batches, overlapped with the forward pass, channels_last, inference_mode) in the environment the
   CLI arranges (glibc ``mmap_max=0``, huge ``trim_threshold``; see ``normprobe/allocator.py``).
   Variants isolate the effects: the same with glibc's default allocator, and without prefetching.
@@ -198,10 +198,10 @@ def worker_research(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_normprobe(params: dict[str, Any]) -> dict[str, Any]:
-    """``normprobe.embed.extract_arrays`` end to end on the same images."""
+    """``normprobe.extraction.extract_arrays`` end to end on the same images."""
     import torch
 
-    from normprobe.embed import extract_arrays
+    from normprobe.extraction import extract_arrays
     from normprobe.preprocess import Preprocess
 
     imageset = test_images(params["data_root"], params["images"])

@@ -7,7 +7,7 @@ memory format, fp32, glibc's default allocator, two forward passes per step.
 
 Ours: the ``training`` loop's own step (:meth:`training.loop.Trainer._train_step`): data decoded once
 into a uint8 tensor, batched per-sample augmentation on tensors, channels_last, the glibc tunables
-of ``python -m training`` (``--precision bf16`` adds autocast).
+of ``normprobe train`` (``--precision bf16`` adds autocast).
 
 Both sides train the same method module (same config, same seed) on the same real CIFAR-10 images
 with the same SGD step. Every side of every method runs in its own subprocess (glibc reads its
@@ -46,7 +46,7 @@ TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
 
 def _config(args: argparse.Namespace, method: str, out: str):
-    from training.config import load_config
+    from normprobe.training.config import load_config
 
     sets = [f"backbone.name=resnet{args.depth}", f"backbone.width={args.width}"] if method != "mocov3" else []
     sets += [
@@ -71,8 +71,7 @@ def worker_ours(args: argparse.Namespace, method: str) -> dict:
     import tempfile
 
     import torch
-
-    from training.loop import Trainer
+    from normprobe.training.loop import Trainer
 
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(_config(args, method, out), log=lambda _: None)
@@ -117,9 +116,8 @@ def worker_reference(args: argparse.Namespace, method: str) -> dict:
     import tempfile
 
     import torch
-
-    from training.loop import load_train_set
-    from training.methods import build_method
+    from normprobe.training.loop import load_train_set
+    from normprobe.training.methods import build_method
 
     with tempfile.TemporaryDirectory() as out:
         config = _config(args, method, out)

@@ -13,23 +13,10 @@ The Python API mirrors the CLI (see :mod:`normprobe.api`)::
 Importing normprobe stays light (no torch, pandas or scipy): they load when a function runs.
 """
 
-from typing import Any
-
-from normprobe.api import analyze
+from normprobe.api import analyze, embed
 from normprobe.errors import NormprobeError
 from normprobe.rank import rank  # light: normprobe.rank imports torch and pandas only when called
 
 __version__ = "0.1.0"
 
 __all__ = ["NormprobeError", "__version__", "analyze", "embed", "rank"]
-
-
-def __getattr__(name: str) -> Any:
-    # `normprobe.embed` is also the module normprobe/embed.py, which importing it (as the analysis
-    # does) puts on the package in place of anything bound here; so the module itself is callable
-    # (it calls normprobe.api.embed), and is imported only when first asked for: it imports torch.
-    if name == "embed":
-        import importlib
-
-        return importlib.import_module("normprobe.embed")
-    raise AttributeError(f"module 'normprobe' has no attribute {name!r}")

@@ -8,7 +8,7 @@ each 4 KiB of them; on CPU that costs 30-45 % of the extraction time. Two glibc 
 freed heap memory back), so the same pages are reused batch after batch.
 
 glibc reads tunables only when a process starts, so :func:`reexec_with_tunables` re-executes the
-command once with them set. The ``normprobe`` and ``python -m training`` commands call it first
+command once with them set. The ``normprobe`` and ``normprobe train`` commands call it first
 thing; it does nothing on other platforms or C libraries, when the settings are already there or
 when ``NORMPROBE_NO_REEXEC`` is set (the test suite sets it), and ``main`` called in-process with
 an explicit argv (tests, notebooks) does not call it.

@@ -233,8 +233,8 @@ def embed(
     from normprobe.commands.embed import check_output_file, embed_config, write_embeddings
     from normprobe.data.torch_dataset import python_imageset
     from normprobe.device import pick_device
-    from normprobe.embed import PRECISIONS, extract
     from normprobe.embedding_files import from_arrays, read_embeddings
+    from normprobe.extraction import PRECISIONS, extract
     from normprobe.zoo import resolve_checkpoint
 
     target = check_output_file(out, force=force) if out is not None else None

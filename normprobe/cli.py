@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rank",
     "embed",
     "explore",
+    "train",
     "datasets",
     "zoo",
     "simulate",
@@ -56,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a real command line, not an in-process call: fix the allocator first
         reexec_with_tunables("normprobe", sys.argv[1:])
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["train"]:
+        # the training command parses its own command line (options, --help and `compare`)
+        from normprobe.commands.train import forward
+
+        return forward(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args) or 0)
     except NormprobeError as err:

@@ -153,7 +153,7 @@ def score_imageset(
     import pandas as pd
 
     from normprobe.analyses.norms import embedding_norms
-    from normprobe.embed import extract
+    from normprobe.extraction import extract
     from normprobe.scores import KNNDistanceScorer, NormScorer
 
     settings.check()

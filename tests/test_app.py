@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from normprobe.app import explore
 
-from app import explore
 from normprobe.errors import NormprobeError
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")

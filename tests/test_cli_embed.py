@@ -22,7 +22,7 @@ from PIL import Image
 from normprobe import allocator, data
 from normprobe.checkpoints import load_encoder, save_checkpoint
 from normprobe.cli import main
-from normprobe.embed import extract_arrays
+from normprobe.extraction import extract_arrays
 from normprobe.models import build_encoder
 from normprobe.models.heads import simclr_projector
 from normprobe.preprocess import Preprocess

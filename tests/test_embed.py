@@ -12,8 +12,8 @@ import torch
 from normprobe import data
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder, load_encoder, save_checkpoint
-from normprobe.embed import cache_key, extract, extract_arrays
 from normprobe.errors import NormprobeError
+from normprobe.extraction import cache_key, extract, extract_arrays
 from normprobe.models import build_encoder
 from normprobe.models.heads import simclr_projector
 from normprobe.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess

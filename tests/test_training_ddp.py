@@ -39,7 +39,7 @@ SETS = [
     not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present"
 )
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
@@ -51,7 +51,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
             "--nproc_per_node",
             "2",
             "-m",
-            "training",
+            "normprobe.training",
             "--config",
             "simclr_cifar10",
             "--set",

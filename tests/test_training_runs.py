@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from normprobe.training.config import load_config
+from normprobe.training.loop import Trainer, TrainingDiverged
 
 from normprobe.checkpoints import load_encoder
-from training.config import load_config
-from training.loop import Trainer, TrainingDiverged
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
 pytestmark = pytest.mark.skipif(
@@ -153,7 +153,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
 
 
 def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     sets = overrides(
@@ -163,7 +163,7 @@ def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "training",
+            "normprobe.training",
             "--config",
             "simsiam_cifar10",
             "--set",
@@ -201,7 +201,7 @@ def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
 def test_new_run_refuses_a_previous_runs_folder_and_force_deletes_only_its_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     out = tmp_path / "run"
     out.mkdir()
@@ -227,7 +227,7 @@ def test_new_run_refuses_a_previous_runs_folder_and_force_deletes_only_its_files
 
 
 def test_resume_repairs_a_torn_last_line_of_the_step_log(tmp_path: Path) -> None:
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     sets = overrides("simclr", tmp_path, "epochs=2", "monitor.every=0")
     assert main(["--config", "simclr_cifar10", "--set", *sets]) == 0
@@ -247,7 +247,7 @@ ZOO_METRICS = (
 def compared_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny real runs (one on the imbalanced subset, with cut-initialisation) and a copy of the
     60-epoch zoo candidate's metrics, as ``compare`` finds run folders."""
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     root = tmp_path_factory.mktemp("compare")
     runs = {"plain": root / "plain", "imbalanced": root / "imbalanced-cut3", "zoo": root / ZOO_METRICS.name}
@@ -264,8 +264,7 @@ def compared_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_compare_tabulates_knn_and_norms_of_real_runs(compared_runs: dict[str, Path], tmp_path: Path) -> None:
     import pandas as pd
-
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     out = tmp_path / "cmp"
     assert main(["compare", *map(str, compared_runs.values()), "--out", str(out)]) == 0
@@ -308,10 +307,9 @@ def test_compare_tabulates_knn_and_norms_of_real_runs(compared_runs: dict[str, P
 def test_compare_per_class_norms_of_an_imbalanced_run(compared_runs: dict[str, Path], tmp_path: Path) -> None:
     import numpy as np
     import pandas as pd
+    from normprobe.training.__main__ import main
+    from normprobe.training.loop import load_train_set
     from scipy.stats import spearmanr
-
-    from training.__main__ import main
-    from training.loop import load_train_set
 
     out = tmp_path / "cmp"
     runs = [str(compared_runs["plain"]), str(compared_runs["imbalanced"])]
@@ -336,7 +334,7 @@ def test_compare_per_class_norms_of_an_imbalanced_run(compared_runs: dict[str, P
 def test_compare_refuses_a_folder_that_is_not_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     (tmp_path / "notes").mkdir()
     assert main(["compare", str(tmp_path / "notes"), "--out", str(tmp_path / "cmp")]) == 2

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from normprobe.training.augment import BatchAugment, _jitter_op
+from normprobe.training.config import load_config
+from normprobe.training.losses import grad_scale, info_nce, negative_cosine
+from normprobe.training.methods import METHODS, build_method
+from normprobe.training.schedule import WarmupCosine, cosine_increase, warmup_cosine
 
 from normprobe.errors import NormprobeError
-from training.augment import BatchAugment, _jitter_op
-from training.config import load_config
-from training.losses import grad_scale, info_nce, negative_cosine
-from training.methods import METHODS, build_method
-from training.schedule import WarmupCosine, cosine_increase, warmup_cosine
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
 TINY = {
@@ -192,7 +192,7 @@ def test_config_overrides_and_errors() -> None:
     not (DATA_ROOT / "cifar10_train_jpeg.npz").is_file(), reason="CIFAR-10 mirror not present"
 )
 def test_imbalanced_training_set_has_the_papers_class_sizes() -> None:
-    from training.loop import load_train_set
+    from normprobe.training.loop import load_train_set
 
     cfg = load_config("simclr_cifar10", ["dataset.imbalance=true", f"dataset.data_root={DATA_ROOT}"])
     imageset = load_train_set(cfg)
@@ -201,7 +201,7 @@ def test_imbalanced_training_set_has_the_papers_class_sizes() -> None:
 
 
 def test_lars_step_uses_the_trust_ratio_and_skips_excluded_groups() -> None:
-    from training.optim import LARS, build_optimizer
+    from normprobe.training.optim import LARS, build_optimizer
 
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     b = torch.nn.Parameter(torch.tensor([1.0]))
@@ -234,8 +234,7 @@ def test_lars_step_uses_the_trust_ratio_and_skips_excluded_groups() -> None:
 
 def test_repeated_set_options_accumulate(capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
-
-    from training.__main__ import main
+    from normprobe.training.__main__ import main
 
     argv = ["--config", "simclr_cifar10", "--set", "epochs=1", "--set", "cut=3", "backbone.width=16"]
     assert main([*argv, "--print-config"]) == 0
@@ -284,7 +283,7 @@ def test_numbers_yaml_reads_as_strings_are_taken_as_numbers() -> None:
 
 
 def test_step_log_truncation_drops_a_torn_tail_but_not_a_broken_middle(tmp_path: Path) -> None:
-    from training.loop import _truncate_steps
+    from normprobe.training.loop import _truncate_steps
 
     log = tmp_path / "steps.jsonl"
     log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
@@ -299,8 +298,9 @@ def test_step_log_truncation_drops_a_torn_tail_but_not_a_broken_middle(tmp_path:
 def test_training_command_reexecs_itself_with_the_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
+    from normprobe.training.__main__ import main
+
     from normprobe import allocator
-    from training.__main__ import main
 
     calls: list[list[str]] = []
 
@@ -311,9 +311,11 @@ def test_training_command_reexecs_itself_with_the_allocator_settings(monkeypatch
 
     monkeypatch.setattr(allocator.os, "execve", execve)
     monkeypatch.setattr(allocator, "should_reexec", lambda env=None: True)
-    monkeypatch.setattr(sys, "argv", ["normprobe-train", "--config", "simclr_cifar10", "--print-config"])
+    monkeypatch.setattr(sys, "argv", ["normprobe train", "--config", "simclr_cifar10", "--print-config"])
     assert main() == 0
-    assert calls == [[sys.executable, "-m", "training", "--config", "simclr_cifar10", "--print-config"]]
+    assert calls == [
+        [sys.executable, "-m", "normprobe.training", "--config", "simclr_cifar10", "--print-config"]
+    ]
     assert main(["--config", "simclr_cifar10", "--print-config"]) == 0  # in-process: no re-exec
     assert len(calls) == 1
 
@@ -336,7 +338,8 @@ def test_training_command_reexecs_itself_with_the_allocator_settings(monkeypatch
     ],
 )
 def test_backbone_dim_equals_the_built_backbones_width(spec: dict) -> None:
+    from normprobe.training.methods.base import backbone_dim
+
     from normprobe.models import build_backbone
-    from training.methods.base import backbone_dim
 
     assert backbone_dim(spec) == build_backbone(spec).num_features

@@ -2,7 +2,7 @@
 interventions on the embedding norm: weight decay, cut-initialisation and GradScale
 (Draganov et al., ICML 2025). Writes normprobe checkpoints (Contract 1).
 
-    python -m training --config training/configs/simclr_cifar10.yaml --set epochs=10 out_dir=runs/x
+    normprobe train --config training/configs/simclr_cifar10.yaml --set epochs=10 out_dir=runs/x
 
 training imports normprobe; normprobe never imports training.
 """

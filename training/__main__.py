@@ -1,4 +1,4 @@
-"""``python -m training`` / ``normprobe-train``: train an SSL encoder into normprobe checkpoints."""
+"""``normprobe train`` / ``normprobe train``: train an SSL encoder into normprobe checkpoints."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from normprobe.errors import NormprobeError
 
 EPILOG = """\
 examples:
-  python -m training --config simclr_cifar10 --set epochs=20 backbone.width=16 out_dir=runs/simclr-w16
-  python -m training --config simsiam_cifar10 --set cut=3 out_dir=runs/simsiam-cut3
-  python -m training --config simclr_cifar10 --set gradscale=1 schedule.preset=gradscale
-  python -m training --resume runs/simclr-w16                # continue exactly where it stopped
-  python -m training --config simclr_cifar10 --set out_dir=runs/simclr-w16 --force   # start that run over
-  torchrun --nproc_per_node 2 -m training --config simclr_cifar10   # DDP (gloo on CPU, nccl on GPU)
+  normprobe train --config simclr_cifar10 --set epochs=20 backbone.width=16 out_dir=runs/simclr-w16
+  normprobe train --config simsiam_cifar10 --set cut=3 out_dir=runs/simsiam-cut3
+  normprobe train --config simclr_cifar10 --set gradscale=1 schedule.preset=gradscale
+  normprobe train --resume runs/simclr-w16                # continue exactly where it stopped
+  normprobe train --config simclr_cifar10 --set out_dir=runs/simclr-w16 --force   # start that run over
+  torchrun --nproc_per_node 2 -m normprobe train --config simclr_cifar10   # DDP (gloo on CPU, nccl on GPU)
 
 Interventions on the embedding norm (Draganov et al., ICML 2025): optimizer.weight_decay,
 cut=C (divide every weight by C at initialisation), gradscale=P (backward scales each sample's
@@ -28,16 +28,16 @@ A new run refuses an out_dir that holds a previous run's files unless --resume o
 Checkpoints are normprobe checkpoints: `normprobe analyze out_dir/final.pt`.
 
 Compare finished or running runs (kNN and norms per head, curves per epoch; see compare --help):
-  python -m training compare runs/simclr-w16 runs/simsiam-cut3 --out runs/compared
+  normprobe train compare runs/simclr-w16 runs/simsiam-cut3 --out runs/compared
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.config import CONFIG_DIR
+    from normprobe.training.config import CONFIG_DIR
 
     bundled = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
     parser = argparse.ArgumentParser(
-        prog="normprobe-train",
+        prog="normprobe train",
         description="Train SimCLR, SimSiam, BYOL or MoCo v2/v3 and write normprobe checkpoints.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,18 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
         # glibc's malloc tuned (see normprobe.allocator): large activations stay in the heap
         # instead of being mapped and unmapped every step
-        reexec_with_tunables("training", list(argv))
+        reexec_with_tunables("normprobe.training", list(argv))
     if list(argv)[:1] == ["compare"]:  # the one subcommand; a bare command line trains
-        from training.compare import main as compare
+        from normprobe.training.compare import main as compare
 
         return compare(list(argv)[1:])
     args = build_parser().parse_args(list(argv))
     try:
         import yaml
-
-        from training.config import apply_override, load_config, validate
-        from training.loop import train
-        from training.state import find_resume_file, read_resume
+        from normprobe.training.config import apply_override, load_config, validate
+        from normprobe.training.loop import train
+        from normprobe.training.state import find_resume_file, read_resume
 
         resume = None
         if args.resume:
@@ -106,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(config, Path(resume) if resume else None, force=args.force)
         return 0
     except NormprobeError as err:
-        print(f"normprobe-train: error: {err}", file=sys.stderr)
+        print(f"normprobe train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("normprobe-train: interrupted", file=sys.stderr)
+        print("normprobe train: interrupted", file=sys.stderr)
         return 130
 
 

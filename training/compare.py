@@ -1,4 +1,4 @@
-"""``python -m training compare RUN_DIR... --out DIR``: several training runs side by side.
+"""``normprobe train compare RUN_DIR... --out DIR``: several training runs side by side.
 
 Reads each run folder's ``config.json`` and ``metrics.jsonl`` (nothing is recomputed) and writes
 into ``--out``:
@@ -40,7 +40,7 @@ SPREADSHEET_FORMULA_START = ("=", "+", "-", "@")
 
 @dataclass
 class Run:
-    """One run folder as written by ``python -m training``."""
+    """One run folder as written by ``normprobe train``."""
 
     name: str
     path: Path
@@ -103,10 +103,11 @@ def nearest_monitored(run: Run, target: int) -> dict[str, Any] | None:
 
 def per_class_norms(run: Run, data_root: str | None, batch_size: int) -> pd.DataFrame:
     """Mean norm of every head over each class of the run's training set, from its ``final.pt``."""
+    from normprobe.training.loop import load_train_set
+
     from normprobe.checkpoints import load_encoder
     from normprobe.device import pick_device
-    from normprobe.embed import extract_arrays
-    from training.loop import load_train_set
+    from normprobe.extraction import extract_arrays
 
     final = run.path / "final.pt"
     if not final.is_file():
@@ -384,10 +385,10 @@ def compare(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="normprobe-train compare",
+        prog="normprobe train compare",
         description="Compare training runs: final and early kNN accuracy and mean norms per head, "
         "per-class norms of imbalanced runs, and their curves per epoch.",
-        epilog="example:\n  python -m training compare runs/study-* --out study --per-class",
+        epilog="example:\n  normprobe train compare runs/study-* --out study --per-class",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -418,10 +419,10 @@ def main(argv: Sequence[str]) -> int:
             force=args.force,
         )
     except NormprobeError as err:
-        print(f"normprobe-train compare: error: {err}", file=sys.stderr)
+        print(f"normprobe train compare: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("normprobe-train compare: interrupted", file=sys.stderr)
+        print("normprobe train compare: interrupted", file=sys.stderr)
         return 130
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -284,7 +284,7 @@ def _entries(config: dict[str, Any], keys: Iterable[str]) -> Iterator[tuple[str,
 
 def validate(config: dict[str, Any]) -> None:
     """Reject a config that would fail, or silently train something else, before any work is done."""
-    from training.methods import METHODS  # the registry imports the models; config stays light
+    from normprobe.training.methods import METHODS  # the registry imports the models; config stays light
 
     for key in ("method", "epochs", "batch_size", "out_dir", *SECTIONS):
         if key not in config:

@@ -24,22 +24,14 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
-
-from normprobe import data
-from normprobe.atomic import atomic_write
-from normprobe.checkpoints import save_checkpoint
-from normprobe.device import pick_device
-from normprobe.errors import NormprobeError
-from normprobe.preprocess import Preprocess
-from training import distributed
-from training.augment import BatchAugment
-from training.config import save_config
-from training.methods import Method, build_method
-from training.monitor import evaluate, in_memory, pick_subset
-from training.optim import build_optimizer
-from training.schedule import WarmupCosine
-from training.state import (
+from normprobe.training import distributed
+from normprobe.training.augment import BatchAugment
+from normprobe.training.config import save_config
+from normprobe.training.methods import Method, build_method
+from normprobe.training.monitor import evaluate, in_memory, pick_subset
+from normprobe.training.optim import build_optimizer
+from normprobe.training.schedule import WarmupCosine
+from normprobe.training.state import (
     clear_previous_run,
     copy_atomic,
     epoch_checkpoints,
@@ -48,6 +40,14 @@ from training.state import (
     rng_state,
     set_rng_state,
 )
+from tqdm.auto import tqdm
+
+from normprobe import data
+from normprobe.atomic import atomic_write
+from normprobe.checkpoints import save_checkpoint
+from normprobe.device import pick_device
+from normprobe.errors import NormprobeError
+from normprobe.preprocess import Preprocess
 
 GRADSCALE_LR_DIVISOR = 6.0
 GRADSCALE_WARMUP_EPOCHS = 100

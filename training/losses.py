@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from training import distributed
+from normprobe.training import distributed
 
 
 class _GradScale(torch.autograd.Function):

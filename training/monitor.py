@@ -1,6 +1,6 @@
 """Per-epoch monitor: weighted kNN accuracy (k=200, T=0.1, on L2-normalised embeddings, as in the
 paper's Appendix C.1) of every head on the test split, and the mean embedding norm of every head on
-train and test. Embeddings come from :func:`normprobe.embed.extract_arrays`, the numbers from
+train and test. Embeddings come from :func:`normprobe.extraction.extract_arrays`, the numbers from
 :func:`normprobe.analyses.accuracy.knn_accuracy_and_norms` (as the zoo cards report them)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from normprobe.analyses.accuracy import knn_accuracy_and_norms
 from normprobe.data import ImageSet
 from normprobe.data.readers import ArrayReader
-from normprobe.embed import extract_arrays
+from normprobe.extraction import extract_arrays
 from normprobe.models import Encoder
 from normprobe.preprocess import Preprocess
 

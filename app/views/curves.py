@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from normprobe.app import explore, loading
+from normprobe.app.loading import FileStamp
+from normprobe.app.session import Session
 
-from app import explore, loading
-from app.loading import FileStamp
-from app.session import Session
 from normprobe.analyses.buckets import SCALINGS, bucket_curve
 from normprobe.analyses.human import human_correlations, human_curves, signal_columns, signal_label
 from normprobe.analyses.ood import evaluate_ood

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import cast
 
 import streamlit as st
+from normprobe.app import explore
+from normprobe.app.session import Session
+from normprobe.app.views import gallery
 
-from app import explore
-from app.session import Session
-from app.views import gallery
 from normprobe.analyses.exemplars import norm_exemplars
 
 

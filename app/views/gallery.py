@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
+from normprobe.app import explore, loading
+from normprobe.app.explore import Group
+from normprobe.app.session import Session
 
-from app import explore, loading
-from app.explore import Group
-from app.session import Session
 from normprobe.errors import NormprobeError
 
 

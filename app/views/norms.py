@@ -7,10 +7,10 @@ from typing import cast
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from normprobe.app import explore, loading
+from normprobe.app.loading import FileStamp
+from normprobe.app.session import Session
 
-from app import explore, loading
-from app.loading import FileStamp
-from app.session import Session
 from normprobe.analyses.norms import norm_summary
 from normprobe.errors import NormprobeError
 from normprobe.report import norm_bars_figure, norm_histogram_figure

@@ -6,9 +6,8 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-
-from app import explore
-from app.session import Session
+from normprobe.app import explore
+from normprobe.app.session import Session
 
 
 def flatten(tree: Any, prefix: str = "") -> list[tuple[str, str]]:

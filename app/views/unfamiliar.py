@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import cast
 
 import streamlit as st
-
-from app import explore
-from app.session import Session
-from app.views import gallery
+from normprobe.app import explore
+from normprobe.app.session import Session
+from normprobe.app.views import gallery
 
 MAX_IMAGES = 120
 """At most this many of the selected samples are drawn as images; the table and the CSV hold them all."""

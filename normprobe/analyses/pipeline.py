@@ -57,9 +57,9 @@ from normprobe.checkpoints import LoadedEncoder, load_encoder
 from normprobe.data import ImageSet, resolve_data_root
 from normprobe.data.hashing import fingerprint
 from normprobe.device import pick_device
-from normprobe.embed import cache_key, extract
 from normprobe.embedding_files import SUFFIXES, EmbeddingSet, primary_head, read_embeddings
 from normprobe.errors import NormprobeError
+from normprobe.extraction import cache_key, extract
 from normprobe.knn import CosineIndex
 from normprobe.render.page import table_html
 from normprobe.report import PLOTLY_FILE, Section, analysis_report, human_figures, plotly_js

@@ -101,7 +101,7 @@ class AnalysisSettings:
                 raise NormprobeError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         from normprobe.analyses.buckets import SCALINGS
         from normprobe.analyses.ood import scorer_names
-        from normprobe.embed import PRECISIONS
+        from normprobe.extraction import PRECISIONS
         from normprobe.render.page import PLOTLY_MODES
 
         if self.bucket_scaling not in SCALINGS:

@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import load_encoder
     from normprobe.device import bf16_is_native, pick_device
-    from normprobe.embed import extract
+    from normprobe.extraction import extract
 
     device = pick_device(args.device)
     loaded = load_encoder(checkpoint, arch=args.arch, adapter=args.adapter, trust_code=args.trust_code)

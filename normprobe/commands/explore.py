@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def app_script() -> Path:
-    import app
+    from normprobe import app
 
     return Path(app.__file__).resolve().parent / "main.py"
 

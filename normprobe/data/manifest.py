@@ -48,7 +48,7 @@ class Manifest:
 
 
 def _manifest_files() -> dict[str, Any]:
-    folder = resources.files("data_manifests")
+    folder = resources.files("normprobe.data_manifests")
     return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 

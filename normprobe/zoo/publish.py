@@ -1,6 +1,6 @@
 """Turn a training checkpoint into a zoo entry: fp16 weights, measured numbers, a model card.
 
-    python -m normprobe.zoo.publish RUN/last.pt --name simclr-r18w16 --command "python -m training ..."
+    python -m normprobe.zoo.publish RUN/last.pt --name simclr-r18w16 --command "normprobe train ..."
 
 The card's numbers are measured here, not copied from the training log: kNN accuracy (k=200,
 T=0.1, cosine, weighted vote) of the full CIFAR-10 test set against the full train set, for the
@@ -24,7 +24,7 @@ from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import load_encoder
 from normprobe.checkpoints.fileio import atomic_torch_save, read_torch_file
 from normprobe.data.hashing import file_sha256
-from normprobe.embed import extract
+from normprobe.extraction import extract
 from normprobe.zoo import ZOO_ROOT
 
 KNN_K, KNN_T = 200, 0.1

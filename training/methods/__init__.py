@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from normprobe.training.methods.base import Method
+from normprobe.training.methods.byol import BYOL
+from normprobe.training.methods.moco import MoCoV2, MoCoV3
+from normprobe.training.methods.simclr import SimCLR
+from normprobe.training.methods.simsiam import SimSiam
+
 from normprobe.errors import NormprobeError
-from training.methods.base import Method
-from training.methods.byol import BYOL
-from training.methods.moco import MoCoV2, MoCoV3
-from training.methods.simclr import SimCLR
-from training.methods.simsiam import SimSiam
 
 METHODS: dict[str, Callable[[dict[str, Any]], Method]] = {
     m.name: m for m in (SimCLR, SimSiam, BYOL, MoCoV2, MoCoV3)

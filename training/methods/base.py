@@ -7,12 +7,12 @@ import copy
 from typing import Any, cast
 
 import torch
+from normprobe.training.interventions import cut_initialisation
 from torch import nn
 
 from normprobe.models import Encoder, build_backbone, build_encoder
 from normprobe.models.heads import LayerSpec
 from normprobe.models.resnet import ARCHITECTURES, feature_dim
-from training.interventions import cut_initialisation
 
 
 def with_head_norm(layers: list[LayerSpec], norm: str) -> list[LayerSpec]:

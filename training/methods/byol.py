@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from normprobe.training.losses import grad_scale, negative_cosine
+from normprobe.training.methods.base import Method, backbone_dim, ema_update
+from normprobe.training.schedule import cosine_increase
 
 from normprobe.models.heads import byol_projector
-from training.losses import grad_scale, negative_cosine
-from training.methods.base import Method, backbone_dim, ema_update
-from training.schedule import cosine_increase
 
 
 class BYOL(Method):

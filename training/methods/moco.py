@@ -16,12 +16,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from normprobe.training import distributed
+from normprobe.training.losses import grad_scale, moco_infonce
+from normprobe.training.methods.base import Method, backbone_dim, ema_update
+from normprobe.training.schedule import cosine_increase
 
 from normprobe.models.heads import mocov2_projector, mocov3_predictor, mocov3_projector
-from training import distributed
-from training.losses import grad_scale, moco_infonce
-from training.methods.base import Method, backbone_dim, ema_update
-from training.schedule import cosine_increase
 
 
 class MoCoV2(Method):

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from normprobe.training.losses import grad_scale, info_nce
+from normprobe.training.methods.base import Method, backbone_dim
 
 from normprobe.models.heads import simclr_projector
-from training.losses import grad_scale, info_nce
-from training.methods.base import Method, backbone_dim
 
 
 class SimCLR(Method):

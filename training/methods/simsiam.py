@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from normprobe.training.losses import grad_scale, negative_cosine
+from normprobe.training.methods.base import Method, backbone_dim
 
 from normprobe.models.heads import bottleneck_predictor, simsiam_projector
-from training.losses import grad_scale, negative_cosine
-from training.methods.base import Method, backbone_dim
 
 
 class SimSiam(Method):

@@ -7,22 +7,17 @@ Preprocessing is the checkpoint's, applied to whole uint8 batches as tensors; ev
 
 from __future__ import annotations
 
-import inspect
-import sys
 import time
-import types
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from normprobe import api
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder
 from normprobe.data import ImageSet
@@ -178,18 +173,3 @@ def extract(
         for head, key in keys.items():
             cache.put(key, arrays[head])
     return Embeddings(arrays, False, time.perf_counter() - began)
-
-
-class _CallableModule(types.ModuleType):
-    """This module is also the function ``normprobe.embed(...)`` of the Python API.
-
-    Python sets ``normprobe.embed`` to this module once it is imported, whatever the package bound
-    under that name, so the module answers calls itself, with :func:`normprobe.api.embed`.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return api.embed(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-__signature__ = inspect.signature(api.embed)
