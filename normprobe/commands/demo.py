@@ -95,7 +95,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(results))
     out = Path(args.out).resolve()
     print(f"\nOpen the report:   {out / 'report.html'}")
-    print(
-        f"Explore the results: streamlit run {Path(__file__).resolve().parents[2] / 'app' / 'main.py'} -- --results {out}"
-    )
+    print(f"Explore the results: normprobe explore {out}")
     return 0
