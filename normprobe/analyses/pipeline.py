@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normprobe import __version__, data
+from normprobe import __version__, data, distributed
 from normprobe.analyses import human
 from normprobe.analyses.accuracy import knn_predictions
 from normprobe.analyses.buckets import SELF_VOTE_NOTE, bucket_curve
@@ -363,6 +363,12 @@ def run_analysis(
     the folder as read back by :func:`normprobe.results.read_results`. Raises
     :class:`NormprobeError` for bad input, before any expensive work where possible.
     """
+    if distributed.launched():
+        # every rank would analyse everything and write the same folder; extraction is what shards
+        raise NormprobeError(
+            "normprobe analyze runs as one process, not under torchrun: embed the sets with "
+            "`torchrun ... -m normprobe embed` (rank 0 fills the embedding cache), then run analyze once"
+        )
     settings = settings or AnalysisSettings()
     settings.check()
     began = time.perf_counter()

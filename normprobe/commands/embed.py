@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from normprobe.atomic import atomic_write, check_new_file
 from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
 from normprobe.terminal import printable
+
+if TYPE_CHECKING:  # torch is imported after the cheap checks
+    import torch
 
 FORMATS = (".npz", ".parquet")
 
@@ -33,6 +36,10 @@ Output, chosen by the suffix of --out (written atomically: a failed run leaves n
 
 Embeddings are cached ($NORMPROBE_CACHE or --cache-dir) by checkpoint hash, dataset fingerprint,
 head, preprocessing and precision: a second run is served from disk.
+
+Under torchrun (several processes, e.g. one per GPU) each process embeds a contiguous shard of the
+images (whole batches, so the result equals one process's); rank 0 gathers them in order and alone
+writes PATH and the cache (gloo on CPUs, nccl on GPUs, each process on the GPU of its local rank).
 """
 
 EPILOG = """\
@@ -41,6 +48,7 @@ examples:
   normprobe embed simclr.pt --dataset cifar100 --heads z --out c100.parquet     # partial mirror: 916 test images
   normprobe embed simclr.pt --dataset my_photos/ --out mine.npz                 # a folder (class sub-folders = labels)
   normprobe embed simclr.pt --dataset images.npz --precision bf16 --out e.npz   # bf16 autocast (faster on bf16 hardware)
+  torchrun --nproc_per_node 4 -m normprobe embed simclr.pt --dataset my_images/ --out big.parquet  # 4 processes
 """
 
 
@@ -192,30 +200,53 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint)
 
     # Imported after the cheap checks above, so that those fail at once (torch takes seconds to import).
-    from normprobe import data
+    from normprobe import distributed
+    from normprobe.device import pick_device
+
+    # under torchrun each rank embeds its shard of the data; rank 0 alone prints, caches and writes --out
+    ours = not distributed.is_distributed()
+    device = distributed.join(pick_device(args.device))
+    try:
+        return _embed(args, out, heads, checkpoint, device)
+    finally:
+        if ours and distributed.is_distributed():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _embed(
+    args: argparse.Namespace, out: Path, heads: tuple[str, ...] | None, checkpoint: Path, device: torch.device
+) -> int:
+    from normprobe import data, distributed
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import load_encoder
-    from normprobe.device import bf16_is_native, pick_device
+    from normprobe.device import bf16_is_native
     from normprobe.embed import extract
 
-    device = pick_device(args.device)
+    leader = distributed.rank() == 0
+
+    def say(message: str) -> None:
+        if leader:
+            print(message)
+
     loaded = load_encoder(checkpoint, arch=args.arch, adapter=args.adapter, trust_code=args.trust_code)
     imageset = data.load_any(
         args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0]
     )
     # paths, names and notes come from the user's files: printable() keeps escape sequences off the terminal
-    print(
+    say(
         printable(
             f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})"
         )
     )
-    print(printable(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}"))
+    say(printable(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}"))
     for note in imageset.notes:
-        print(printable(f"  note: {note}"))
+        say(printable(f"  note: {note}"))
     for file, reason in imageset.skipped[:5]:
-        print(printable(f"  skipped: {file} ({reason})"))
+        say(printable(f"  skipped: {file} ({reason})"))
     if args.precision == "bf16" and not bf16_is_native(device):
-        print(
+        say(
             f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here"
         )
 
@@ -253,6 +284,10 @@ def run(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "device": str(device),
     }
+    if not embeddings.complete:  # another rank's shard: rank 0 has the merged arrays and writes them
+        return 0
+    if distributed.world_size() > 1:
+        config["processes"] = distributed.world_size()
     writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
     try:
         writer(out, embeddings.heads, imageset.index, imageset.labels, imageset.ids, config)
@@ -264,12 +299,13 @@ def run(args: argparse.Namespace) -> int:
         for h, v in embeddings.heads.items()
     )
     if embeddings.from_cache:
-        print(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
+        say(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
     else:
         rate = len(imageset) / max(embeddings.seconds, 1e-9)
         cached = "not cached (--no-cache)" if cache is None else printable(f"cached in {cache.root}")
-        print(
-            f"embeddings: computed on {device} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
+        where = f"{device} x {distributed.world_size()} processes" if distributed.world_size() > 1 else device
+        say(
+            f"embeddings: computed on {where} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
         )
-    print(printable(f"wrote {out}"))
+    say(printable(f"wrote {out}"))
     return 0
