@@ -60,7 +60,9 @@ class Embeddings:
     complete: bool = True
 
     def norms(self, head: str) -> np.ndarray:
-        return np.linalg.norm(np.asarray(self.heads[head], dtype=np.float32), axis=1)
+        from normprobe.analyses.norms import embedding_norms
+
+        return embedding_norms(self.heads[head], np.float32)
 
 
 def extract_arrays(
@@ -154,6 +156,9 @@ def extract(
 ) -> Embeddings:
     """Embeddings of ``imageset`` for ``heads`` (default: all of the encoder's), served from ``cache`` when present.
 
+    With a cache, the arrays returned are read-only memory maps of its files (also right after
+    computing them); without one, in-memory arrays.
+
     Pass ``cache=None`` to always recompute (``--no-cache``).
     """
     heads = tuple(heads or loaded.heads)
@@ -201,6 +206,11 @@ def extract(
     if cache is not None:
         for head, key in keys.items():
             cache.put(key, merged[head])
+            # served from now on memory-mapped, as a cache hit would be: the pages are the OS's to
+            # drop and re-read, not this process's (the in-memory array is freed with the caller's)
+            stored = cache.get(key)
+            if stored is not None and stored.shape == merged[head].shape:
+                merged[head] = stored
     return Embeddings(merged, False, time.perf_counter() - began)
 
 

@@ -31,9 +31,19 @@ def analyze(work: Path, name: str, *options: str) -> tuple[dict, pd.DataFrame]:
     )
 
 
-def test_exhaustive_ivf_equals_the_exact_search_and_reports_recall_one(work: Path) -> None:
+def test_exhaustive_ivf_equals_the_exact_search_and_reports_recall_one(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    from normprobe import results
+
+    monkeypatch.setattr(results, "ROW_GROUP_ROWS", 64)
     exact_run, exact = analyze(work, "exact")
     assert "knn_search" not in exact_run
+    # samples.parquet in row groups of at most ROW_GROUP_ROWS: 160 + 60 + 60 rows
+    meta = pq.ParquetFile(work / "exact" / "samples.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [64, 64, 64, 64, 24]
     run, samples = analyze(work, "ivf-all", "--knn-backend", "faiss-ivf", "--nlist", "4", "--nprobe", "4")
     search = run["knn_search"]
     assert search["backend"] == "faiss-ivf" and search["approximate"] is True

@@ -32,7 +32,8 @@ Output, chosen by the suffix of --out (written atomically: a failed run leaves n
             np.load(path)["z"] -- no pickle needed.
   .parquet  one row per image: dataset, split, index, id, label, then per head a fixed-size
             list<float32> column (e.g. `z`) and its L2 norm (`z_norm`); the config is in the schema
-            metadata under b"normprobe". pandas: np.stack(pd.read_parquet(path)["z"]).
+            metadata under b"normprobe". Written in row groups of 65,536 rows (one group in
+            memory at a time). pandas: np.stack(pd.read_parquet(path)["z"]).
 
 Embeddings are cached ($NORMPROBE_CACHE or --cache-dir) by checkpoint hash, dataset fingerprint,
 head, preprocessing and precision: a second run is served from disk.
@@ -163,24 +164,46 @@ def write_parquet(
     labels: np.ndarray,
     ids: np.ndarray,
     config: dict[str, Any],
+    *,
+    row_group_rows: int | None = None,
 ) -> None:
+    """One row per image, written in row groups of ``row_group_rows`` (default
+    :data:`normprobe.results.ROW_GROUP_ROWS`): only one group's columns are built at a time, so
+    memory-mapped embeddings (the cache's) are read group by group, never copied whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from normprobe.analyses.norms import embedding_norms
+    from normprobe.results import ROW_GROUP_ROWS
+
+    rows = row_group_rows or ROW_GROUP_ROWS
     n = len(index)
-    columns: dict[str, pa.Array] = {
-        "dataset": pa.array([config["dataset"]["name"]] * n, pa.string()),
-        "split": pa.array([config["dataset"]["split"]] * n, pa.string()),
-        "index": pa.array(index.astype(np.int64)),
-        "id": pa.array(ids.astype(str).tolist(), pa.string()),
-        "label": pa.array(labels.astype(np.int64)),
-    }
-    for name, values in heads.items():
-        values = np.ascontiguousarray(values, dtype=np.float32)
-        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-        columns[f"{name}_norm"] = pa.array(np.linalg.norm(values, axis=1).astype(np.float32))
-    table = pa.table(columns).replace_schema_metadata({b"normprobe": json.dumps(config).encode()})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    dataset, split = config["dataset"]["name"], config["dataset"]["split"]
+
+    def group(r0: int, r1: int) -> pa.Table:
+        columns: dict[str, pa.Array] = {
+            "dataset": pa.array([dataset] * (r1 - r0), pa.string()),
+            "split": pa.array([split] * (r1 - r0), pa.string()),
+            "index": pa.array(index[r0:r1].astype(np.int64)),
+            "id": pa.array(ids[r0:r1].astype(str).tolist(), pa.string()),
+            "label": pa.array(labels[r0:r1].astype(np.int64)),
+        }
+        for name, values in heads.items():
+            block = np.ascontiguousarray(values[r0:r1], dtype=np.float32)
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
+            columns[f"{name}_norm"] = pa.array(embedding_norms(block, np.float32))
+        return pa.table(columns)
+
+    first = group(0, min(n, rows))
+    schema = first.schema.with_metadata({b"normprobe": json.dumps(config).encode()})
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            writer.write_table(first, row_group_size=rows)
+            for r0 in range(rows, n, rows):
+                writer.write_table(group(r0, min(n, r0 + rows)), row_group_size=rows)
+
+    atomic_write(path, write)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -295,7 +318,7 @@ def _embed(
         raise NormprobeError(f"cannot write {out}: {err.strerror or err}") from err
 
     dims = ", ".join(
-        f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})"
+        f"{h} {v.shape[1]}-d (mean norm {float(embeddings.norms(h).mean()):.3f})"
         for h, v in embeddings.heads.items()
     )
     if embeddings.from_cache:
