@@ -868,8 +868,9 @@ class CosineIndex:
     def _iter_faiss(self, q: torch.Tensor, k: int, leave_one_out: bool) -> Iterator[tuple[int, Neighbors]]:
         n_q = q.shape[0]
         extra = 1 if leave_one_out else 0
-        # faiss allocates its own result arrays; blocks only bound those and the query copy.
-        qb = max(1, min(n_q, self.memory_budget_bytes // (4 * self.dim + 12 * (k + extra) + 1)))
+        # faiss allocates its own result arrays (12 bytes per neighbour); dropping each row's own
+        # entry and filling in missing rows take about 24 more: blocks bound those and the query copy
+        qb = max(1, min(n_q, self.memory_budget_bytes // (4 * self.dim + 36 * (k + extra) + 1)))
         for q0 in range(0, n_q, qb):
             q1 = min(q0 + qb, n_q)
             if leave_one_out:
