@@ -3,6 +3,10 @@
 Embeddings are the raw, un-normalised outputs (``feats``, ``z``, ``p``) in dataset order, float32.
 Preprocessing is the checkpoint's, applied to whole uint8 batches as tensors; eval mode,
 ``torch.inference_mode``, and the last (smaller) batch is kept.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1), :func:`extract` splits the work: each rank embeds a
+contiguous shard of whole batches (:func:`normprobe.distributed.shard`), rank 0 gathers the shards
+in order and alone reads and writes the cache; the other ranks get no arrays back.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from normprobe import distributed
 from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder
 from normprobe.data import ImageSet
@@ -43,14 +48,21 @@ def prefetched(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
 
 @dataclass(frozen=True)
 class Embeddings:
-    """Per-head float32 ``N×D`` arrays of one ImageSet, in its order."""
+    """Per-head float32 ``N×D`` arrays of one ImageSet, in its order.
+
+    ``complete`` is False on the ranks other than 0 of a ``torchrun`` extraction: their ``heads``
+    is empty, rank 0 holds the merged arrays.
+    """
 
     heads: dict[str, np.ndarray]
     from_cache: bool
     seconds: float
+    complete: bool = True
 
     def norms(self, head: str) -> np.ndarray:
-        return np.linalg.norm(np.asarray(self.heads[head], dtype=np.float32), axis=1)
+        from normprobe.analyses.norms import embedding_norms
+
+        return embedding_norms(self.heads[head], np.float32)
 
 
 def extract_arrays(
@@ -144,6 +156,9 @@ def extract(
 ) -> Embeddings:
     """Embeddings of ``imageset`` for ``heads`` (default: all of the encoder's), served from ``cache`` when present.
 
+    With a cache, the arrays returned are read-only memory maps of its files (also right after
+    computing them); without one, in-memory arrays.
+
     Pass ``cache=None`` to always recompute (``--no-cache``).
     """
     heads = tuple(heads or loaded.heads)
@@ -151,25 +166,105 @@ def extract(
     if unknown:
         raise NormprobeError(f"checkpoint has no head {unknown[0]!r} (heads: {', '.join(loaded.heads)})")
     began = time.perf_counter()
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = distributed.join(device)
     keys = {head: cache_key(loaded, imageset, head, precision) for head in heads}
-    cached = {head: cache.get(key) for head, key in keys.items()} if cache is not None else {}
-    if cache is not None and all(
-        v is not None and v.ndim == 2 and len(v) == len(imageset) for v in cached.values()
-    ):
-        return Embeddings(
-            {h: v for h, v in cached.items() if v is not None}, True, time.perf_counter() - began
-        )
-    arrays = extract_arrays(
-        loaded.encoder,
-        loaded.preprocess,
-        imageset,
-        heads,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        progress=progress,
+    # rank 0 alone reads the cache and tells the others whether it answered
+    leader = distributed.rank() == 0
+    cached = {head: cache.get(key) for head, key in keys.items()} if cache is not None and leader else {}
+    hit = (
+        cache is not None
+        and leader
+        and all(v is not None and v.ndim == 2 and len(v) == len(imageset) for v in cached.values())
     )
+    if distributed.broadcast_object(hit):
+        arrays = {h: v for h, v in cached.items() if v is not None} if leader else {}
+        return Embeddings(arrays, True, time.perf_counter() - began, complete=leader)
+    if distributed.world_size() > 1:
+        merged = _extract_sharded(
+            loaded,
+            imageset,
+            heads,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=progress and leader,
+        )
+    else:
+        merged = extract_arrays(
+            loaded.encoder,
+            loaded.preprocess,
+            imageset,
+            heads,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=progress,
+        )
+    if merged is None:
+        return Embeddings({}, False, time.perf_counter() - began, complete=False)
     if cache is not None:
         for head, key in keys.items():
-            cache.put(key, arrays[head])
-    return Embeddings(arrays, False, time.perf_counter() - began)
+            cache.put(key, merged[head])
+            # served from now on memory-mapped, as a cache hit would be: the pages are the OS's to
+            # drop and re-read, not this process's (the in-memory array is freed with the caller's)
+            stored = cache.get(key)
+            if stored is not None and stored.shape == merged[head].shape:
+                merged[head] = stored
+    return Embeddings(merged, False, time.perf_counter() - began)
+
+
+def _extract_sharded(
+    loaded: LoadedEncoder,
+    imageset: ImageSet,
+    heads: Sequence[str],
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+) -> dict[str, np.ndarray] | None:
+    """This rank's shard through :func:`extract_arrays`; rank 0 gets every head merged in
+    dataset order, the others None.
+
+    A failure on any rank (bad input, NaN, out of memory) is raised on every rank, so no rank
+    waits for a gather that will not come.
+    """
+    if batch_size < 1:
+        raise NormprobeError(f"batch size must be >= 1, got {batch_size}")
+    if len(imageset) == 0:
+        raise NormprobeError(f"nothing to embed: {imageset.name}/{imageset.split} has no images")
+    rows = distributed.shard(len(imageset), batch_size)
+    part: dict[str, np.ndarray] | None = None
+    failure: BaseException | None = None
+    if rows.stop > rows.start:
+        try:
+            part = extract_arrays(
+                loaded.encoder,
+                loaded.preprocess,
+                imageset.subset(np.arange(rows.start, rows.stop), f"rows {rows.start}:{rows.stop}"),
+                heads,
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+                progress=progress,
+            )
+        except Exception as err:  # reported to every rank below, then re-raised here
+            failure = err
+    me = distributed.rank()
+    reports = distributed.all_gather_object(
+        (str(failure) if failure is not None else None, {h: v.shape[1] for h, v in (part or {}).items()})
+    )
+    if failure is not None:
+        raise failure
+    for other, (message, _) in enumerate(reports):
+        if message is not None:
+            raise NormprobeError(f"extraction failed on rank {other}: {message}")
+    dims = next(d for _, d in reports if d)  # rank 0's shard is never empty
+    merged = {}
+    for head in heads:
+        values = part[head] if part is not None else np.empty((0, dims[head]), np.float32)
+        merged[head] = distributed.gather_rows(values, len(imageset))
+    if me != 0:
+        return None
+    return {head: values for head, values in merged.items() if values is not None}

@@ -26,6 +26,11 @@ the exact top-k on the CPU avoids a full selection over every row (see :func:`_t
 CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX), the GEMM runs in bfloat16 instead
 and only selects candidates, which are then re-scored in float32; a rounding-error bound makes
 the result exact, the same neighbours as the float32 GEMM (see :func:`_topk_bf16`).
+
+Past one machine's patience, ``backend="faiss-ivf"`` (inverted lists, ``nlist`` / ``nprobe``) and
+``backend="faiss-hnsw"`` (a graph, ``hnsw_m`` / ``ef_search``) search approximately through faiss;
+:func:`measure_recall` says how many of the exact neighbours they find (:func:`recall_at_k`). The
+faiss backends run on a GPU when the bank is on CUDA and faiss was built with GPU support.
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ import torch
 
 from normprobe.errors import NormprobeError
 
-Backend = Literal["torch", "faiss"]
+Backend = Literal["torch", "faiss", "faiss-ivf", "faiss-hnsw"]
+BACKENDS: tuple[Backend, ...] = ("torch", "faiss", "faiss-ivf", "faiss-hnsw")
+APPROXIMATE_BACKENDS: tuple[Backend, ...] = ("faiss-ivf", "faiss-hnsw")
+"""Backends whose neighbours may miss some of the exact ones (see :func:`measure_recall`)."""
 ArrayLike = np.ndarray | torch.Tensor
 
 DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30
@@ -58,6 +66,51 @@ _MIN_QUERY_BLOCK = 256
 # selection itself; so query blocks keep their largest temporary below this bound. The
 # similarity buffer itself is allocated once per search and may be larger.
 _TEMPORARY_BYTES = 24 << 20
+
+
+DEFAULT_NPROBE = 32
+"""IVF cells searched per query unless told (``faiss-ivf``)."""
+DEFAULT_HNSW_M = 32
+"""HNSW links per point unless told (``faiss-hnsw``)."""
+
+
+def approximate_params(
+    backend: str,
+    n_bank: int,
+    *,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int | None = None,
+    ef_construction: int = 80,
+    ef_search: int | None = None,
+    seed: int = 0,
+) -> dict[str, int | str]:
+    """The parameters an approximate :class:`CosineIndex` of ``n_bank`` points uses, defaults
+    resolved (empty for the exact backends); what its neighbours depend on. Raises
+    :class:`NormprobeError` for impossible values."""
+    if backend == "faiss-ivf":
+        nlist = default_nlist(n_bank) if nlist is None else int(nlist)
+        if not 1 <= nlist <= n_bank:
+            raise NormprobeError(f"nlist={nlist} must be between 1 and the bank size {n_bank}")
+        nprobe = min(nlist, DEFAULT_NPROBE) if nprobe is None else int(nprobe)
+        if not 1 <= nprobe <= nlist:
+            raise NormprobeError(f"nprobe={nprobe} must be between 1 and nlist={nlist}")
+        return {"nlist": nlist, "nprobe": nprobe, "seed": int(seed)}
+    if backend == "faiss-hnsw":
+        hnsw_m = DEFAULT_HNSW_M if hnsw_m is None else int(hnsw_m)
+        if hnsw_m < 2 or ef_construction < 1 or (ef_search is not None and ef_search < 1):
+            raise NormprobeError(
+                f"hnsw_m={hnsw_m} must be >= 2, ef_construction={ef_construction} and ef_search={ef_search} >= 1"
+            )
+        ef: int | str = "max(2k,128)" if ef_search is None else int(ef_search)
+        return {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": ef}
+    return {}
+
+
+def default_nlist(n_bank: int) -> int:
+    """IVF cells for a bank of ``n_bank``: about ``4 sqrt(n)`` (faiss's rule of thumb), with at
+    least 39 training points per cell (below that faiss's k-means warns): 894 at 50k, 4000 at 1M."""
+    return max(1, min(n_bank // 39, round(4 * math.sqrt(n_bank))))
 
 
 class Neighbors(NamedTuple):
@@ -495,8 +548,15 @@ class CosineIndex:
     bank:
         ``(n_bank, d)`` embeddings (not necessarily normalised).
     backend:
-        ``"torch"`` (blocked GEMM + exact top-k, CPU or CUDA) or ``"faiss"`` (faiss-cpu
-        ``IndexFlatIP`` on the normalised vectors: the same neighbours, up to ties).
+        ``"torch"`` (blocked GEMM + exact top-k, CPU or CUDA), ``"faiss"`` (faiss
+        ``IndexFlatIP`` on the normalised vectors: the same neighbours, up to ties), or one of the
+        approximate faiss indexes: ``"faiss-ivf"`` (``IndexIVFFlat``: k-means cells, ``nprobe`` of
+        ``nlist`` searched per query) and ``"faiss-hnsw"`` (``IndexHNSWFlat``: a graph of ``hnsw_m``
+        links per point, ``ef_search`` candidates kept per query). Their recall against the exact
+        search is measured by :func:`measure_recall`. Leave-one-out searches one neighbour more and
+        drops the query itself; a row for which an approximate index finds fewer than ``k``
+        neighbours (too few points in its ``nprobe`` cells) is searched exactly instead
+        (counted in :attr:`exact_fallback_rows`).
     memory_budget_bytes:
         Bound on the working memory of a search (similarity block and top-k buffers).
     bf16_prefilter:
@@ -509,6 +569,20 @@ class CosineIndex:
         analysis asks the same bank for the classifier's k = 200 neighbours and the OOD scorers'
         k = 50 of the same sets: with a shared memoizing index each set is searched once, at the
         largest k, which is asked first. Costs ``n_queries * k * 12`` bytes per set kept.
+    nlist, nprobe:
+        ``faiss-ivf``: k-means cells (default :func:`default_nlist`: about ``4 sqrt(n_bank)``, at
+        least 39 training points each) and cells searched per query (default
+        :data:`DEFAULT_NPROBE`, at most ``nlist``; ``nprobe = nlist`` is exhaustive, hence exact).
+        The cells are trained on a seeded sample of at most ``256 * nlist`` bank rows.
+    hnsw_m, ef_construction, ef_search:
+        ``faiss-hnsw``: links per point (default 32), candidate list while building (default 80)
+        and while searching (default ``max(2 k, 128)``, never below ``k``). The graph is built by
+        faiss's parallel insertion, which may differ slightly from run to run with several threads.
+    seed:
+        Seed of the IVF training sample and k-means initialisation.
+    faiss_gpu:
+        Put the faiss index on a GPU (flat and IVF; faiss has no GPU HNSW). ``None``: when CUDA is
+        present and faiss was built with GPU support; ``True`` without either is an error.
     """
 
     def __init__(
@@ -519,9 +593,16 @@ class CosineIndex:
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         bf16_prefilter: bool | None = None,
         memoize: bool = False,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        hnsw_m: int | None = None,
+        ef_construction: int = 80,
+        ef_search: int | None = None,
+        seed: int = 0,
+        faiss_gpu: bool | None = None,
     ) -> None:
-        if backend not in ("torch", "faiss"):
-            raise NormprobeError(f"unknown kNN backend {backend!r}; choose 'torch' or 'faiss'")
+        if backend not in BACKENDS:
+            raise NormprobeError(f"unknown kNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if memory_budget_bytes < 1 << 20:
             raise NormprobeError(f"memory budget of {memory_budget_bytes} bytes is too small (< 1 MiB)")
         self.backend: Backend = backend
@@ -535,11 +616,90 @@ class CosineIndex:
             raise NormprobeError("bf16_prefilter needs the torch backend with a CPU bank")
         self._bf16 = _round_bank(self.bank) if bf16_prefilter else None
         self._memo: dict[str, Neighbors] | None = {} if memoize else None
+        self.exact_fallback_rows = 0
+        """Query rows an approximate index found fewer than k neighbours for, searched exactly instead."""
+        self.params: dict[str, int | str | bool] = {}
+        """The approximate index's parameters as used (``nlist``, ``nprobe``, ...), and ``gpu``."""
         self._faiss_index = None
-        if backend == "faiss":
-            faiss = _import_faiss()
-            self._faiss_index = faiss.IndexFlatIP(self.dim)
-            self._faiss_index.add(self.bank.cpu().numpy())
+        if backend.startswith("faiss"):
+            self._faiss_index = self._build_faiss(
+                nlist=nlist,
+                nprobe=nprobe,
+                hnsw_m=hnsw_m,
+                ef_construction=ef_construction,
+                ef_search=ef_search,
+                seed=seed,
+                gpu=faiss_gpu,
+            )
+        self._ef_search = ef_search
+
+    @property
+    def exact(self) -> bool:
+        """Whether searches return the exact neighbours (up to ties): not an approximate backend."""
+        return self.backend not in APPROXIMATE_BACKENDS
+
+    def describe(self) -> str:
+        """The backend and its parameters, e.g. ``faiss-ivf(nlist=894,nprobe=32)``: what an
+        approximate search's results depend on (cache keys, run.json)."""
+        params = ",".join(f"{key}={value}" for key, value in self.params.items() if key != "gpu")
+        return f"{self.backend}({params})" if params else self.backend
+
+    def _build_faiss(
+        self,
+        *,
+        nlist: int | None,
+        nprobe: int | None,
+        hnsw_m: int | None,
+        ef_construction: int,
+        ef_search: int | None,
+        seed: int,
+        gpu: bool | None,
+    ):  # noqa: ANN202 - faiss has no type stubs
+        faiss = _import_faiss()
+        n, d = self.n_bank, self.dim
+        vectors = self.bank.cpu().numpy()  # a view for a CPU bank: faiss copies what it keeps
+        has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+        if gpu is None:
+            gpu = has_gpu and torch.cuda.is_available() and self.backend != "faiss-hnsw"
+        elif gpu and not has_gpu:
+            raise NormprobeError("faiss_gpu=True, but this faiss has no GPU support or sees no GPU")
+        elif gpu and self.backend == "faiss-hnsw":
+            raise NormprobeError("faiss has no GPU HNSW index; use faiss-ivf or faiss on the GPU")
+        params = approximate_params(
+            self.backend,
+            n,
+            nlist=nlist,
+            nprobe=nprobe,
+            hnsw_m=hnsw_m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+            seed=seed,
+        )
+        if self.backend == "faiss":
+            index = faiss.IndexFlatIP(d)
+        elif self.backend == "faiss-ivf":
+            nlist, nprobe = int(params["nlist"]), int(params["nprobe"])
+            self._faiss_quantizer = faiss.IndexFlatIP(d)  # the index keeps a pointer to it
+            index = faiss.IndexIVFFlat(self._faiss_quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = int(seed)
+            sample = min(n, 256 * nlist)  # faiss's own cap on k-means points
+            rows = np.random.default_rng(seed).choice(n, sample, replace=False) if sample < n else None
+            # faiss warns (stderr) when a cell gets fewer than 39 training points: nlist is too large
+            index.train(vectors if rows is None else vectors[np.sort(rows)])
+            index.nprobe = nprobe
+        else:
+            index = faiss.IndexHNSWFlat(d, int(params["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = int(ef_construction)
+        self.params = dict(params)
+        if gpu:
+            device = self.device.index if self.device.type == "cuda" and self.device.index is not None else 0
+            self._faiss_gpu_resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._faiss_gpu_resources, device, index)
+            if self.backend == "faiss-ivf":
+                index.nprobe = nprobe
+        index.add(vectors)
+        self.params["gpu"] = bool(gpu)
+        return index
 
     @property
     def n_bank(self) -> int:
@@ -607,7 +767,7 @@ class CosineIndex:
     def _iter_backend(
         self, q: torch.Tensor, k: int, leave_one_out: bool, sort: bool
     ) -> Iterator[tuple[int, Neighbors]]:
-        if self.backend == "faiss":
+        if self._faiss_index is not None:
             yield from self._iter_faiss(q, k, leave_one_out)
         else:
             yield from self._iter_torch(q, k, leave_one_out, sort)
@@ -708,24 +868,61 @@ class CosineIndex:
     def _iter_faiss(self, q: torch.Tensor, k: int, leave_one_out: bool) -> Iterator[tuple[int, Neighbors]]:
         n_q = q.shape[0]
         extra = 1 if leave_one_out else 0
-        # faiss allocates its own result arrays; blocks only bound those and the query copy.
-        qb = max(1, min(n_q, self.memory_budget_bytes // (4 * self.dim + 12 * (k + extra) + 1)))
+        # faiss allocates its own result arrays (12 bytes per neighbour); dropping each row's own
+        # entry and filling in missing rows take about 24 more: blocks bound those and the query copy
+        qb = max(1, min(n_q, self.memory_budget_bytes // (4 * self.dim + 36 * (k + extra) + 1)))
         for q0 in range(0, n_q, qb):
             q1 = min(q0 + qb, n_q)
             if leave_one_out:
-                qn = self.bank[q0:q1].cpu()
+                qn = self.bank[q0:q1]
             else:
-                qn = _normalize(q[q0:q1].to("cpu", torch.float32), "queries", q0)
-            assert self._faiss_index is not None
-            sims_np, idx_np = self._faiss_index.search(qn.contiguous().numpy(), k + extra)
-            sims, idx = torch.from_numpy(sims_np), torch.from_numpy(idx_np)
-            if leave_one_out:
-                # Drop the self match (or, if ties pushed it out, the last neighbour): a stable
-                # sort moves the one self entry to the end and keeps the others in order.
-                is_self = idx == torch.arange(q0, q1).unsqueeze(1)
-                order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices[:, :k]
-                sims, idx = sims.gather(1, order), idx.gather(1, order)
-            yield q0, Neighbors(sims, idx)
+                qn = _normalize(q[q0:q1].to(self.device, torch.float32), "queries", q0)
+            yield q0, self._faiss_block(qn, k, torch.arange(q0, q1) if leave_one_out else None)
+
+    def _faiss_block(self, qn: torch.Tensor, k: int, own: torch.Tensor | None) -> Neighbors:
+        """Sorted top-``k`` of normalised queries ``qn`` through the faiss index (CPU tensors);
+        ``own``: each query's own bank row, left out (leave-one-out)."""
+        assert self._faiss_index is not None
+        width = k + (own is not None)
+        if self.backend == "faiss-hnsw":
+            ef = self._ef_search if self._ef_search is not None else max(2 * k, 128)
+            self._faiss_index.hnsw.efSearch = max(ef, width)
+        sims_np, idx_np = self._faiss_index.search(qn.detach().cpu().contiguous().numpy(), width)
+        sims, idx = torch.from_numpy(sims_np), torch.from_numpy(idx_np)
+        if own is not None:
+            sims, idx = _drop_own(sims, idx, own, k)
+        missing = (idx < 0).any(dim=1).nonzero().squeeze(1)  # faiss pads with -1 what it did not find
+        if missing.numel():
+            self.exact_fallback_rows += int(missing.numel())
+            exact = self._exact_rows(qn[missing.to(qn.device)], k, None if own is None else own[missing])
+            sims[missing], idx[missing] = exact.similarities.cpu(), exact.indices.cpu()
+        return Neighbors(sims, idx)
+
+    def _exact_rows(self, qn: torch.Tensor, k: int, own: torch.Tensor | None) -> Neighbors:
+        """Exact sorted top-``k`` of a few normalised queries by plain float32 GEMMs on the bank's
+        device, in row blocks within the memory budget; ``own`` as in :meth:`_faiss_block`."""
+        rows = max(1, self.memory_budget_bytes // (4 * self.n_bank))
+        sims_out, idx_out = [], []
+        for r0 in range(0, qn.shape[0], rows):
+            sims = qn[r0 : r0 + rows].to(self.device) @ self.bank.T
+            if own is not None:
+                mine = own[r0 : r0 + rows].to(self.device)
+                sims[torch.arange(len(mine), device=self.device), mine] = -math.inf
+            top = torch.topk(sims, k, dim=1)
+            sims_out.append(top.values)
+            idx_out.append(top.indices)
+        return Neighbors(torch.cat(sims_out), torch.cat(idx_out))
+
+
+def _drop_own(
+    sims: torch.Tensor, idx: torch.Tensor, own: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` of each row's ``k + 1`` neighbours other than the row's own bank row ``own``:
+    a stable sort moves the one self entry (or, if ties or an approximate index left it out, the
+    last neighbour) to the end and keeps the others in order."""
+    is_self = idx == own.to(idx.device).unsqueeze(1)
+    order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    return sims.gather(1, order), idx.gather(1, order)
 
 
 def _content_key(x: torch.Tensor) -> str:
@@ -744,6 +941,70 @@ def _import_faiss():  # noqa: ANN202 - faiss has no type stubs
             "backend='faiss' needs the faiss-cpu package: pip install 'normprobe[faiss]'"
         ) from exc
     return faiss
+
+
+def recall_at_k(approx: Neighbors | ArrayLike, exact: Neighbors | ArrayLike) -> float:
+    """Mean over queries of the fraction of the exact ``k`` nearest neighbours that ``approx`` found.
+
+    Both are ``(n_queries, k)`` bank indices (or :class:`Neighbors`) of the same queries, ``exact``
+    from an exact search; each row's indices are distinct. Ties at the exact k-th similarity can
+    make an exact-but-different search score just below 1.
+    """
+    a = approx.indices if isinstance(approx, Neighbors) else approx
+    e = exact.indices if isinstance(exact, Neighbors) else exact
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    e = e.detach().cpu().numpy() if isinstance(e, torch.Tensor) else np.asarray(e)
+    if a.shape != e.shape or a.ndim != 2 or a.shape[1] == 0:
+        raise NormprobeError(f"recall_at_k needs two (n_queries, k) arrays, got {a.shape} and {e.shape}")
+    if a.shape[0] == 0:
+        raise NormprobeError("recall_at_k needs at least one query")
+    both = np.sort(np.concatenate([a, e], axis=1).astype(np.int64), axis=1)
+    found = np.count_nonzero(both[:, 1:] == both[:, :-1], axis=1)  # each common index appears twice
+    return float(found.mean() / e.shape[1])
+
+
+def measure_recall(
+    index: CosineIndex,
+    queries: ArrayLike | None,
+    ks: int | tuple[int, ...],
+    *,
+    sample: int = 1000,
+    seed: int = 0,
+) -> dict[int, float]:
+    """Recall@k of ``index``'s search (:func:`recall_at_k`) against the exact search of the same
+    bank, on a seeded sample of at most ``sample`` queries, for every ``k`` in ``ks``.
+
+    ``queries=None``: leave-one-out, sampling bank rows (each left out of its own search). One
+    search at the largest k serves every k (each k's neighbours are a prefix of the sorted ones).
+    The exact reference is a plain float32 GEMM against the same normalised bank, in blocks within
+    the index's memory budget: for 1,000 queries about ``1000 * n_bank * d * 2`` flops.
+    """
+    ks = (ks,) if isinstance(ks, int) else tuple(ks)
+    if not ks or min(ks) < 1:
+        raise NormprobeError(f"recall needs k >= 1, got {ks}")
+    k = max(ks)
+    n = index.n_bank if queries is None else len(queries)
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
+    if queries is None:
+        qn = index.bank[torch.from_numpy(rows).to(index.device)]
+        own: torch.Tensor | None = torch.from_numpy(rows)
+    else:
+        picked = (
+            queries[torch.from_numpy(rows)]
+            if isinstance(queries, torch.Tensor)
+            else np.asarray(queries)[rows]
+        )
+        qn = normalize_embeddings(picked, "queries").to(index.device)
+        own = None
+    available = index.n_bank - (own is not None)
+    if k > available:
+        raise NormprobeError(f"k={k} must be at most {available} to measure recall")
+    if index.backend.startswith("faiss"):
+        found = index._faiss_block(qn, k, own)
+    else:
+        found = index._exact_rows(qn, k, own)
+    truth = index._exact_rows(qn, k, own)
+    return {kk: recall_at_k(found.indices[:, :kk], truth.indices[:, :kk]) for kk in sorted(set(ks))}
 
 
 def shared_index(index: CosineIndex | None, bank: ArrayLike) -> CosineIndex | None:
@@ -843,7 +1104,7 @@ class KNNClassifier:
             )
         self.classes_, codes = np.unique(labels_np, return_inverse=True)
         # faiss returns CPU indices; the torch backend returns them on the bank's device.
-        device = index.device if self.backend == "torch" else torch.device("cpu")
+        device = index.device if index.backend == "torch" else torch.device("cpu")
         self._codes = torch.from_numpy(codes.reshape(-1).astype(np.int64)).to(device)
         self.index_ = index
         return self

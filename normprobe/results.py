@@ -40,6 +40,9 @@ from normprobe.spreadsheet import spreadsheet_safe
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.parquet"
+ROW_GROUP_ROWS = 65_536
+"""Rows per parquet row group (samples.parquet, ``normprobe embed --out x.parquet``): a reader can
+stream or skip groups, and a writer holds at most one group's columns beyond its input."""
 TABLES_DIR = "tables"
 REPORT_FILE = "report.html"
 FILES_KEY = "files"
@@ -265,7 +268,7 @@ def write_results(
         staging.chmod(0o777 & ~_umask())
         record = {**jsonable(run), FILES_KEY: files}
         (staging / RUN_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        samples.to_parquet(staging / SAMPLES_FILE, index=False)
+        samples.to_parquet(staging / SAMPLES_FILE, index=False, row_group_size=ROW_GROUP_ROWS)
         (staging / TABLES_DIR).mkdir()
         for name, table in tables.items():
             spreadsheet_safe(table).to_csv(staging / TABLES_DIR / f"{name}.csv", index=False)

@@ -314,3 +314,37 @@ def test_allocator_settings_merge_and_never_loop(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
+
+
+@pytest.mark.parametrize(
+    ("n", "rows", "groups"), [(100, 16, [16] * 6 + [4]), (70_000, None, [65_536, 4_464])]
+)
+def test_parquet_is_written_in_bounded_row_groups_from_memory_maps(
+    tmp_path: Path, n: int, rows: int | None, groups: list[int]
+) -> None:
+    from normprobe.commands.embed import write_parquet
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "z.npy", rng.standard_normal((n, 4)).astype(np.float32))
+    z = np.load(tmp_path / "z.npy", mmap_mode="r")  # as the cache serves it
+    config = {"dataset": {"name": "synthetic", "split": "all"}}
+    out = tmp_path / "e.parquet"
+    write_parquet(
+        out,
+        {"z": z},
+        np.arange(n),
+        rng.integers(0, 3, n),
+        np.arange(n).astype(str),
+        config,
+        row_group_rows=rows,
+    )
+    meta = pq.ParquetFile(out).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == groups
+    frame = pd.read_parquet(out)
+    np.testing.assert_array_equal(np.stack(frame["z"]), z)
+    np.testing.assert_array_equal(frame["z_norm"].to_numpy(), np.linalg.norm(np.asarray(z), axis=1))
+    np.testing.assert_array_equal(frame["index"].to_numpy(), np.arange(n))
+    assert json.loads(pq.read_schema(out).metadata[b"normprobe"]) == config
+    assert [p.name for p in tmp_path.iterdir()] == sorted(["z.npy", "e.parquet"]) or len(
+        list(tmp_path.iterdir())
+    ) == 2

@@ -115,6 +115,8 @@ def test_cache_hits_and_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp
     small = subset.subset(np.arange(48), "first48")
     first = extract(loaded, small, ("feats", "z"), cache=cache, progress=False)
     assert not first.from_cache and len(list(tmp_path.rglob("*.npy"))) == 2
+    # computed, then served memory-mapped from the cache files like a hit (nothing held twice)
+    assert all(isinstance(v, np.memmap) and not v.flags.writeable for v in first.heads.values())
     second = extract(loaded, small, ("feats", "z"), cache=cache, progress=False)
     assert second.from_cache
     for head in ("feats", "z"):
@@ -138,7 +140,7 @@ def test_cache_hits_and_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp
     )  # the head is in the key
 
     uncached = extract(loaded, small, ("z",), cache=None, progress=False)  # --no-cache
-    assert not uncached.from_cache
+    assert not uncached.from_cache and not isinstance(uncached.heads["z"], np.memmap)
 
 
 def test_a_changed_checkpoint_misses(
@@ -165,7 +167,7 @@ def test_a_corrupt_cache_entry_is_recomputed(
 ) -> None:
     cache = EmbeddingCache(tmp_path)
     small = subset.subset(np.arange(16), "first16")
-    good = extract(loaded, small, ("z",), cache=cache, progress=False).heads["z"]
+    good = np.array(extract(loaded, small, ("z",), cache=cache, progress=False).heads["z"])  # not the map
     entry = next(tmp_path.rglob("*.npy"))
     entry.write_bytes(entry.read_bytes()[:100])  # truncated, as after a full disk
     again = extract(loaded, small, ("z",), cache=cache, progress=False)

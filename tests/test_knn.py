@@ -542,3 +542,105 @@ def test_a_memoizing_index_searches_each_query_set_once() -> None:
     np.testing.assert_allclose(scores[1], NormKNNScorer(k=5).fit(bank).score_samples(queries), atol=1e-5)
     with pytest.raises(NormprobeError, match="shared index"):
         KNNDistanceScorer(k=5).fit(bank[:100], index=index)
+
+
+# --- approximate search through faiss (IVF, HNSW) and its recall ------------------------------------
+
+
+def test_recall_at_k_by_hand() -> None:
+    exact = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    approx = np.array([[3, 2, 9, 0], [8, 9, 10, 11]])  # 3 of 4, then 0 of 4
+    assert knn_module.recall_at_k(approx, exact) == pytest.approx(3 / 8)
+    assert knn_module.recall_at_k(torch.from_numpy(exact[:, ::-1].copy()), exact) == 1.0  # order is free
+    with pytest.raises(NormprobeError, match="n_queries, k"):
+        knn_module.recall_at_k(approx[:, :3], exact)
+
+
+@pytest.mark.parametrize(
+    ("backend", "options"),
+    [("faiss-ivf", {"nlist": 32, "nprobe": 4}), ("faiss-hnsw", {"hnsw_m": 16, "ef_search": 64})],
+)
+def test_approximate_backends_find_most_exact_neighbours(backend: str, options: dict[str, int]) -> None:
+    pytest.importorskip("faiss")
+    bank, y = clustered(4000, 32, 10, seed=20)
+    queries, yq = clustered(300, 32, 10, seed=21)
+    index = CosineIndex(bank, backend=backend, **options)  # type: ignore[arg-type]
+    assert not index.exact and index.describe().startswith(f"{backend}(")
+    recall = knn_module.measure_recall(index, queries, (20, 5), sample=300)
+    loo_recall = knn_module.measure_recall(index, None, (20, 5), sample=300)
+    assert set(recall) == set(loo_recall) == {5, 20}
+    assert min(recall.values()) >= 0.9 and min(loo_recall.values()) >= 0.9, (recall, loo_recall)
+    # the same recall the full searches have, and the searches are well formed
+    exact = CosineIndex(bank)
+    found, truth = index.search(queries, 20), exact.search(queries, 20)
+    assert knn_module.recall_at_k(found, truth) >= 0.9
+    assert np.all(np.diff(found.similarities.numpy(), axis=1) <= 0)
+    np.testing.assert_allclose(
+        np.take_along_axis(exact_sims(queries, bank), found.indices.numpy(), axis=1),
+        found.similarities.numpy(),
+        atol=1e-5,
+    )
+    loo = index.search(None, 20).indices.numpy()
+    assert not (loo == np.arange(len(bank))[:, None]).any() and (loo >= 0).all()
+    assert knn_module.recall_at_k(loo, exact.search(None, 20)) >= 0.9
+    # the classifier through the approximate index mostly agrees with the exact one
+    approx_clf = KNNClassifier(k=20).fit(bank, y, index=index)
+    exact_clf = KNNClassifier(k=20).fit(bank, y)
+    assert (approx_clf.predict(queries) == exact_clf.predict(queries)).mean() >= 0.95
+    assert (approx_clf.predict() == exact_clf.predict()).mean() >= 0.95
+
+
+def test_ivf_probing_every_cell_is_exact() -> None:
+    pytest.importorskip("faiss")
+    bank, _ = clustered(3000, 16, 6, seed=22)
+    queries, _ = clustered(200, 16, 6, seed=23)
+    index = CosineIndex(bank, backend="faiss-ivf", nlist=24, nprobe=24)
+    assert knn_module.measure_recall(index, queries, (1, 10, 30), sample=200) == {1: 1.0, 10: 1.0, 30: 1.0}
+    assert knn_module.measure_recall(index, None, 30, sample=200) == {30: 1.0}
+    assert_valid_topk(index.search(queries, 30), exact_sims(queries, bank), 30)
+    sims = exact_sims(bank, bank)
+    np.fill_diagonal(sims, -np.inf)
+    assert_valid_topk(index.search(None, 30), sims, 30)
+    assert index.exact_fallback_rows == 0
+
+
+def test_ivf_is_seeded_and_its_parameters_are_checked() -> None:
+    pytest.importorskip("faiss")
+    bank, _ = clustered(2000, 16, 6, seed=24)
+    queries, _ = clustered(100, 16, 6, seed=25)
+    a, b = (CosineIndex(bank, backend="faiss-ivf", nlist=40, nprobe=2, seed=3) for _ in range(2))
+    assert torch.equal(a.search(queries, 10).indices, b.search(queries, 10).indices)
+    assert a.describe() == "faiss-ivf(nlist=40,nprobe=2,seed=3)"
+    assert CosineIndex(bank, backend="faiss-ivf").params["nlist"] == knn_module.default_nlist(2000) == 51
+    assert knn_module.default_nlist(50_000) == 894 and knn_module.default_nlist(10) == 1
+    with pytest.raises(NormprobeError, match="nprobe=41 must be between 1 and nlist=40"):
+        CosineIndex(bank, backend="faiss-ivf", nlist=40, nprobe=41)
+    with pytest.raises(NormprobeError, match="nlist=0"):
+        CosineIndex(bank, backend="faiss-ivf", nlist=0)
+    with pytest.raises(NormprobeError, match="hnsw_m=1"):
+        CosineIndex(bank, backend="faiss-hnsw", hnsw_m=1)
+    with pytest.raises(NormprobeError, match="faiss-ivf, faiss-hnsw"):
+        CosineIndex(bank, backend="annoy")  # type: ignore[arg-type]
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "StandardGpuResources"):
+        with pytest.raises(NormprobeError, match="no GPU support"):
+            CosineIndex(bank, backend="faiss-ivf", faiss_gpu=True)
+        assert CosineIndex(bank, backend="faiss-ivf").params["gpu"] is False
+
+
+def test_ivf_rows_with_too_few_candidates_are_searched_exactly() -> None:
+    """One probed cell of ~10 points cannot hold k = 60 neighbours: those rows fall back to exact search."""
+    pytest.importorskip("faiss")
+    bank, _ = clustered(2000, 16, 6, seed=26)
+    queries, _ = clustered(100, 16, 6, seed=27)
+    index = CosineIndex(bank, backend="faiss-ivf", nlist=200, nprobe=1)
+    found = index.search(queries, 60)
+    assert index.exact_fallback_rows > 0
+    assert (found.indices >= 0).all()
+    sims = exact_sims(queries, bank)
+    np.testing.assert_allclose(
+        np.take_along_axis(sims, found.indices.numpy(), axis=1), found.similarities.numpy(), atol=1e-5
+    )
+    assert all(len(set(row)) == 60 for row in found.indices.tolist())
+    loo = index.search(None, 60).indices.numpy()
+    assert not (loo == np.arange(len(bank))[:, None]).any() and (loo >= 0).all()

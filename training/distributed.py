@@ -5,30 +5,13 @@ Without ``torch.distributed`` initialised every helper degrades to the single-pr
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 
+# the rank helpers are normprobe's (extraction under torchrun uses them too); re-exported here
+from normprobe.distributed import init_from_env, is_distributed, rank, world_size
 
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def init_from_env(backend: str | None, device: torch.device) -> bool:
-    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
-        return is_distributed()
-    dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
-    return True
+__all__ = ["gather_with_grad", "init_from_env", "is_distributed", "rank", "world_size"]
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -34,9 +34,19 @@ SUMMARY_COLUMNS = (
 )
 
 
-def embedding_norms(embeddings: np.ndarray) -> np.ndarray:
-    """Euclidean norm of each raw (un-normalised) embedding row, as float64."""
-    return np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1)
+def embedding_norms(embeddings: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """Euclidean norm of each raw (un-normalised) embedding row, computed in ``dtype`` (float64).
+
+    Row block by row block (about 16 MiB each), so a memory-mapped array is read once and never
+    copied whole; each row's norm is the one a single call over the whole array gives.
+    """
+    embeddings = np.asarray(embeddings)
+    out: np.ndarray = np.empty(len(embeddings), dtype=dtype)
+    rows = max(1, (16 << 20) // (np.dtype(dtype).itemsize * max(1, int(np.prod(embeddings.shape[1:])))))
+    for r0 in range(0, len(embeddings), rows):
+        block: np.ndarray = np.asarray(embeddings[r0 : r0 + rows], dtype=dtype)
+        out[r0 : r0 + rows] = np.linalg.norm(block.reshape(len(block), -1), axis=1)
+    return out
 
 
 def norm_summary(samples: pd.DataFrame, heads: list[str] | tuple[str, ...]) -> pd.DataFrame:

@@ -16,7 +16,7 @@ on the primary head. For ID-train rows, kNN-based scores leave the point itself 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,7 +76,8 @@ def fit_and_score(
     device: torch.device | None = None,
     cache: EmbeddingCache | None = None,
     keys: Sequence[dict[str, str]] | None = None,
-    index: CosineIndex | None = None,
+    index: CosineIndex | Callable[[], CosineIndex] | None = None,
+    search_tag: str = "",
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Score every row (ID-train first, then each of ``others`` in order) with every scorer.
 
@@ -87,7 +88,10 @@ def fit_and_score(
     ``cache`` and ``keys`` (the embedding cache key of each head, for train then each of
     ``others``), each set's scores are cached under the scorer's parameters, and a scorer is
     fitted only if some are missing. ``index``: an index of ``train[primary]`` shared by the
-    neighbour-based scorers (and the kNN classifier), so that each set is searched once.
+    neighbour-based scorers (and the kNN classifier), so that each set is searched once, or a
+    function returning it (called only when some scores are not cached). ``search_tag`` names an
+    approximate search behind ``index`` (:func:`normprobe.knn.approximate_params`) and enters the
+    cache keys.
     """
     plan = [(name, primary) for name in scorers]
     if "norm" in scorers:
@@ -104,12 +108,18 @@ def fit_and_score(
             key = None
             if cache is not None and keys is not None:
                 key = fingerprint(
-                    "analyze-score/2", name, params, keys[0][head], keys[i][head], "loo" if i == 0 else ""
+                    "analyze-score/2",
+                    name,
+                    params,
+                    keys[0][head],
+                    keys[i][head],
+                    "loo" if i == 0 else "",
+                    *([search_tag] if search_tag else []),
                 )
             values = cache.get(key) if cache is not None and key is not None else None
             if values is None:
                 if not fitted:
-                    shared = index if head == primary else None
+                    shared = (index() if callable(index) else index) if head == primary else None
                     scorer.fit(torch.as_tensor(train[head], device=device), train_labels, index=shared)
                     fitted = True
                 values = scorer.score_samples(

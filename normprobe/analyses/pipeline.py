@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normprobe import __version__, data
+from normprobe import __version__, data, distributed
 from normprobe.analyses import human
 from normprobe.analyses.accuracy import knn_predictions
 from normprobe.analyses.buckets import SELF_VOTE_NOTE, bucket_curve
@@ -60,7 +60,7 @@ from normprobe.device import pick_device
 from normprobe.embedding_files import SUFFIXES, EmbeddingSet, primary_head, read_embeddings
 from normprobe.errors import NormprobeError
 from normprobe.extraction import cache_key, extract
-from normprobe.knn import CosineIndex
+from normprobe.knn import CosineIndex, approximate_params, measure_recall
 from normprobe.render.page import table_html
 from normprobe.report import PLOTLY_FILE, Section, analysis_report, human_figures, plotly_js
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
@@ -559,6 +559,12 @@ def run_analysis(
     :func:`normprobe.results.read_results`. Raises :class:`NormprobeError` for bad input, before
     any expensive work where possible.
     """
+    if distributed.launched():
+        # every rank would analyse everything and write the same folder; extraction is what shards
+        raise NormprobeError(
+            "normprobe analyze runs as one process, not under torchrun: embed the sets with "
+            "`torchrun ... -m normprobe embed` (rank 0 fills the embedding cache), then run analyze once"
+        )
     settings = settings or AnalysisSettings()
     settings.check()
     given = given or {}
@@ -603,13 +609,39 @@ def run_analysis(
     train, test = sets[0], sets[1]
     # One memoizing index of ID-train's primary head serves the classifier (k = --k) and the kNN
     # scorers (k = --ood-k): each set is searched once, at the larger k, which the classifier asks first.
-    index = CosineIndex(torch.as_tensor(train.embeddings[primary], device=device), memoize=True)
+    # It is built on the first search the cache does not answer (an HNSW graph of a large bank takes minutes).
+    bank = train.embeddings[primary]
+    built: list[CosineIndex] = []
+    search_options: dict[str, Any] = {
+        "nlist": settings.nlist,
+        "nprobe": settings.nprobe,
+        "hnsw_m": settings.hnsw_m,
+        "ef_search": settings.ef_search,
+        "seed": settings.seed,
+    }
+
+    def index() -> CosineIndex:
+        if not built:
+            built.append(
+                CosineIndex(
+                    torch.as_tensor(bank, device=device),
+                    memoize=True,
+                    backend=settings.knn_backend,  # type: ignore[arg-type]
+                    **search_options,
+                )
+            )
+        return built[0]
+
+    # what an approximate search's results depend on enters the cache keys (exact searches: none)
+    search = approximate_params(settings.knn_backend, len(bank), **search_options)
+    search_tag = f"{settings.knn_backend}{sorted(search.items())}" if search else ""
     knn_key = fingerprint(
         "analyze-knn/1",
         train.cache_keys[primary],
         test.cache_keys[primary],
         str(settings.k),
         repr(settings.temperature),
+        *([search_tag] if search_tag else []),
     )
     predictions, timings["knn_from_cache"] = cached_array(
         cache,
@@ -622,7 +654,7 @@ def run_analysis(
                 k=settings.k,
                 temperature=settings.temperature,
                 device=device,
-                index=index,
+                index=index(),
             )
         ),
     )
@@ -642,10 +674,19 @@ def run_analysis(
         cache=cache,
         keys=[s.cache_keys for s in sets],
         index=index,
+        search_tag=search_tag,
     )
     for name, values in scores.items():
         samples[f"score_{name}"] = values
     timings["scores_s"] = time.perf_counter() - tick
+
+    knn_search = None
+    if search:
+        tick = time.perf_counter()
+        knn_search = _search_recall(
+            index, bank, test.embeddings[primary], search, search_tag, settings, cache, train, test, primary
+        )
+        timings["recall_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     norm_table = norm_summary(samples, heads)
@@ -675,6 +716,8 @@ def run_analysis(
         human_corr=human_corr,
         notes=human_notes,
     )
+    if knn_search is not None:
+        run["knn_search"] = knn_search
     samples = samples[
         sample_columns(heads, list(scores)) + [c for c in samples.columns if c.startswith(human.PREFIX)]
     ]
@@ -707,6 +750,59 @@ def run_analysis(
     )
     log(f"wrote {out_path}")
     return read_results(out_path)
+
+
+def _search_recall(
+    index: Callable[[], CosineIndex],
+    bank: np.ndarray,
+    test: np.ndarray,
+    params: dict[str, int | str],
+    search_tag: str,
+    settings: AnalysisSettings,
+    cache: EmbeddingCache | None,
+    train_set: AnalysedSet,
+    test_set: AnalysedSet,
+    primary: str,
+) -> dict[str, Any]:
+    """run.json's ``knn_search`` of an approximate search: its parameters and its recall@k against the
+    exact search, for the classifier's k and the OOD scorers' k, on ``recall_sample`` seeded
+    leave-one-out queries of ID-train and as many ID-test queries (cached like the searches)."""
+    ks = tuple(sorted({k for k in (settings.k, settings.ood_k) if k <= len(bank) - 1}))
+    key = fingerprint(
+        "analyze-recall/1",
+        train_set.cache_keys[primary],
+        test_set.cache_keys[primary],
+        search_tag,
+        repr(ks),
+        str(settings.recall_sample),
+        str(settings.seed),
+    )
+
+    def measure() -> np.ndarray:
+        loo = measure_recall(index(), None, ks, sample=settings.recall_sample, seed=settings.seed)
+        queries = measure_recall(index(), test, ks, sample=settings.recall_sample, seed=settings.seed)
+        fallback = index().exact_fallback_rows
+        return np.array([*(loo[k] for k in ks), *(queries[k] for k in ks), fallback], dtype=np.float64)
+
+    values, _ = cached_array(cache, key, measure)
+    loo_values, test_values = values[: len(ks)], values[len(ks) : 2 * len(ks)]
+    return {
+        "backend": settings.knn_backend,
+        "approximate": True,
+        "params": params,
+        "recall_at_k": {
+            "id-train-loo": {str(k): float(v) for k, v in zip(ks, loo_values, strict=True)},
+            "id-test": {str(k): float(v) for k, v in zip(ks, test_values, strict=True)},
+        },
+        "recall_queries": {
+            "id-train-loo": min(settings.recall_sample, len(bank)),
+            "id-test": min(settings.recall_sample, len(test)),
+        },
+        "recall_seed": settings.seed,
+        "exact_fallback_rows": int(values[-1]),
+        "note": "recall@k = mean fraction of the exact k nearest neighbours (float32 cosine, same bank) "
+        "that the approximate search returned, on seeded samples of the queries",
+    }
 
 
 def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame, settings: AnalysisSettings) -> Section:
@@ -887,6 +983,7 @@ def _run_record(
                     "human",
                     "exemplars_per_class",
                     "plotly",
+                    "knn_backend",
                 )
             },
             "scorers": list(settings.scorers),

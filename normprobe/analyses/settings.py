@@ -10,6 +10,8 @@ from normprobe.errors import NormprobeError
 DEFAULT_SCORERS = ("norm", "knn", "mahalanobis", "norm+knn")
 DEFAULT_ID_DATASET = "cifar10"
 """The in-distribution dataset when neither ``id_dataset`` nor the ID sets are given."""
+KNN_BACKENDS = ("torch", "faiss", "faiss-ivf", "faiss-hnsw")
+"""Searches analyze can run (:data:`normprobe.knn.BACKENDS`): exact torch and faiss, approximate IVF and HNSW."""
 HUMAN_MIN_BUCKET_COUNT = 50
 """Human-label curves hide buckets with fewer samples, as in the paper's Figure 4."""
 
@@ -31,7 +33,10 @@ class AnalysisSettings:
     hides small buckets of the kNN bucket curves, ``human_min_bucket_count`` those of the human-label
     curves (50, as in the paper). ``plotly`` is where report.html gets plotly.js
     (:data:`normprobe.render.page.PLOTLY_MODES`). ``trust_code`` lets TorchScript / ``torch.export``
-    checkpoints load: they are programs that run their own code.
+    checkpoints load: they are programs that run their own code. ``knn_backend`` is the search behind
+    the kNN classifier and the kNN scorers (:data:`KNN_BACKENDS`; ``faiss-ivf`` / ``faiss-hnsw`` are
+    approximate, tuned by ``nlist`` / ``nprobe`` and ``hnsw_m`` / ``ef_search``, their recall against
+    the exact search measured on ``recall_sample`` seeded queries and recorded in run.json).
     """
 
     id_dataset: str | None = None
@@ -65,6 +70,12 @@ class AnalysisSettings:
     trust_code: bool = False
     report: bool = True
     plotly: str = "inline"
+    knn_backend: str = "torch"
+    nlist: int | None = None
+    nprobe: int | None = None
+    hnsw_m: int | None = None
+    ef_search: int | None = None
+    recall_sample: int = 1000
 
     @property
     def named_id_dataset(self) -> str | None:
@@ -125,6 +136,24 @@ class AnalysisSettings:
             raise NormprobeError(f"unknown scorer {unknown[0]!r} (known: {', '.join(known)})")
         if not self.scorers:
             raise NormprobeError("--scorers must name at least one scorer")
+        if self.knn_backend not in KNN_BACKENDS:
+            raise NormprobeError(
+                f"--knn-backend must be one of {', '.join(KNN_BACKENDS)}, got {self.knn_backend!r}"
+            )
+        owners = {
+            "nlist": "faiss-ivf",
+            "nprobe": "faiss-ivf",
+            "hnsw_m": "faiss-hnsw",
+            "ef_search": "faiss-hnsw",
+        }
+        for name, owner in owners.items():
+            value = getattr(self, name)
+            if value is not None and self.knn_backend != owner:
+                raise NormprobeError(f"--{name.replace('_', '-')} applies to --knn-backend {owner} only")
+            if value is not None and value < 1:
+                raise NormprobeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.recall_sample < 1:
+            raise NormprobeError(f"--recall-sample must be >= 1, got {self.recall_sample}")
 
 
 def split_ood_specs(values: Sequence[str]) -> tuple[str, ...]:

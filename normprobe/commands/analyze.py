@@ -6,7 +6,13 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from normprobe.analyses.settings import DEFAULT_ID_DATASET, DEFAULT_SCORERS, AnalysisSettings, split_ood_specs
+from normprobe.analyses.settings import (
+    DEFAULT_ID_DATASET,
+    DEFAULT_SCORERS,
+    KNN_BACKENDS,
+    AnalysisSettings,
+    split_ood_specs,
+)
 from normprobe.commands.options import add_trust_code
 
 if TYPE_CHECKING:
@@ -206,6 +212,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"OOD scorers, comma list (default: {','.join(DEFAULT_SCORERS)})",
     )
     analysis.add_argument(
+        "--knn-backend",
+        choices=KNN_BACKENDS,
+        default=d.knn_backend,
+        help="search behind the kNN classifier and kNN scorers: torch (exact, default), faiss (exact, "
+        "IndexFlatIP; needs faiss-cpu), or approximate faiss-ivf / faiss-hnsw for large banks "
+        "(their recall@k against the exact search is measured and written to run.json)",
+    )
+    analysis.add_argument(
+        "--nlist", type=int, default=None, help="faiss-ivf: k-means cells (default: about 4 sqrt(N))"
+    )
+    analysis.add_argument(
+        "--nprobe", type=int, default=None, help="faiss-ivf: cells searched per query (default: 32)"
+    )
+    analysis.add_argument(
+        "--hnsw-m", type=int, default=None, help="faiss-hnsw: links per point (default: 32)"
+    )
+    analysis.add_argument(
+        "--ef-search", type=int, default=None, help="faiss-hnsw: candidates per query (default: max(2k, 128))"
+    )
+    analysis.add_argument(
+        "--recall-sample",
+        type=int,
+        default=d.recall_sample,
+        help=f"queries (seeded) on which an approximate search's recall is measured (default: {d.recall_sample})",
+    )
+    analysis.add_argument(
         "--seed", type=int, default=d.seed, help=f"seed of the bootstrap intervals (default: {d.seed})"
     )
     output = parser.add_argument_group("output")
@@ -264,6 +296,12 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         trust_code=args.trust_code,
         report=not args.no_report,
         plotly=args.plotly,
+        knn_backend=args.knn_backend,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search,
+        recall_sample=args.recall_sample,
     )
 
 

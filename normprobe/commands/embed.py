@@ -15,7 +15,9 @@ from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
 from normprobe.terminal import printable
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported after the cheap checks
+    import torch
+
     from normprobe.checkpoints import LoadedEncoder
     from normprobe.data import ImageSet
 
@@ -33,10 +35,15 @@ Output, chosen by the suffix of --out (written atomically: a failed run leaves n
             np.load(path)["z"] -- no pickle needed.
   .parquet  one row per image: dataset, split, index, id, label, then per head a fixed-size
             list<float32> column (e.g. `z`) and its L2 norm (`z_norm`); the config is in the schema
-            metadata under b"normprobe". pandas: np.stack(pd.read_parquet(path)["z"]).
+            metadata under b"normprobe". Written in row groups of 65,536 rows (one group in
+            memory at a time). pandas: np.stack(pd.read_parquet(path)["z"]).
 
 Embeddings are cached ($NORMPROBE_CACHE or --cache-dir) by checkpoint hash, dataset fingerprint,
 head, preprocessing and precision: a second run is served from disk.
+
+Under torchrun (several processes, e.g. one per GPU) each process embeds a contiguous shard of the
+images (whole batches, so the result equals one process's); rank 0 gathers them in order and alone
+writes PATH and the cache (gloo on CPUs, nccl on GPUs, each process on the GPU of its local rank).
 """
 
 EPILOG = """\
@@ -45,6 +52,7 @@ examples:
   normprobe embed simclr.pt --dataset cifar100 --heads z --out c100.parquet     # partial mirror: 916 test images
   normprobe embed simclr.pt --dataset my_photos/ --out mine.npz                 # a folder (class sub-folders = labels)
   normprobe embed simclr.pt --dataset images.npz --precision bf16 --out e.npz   # bf16 autocast (faster on bf16 hardware)
+  torchrun --nproc_per_node 4 -m normprobe embed simclr.pt --dataset my_images/ --out big.parquet  # 4 processes
 """
 
 
@@ -159,24 +167,46 @@ def write_parquet(
     labels: np.ndarray,
     ids: np.ndarray,
     config: dict[str, Any],
+    *,
+    row_group_rows: int | None = None,
 ) -> None:
+    """One row per image, written in row groups of ``row_group_rows`` (default
+    :data:`normprobe.results.ROW_GROUP_ROWS`): only one group's columns are built at a time, so
+    memory-mapped embeddings (the cache's) are read group by group, never copied whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from normprobe.analyses.norms import embedding_norms
+    from normprobe.results import ROW_GROUP_ROWS
+
+    rows = row_group_rows or ROW_GROUP_ROWS
     n = len(index)
-    columns: dict[str, pa.Array] = {
-        "dataset": pa.array([config["dataset"]["name"]] * n, pa.string()),
-        "split": pa.array([config["dataset"]["split"]] * n, pa.string()),
-        "index": pa.array(index.astype(np.int64)),
-        "id": pa.array(ids.astype(str).tolist(), pa.string()),
-        "label": pa.array(labels.astype(np.int64)),
-    }
-    for name, values in heads.items():
-        values = np.ascontiguousarray(values, dtype=np.float32)
-        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-        columns[f"{name}_norm"] = pa.array(np.linalg.norm(values, axis=1).astype(np.float32))
-    table = pa.table(columns).replace_schema_metadata({b"normprobe": json.dumps(config).encode()})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    dataset, split = config["dataset"]["name"], config["dataset"]["split"]
+
+    def group(r0: int, r1: int) -> pa.Table:
+        columns: dict[str, pa.Array] = {
+            "dataset": pa.array([dataset] * (r1 - r0), pa.string()),
+            "split": pa.array([split] * (r1 - r0), pa.string()),
+            "index": pa.array(index[r0:r1].astype(np.int64)),
+            "id": pa.array(ids[r0:r1].astype(str).tolist(), pa.string()),
+            "label": pa.array(labels[r0:r1].astype(np.int64)),
+        }
+        for name, values in heads.items():
+            block = np.ascontiguousarray(values[r0:r1], dtype=np.float32)
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
+            columns[f"{name}_norm"] = pa.array(embedding_norms(block, np.float32))
+        return pa.table(columns)
+
+    first = group(0, min(n, rows))
+    schema = first.schema.with_metadata({b"normprobe": json.dumps(config).encode()})
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            writer.write_table(first, row_group_size=rows)
+            for r0 in range(rows, n, rows):
+                writer.write_table(group(r0, min(n, r0 + rows)), row_group_size=rows)
+
+    atomic_write(path, write)
 
 
 def check_output_file(out: str | Path, force: bool = False) -> Path:
@@ -243,30 +273,53 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint)
 
     # Imported after the cheap checks above, so that those fail at once (torch takes seconds to import).
-    from normprobe import data
+    from normprobe import distributed
+    from normprobe.device import pick_device
+
+    # under torchrun each rank embeds its shard of the data; rank 0 alone prints, caches and writes --out
+    ours = not distributed.is_distributed()
+    device = distributed.join(pick_device(args.device))
+    try:
+        return _embed(args, out, heads, checkpoint, device)
+    finally:
+        if ours and distributed.is_distributed():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _embed(
+    args: argparse.Namespace, out: Path, heads: tuple[str, ...] | None, checkpoint: Path, device: torch.device
+) -> int:
+    from normprobe import data, distributed
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import load_encoder
-    from normprobe.device import bf16_is_native, pick_device
+    from normprobe.device import bf16_is_native
     from normprobe.extraction import extract
 
-    device = pick_device(args.device)
+    leader = distributed.rank() == 0
+
+    def say(message: str) -> None:
+        if leader:
+            print(message)
+
     loaded = load_encoder(checkpoint, arch=args.arch, adapter=args.adapter, trust_code=args.trust_code)
     imageset = data.load_any(
         args.dataset, args.split, args.data_root, image_size=loaded.preprocess.input_size[0]
     )
     # paths, names and notes come from the user's files: printable() keeps escape sequences off the terminal
-    print(
+    say(
         printable(
             f"checkpoint: {loaded.path} (adapter {loaded.adapter}, method {loaded.method}, heads {', '.join(loaded.heads)})"
         )
     )
-    print(printable(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}"))
+    say(printable(f"data: {imageset.name}/{imageset.split}, {len(imageset)} images from {imageset.source}"))
     for note in imageset.notes:
-        print(printable(f"  note: {note}"))
+        say(printable(f"  note: {note}"))
     for file, reason in imageset.skipped[:5]:
-        print(printable(f"  skipped: {file} ({reason})"))
+        say(printable(f"  skipped: {file} ({reason})"))
     if args.precision == "bf16" and not bf16_is_native(device):
-        print(
+        say(
             f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here"
         )
 
@@ -281,20 +334,25 @@ def run(args: argparse.Namespace) -> int:
         cache=cache,
         progress=not args.no_progress,
     )
+    if not embeddings.complete:  # another rank's shard: rank 0 has the merged arrays and writes them
+        return 0
     config = embed_config(loaded, imageset, args.dataset, list(embeddings.heads), args.precision, device)
+    if distributed.world_size() > 1:
+        config["processes"] = distributed.world_size()
     write_embeddings(out, embeddings.heads, imageset, config)
 
     dims = ", ".join(
-        f"{h} {v.shape[1]}-d (mean norm {float(np.linalg.norm(v, axis=1).mean()):.3f})"
+        f"{h} {v.shape[1]}-d (mean norm {float(embeddings.norms(h).mean()):.3f})"
         for h, v in embeddings.heads.items()
     )
     if embeddings.from_cache:
-        print(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
+        say(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
     else:
         rate = len(imageset) / max(embeddings.seconds, 1e-9)
         cached = "not cached (--no-cache)" if cache is None else printable(f"cached in {cache.root}")
-        print(
-            f"embeddings: computed on {device} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
+        where = f"{device} x {distributed.world_size()} processes" if distributed.world_size() > 1 else device
+        say(
+            f"embeddings: computed on {where} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
         )
-    print(printable(f"wrote {out}"))
+    say(printable(f"wrote {out}"))
     return 0
