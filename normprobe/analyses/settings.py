@@ -127,7 +127,11 @@ class AnalysisSettings:
             raise NormprobeError("--scorers must name at least one scorer")
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"z, feats,"`` -> ``("z", "feats")``: the items of a comma list, stripped, empty ones dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def split_ood_specs(values: Sequence[str]) -> tuple[str, ...]:
     """``["cifar100,mnist", "tinyimagenet"]`` -> ``("cifar100", "mnist", "tinyimagenet")`` (order kept, duplicates dropped)."""
-    specs = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    return tuple(dict.fromkeys(specs))
+    return tuple(dict.fromkeys(spec for value in values for spec in comma_list(value)))
