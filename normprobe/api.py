@@ -228,6 +228,7 @@ def embed(
     ``.labels``, ``.index``, ``.ids``, ``.config``), which :func:`analyze` takes as a set.
     """
     from normprobe import data as datasets
+    from normprobe.analyses.settings import comma_list
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import LoadedEncoder, load_encoder
     from normprobe.commands.embed import check_output_file, embed_config, write_embeddings
@@ -251,7 +252,7 @@ def embed(
         if isinstance(data, str | Path)
         else python_imageset(data, "all", image_size)
     )
-    wanted = tuple(h.strip() for h in heads.split(",") if h.strip()) if isinstance(heads, str) else heads
+    wanted = comma_list(heads) if isinstance(heads, str) else heads
     device_used = pick_device(device)
     result = extract(
         loaded,

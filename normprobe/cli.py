@@ -15,8 +15,7 @@ from collections.abc import Sequence
 
 from normprobe import __version__
 from normprobe.allocator import reexec_with_tunables
-from normprobe.errors import NormprobeError
-from normprobe.terminal import printable
+from normprobe.terminal import command_status
 
 # Order here is the order in `normprobe --help`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -65,14 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return forward(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
-    try:
-        return int(args.func(args) or 0)
-    except NormprobeError as err:
-        print(f"normprobe: error: {printable(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("normprobe: interrupted", file=sys.stderr)
-        return 130
+    return command_status("normprobe", lambda: int(args.func(args) or 0))
 
 
 if __name__ == "__main__":

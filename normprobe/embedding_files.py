@@ -212,6 +212,16 @@ def _build(
 # --------------------------------------------------------------------------- readers
 
 
+def _file_record(path: Path, file_format: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The provenance of an embeddings file that its reader knows (:func:`_build` adds the rest)."""
+    return {
+        "path": str(path),
+        "format": file_format,
+        "layout": "normprobe embed" if config else "plain",
+        "sha256": file_sha256(path),
+    }
+
+
 def _npz(path: Path) -> EmbeddingSet:
     source = str(path)
     try:
@@ -254,12 +264,7 @@ def _npz(path: Path) -> EmbeddingSet:
         classes=arrays.get("classes"),
         config=config,
         default_name=path.stem,
-        record={
-            "path": source,
-            "format": "npz",
-            "layout": "normprobe embed" if config else "plain",
-            "sha256": file_sha256(path),
-        },
+        record=_file_record(path, "npz", config),
     )
 
 
@@ -326,12 +331,7 @@ def _parquet(path: Path) -> EmbeddingSet:
         classes=None,
         config=config,
         default_name=path.stem,
-        record={
-            "path": source,
-            "format": "parquet",
-            "layout": "normprobe embed" if config else "plain",
-            "sha256": file_sha256(path),
-        },
+        record=_file_record(path, "parquet", config),
     )
 
 

@@ -156,19 +156,9 @@ class NormScorer(Scorer):
         return torch.linalg.vector_norm(x.double(), dim=1).cpu().numpy()
 
 
-class KNNDistanceScorer(Scorer):
-    """Minus the cosine distance to the k-th nearest ID-train embedding (Sun et al., 2022).
-
-    Sun et al., "Out-of-distribution detection with deep nearest neighbors" (ICML 2022): with
-    normalised features ``z* = z / ||z||``, the score is ``-||z* - z*_(k)||`` where ``z*_(k)`` is
-    the k-th nearest normalised training feature, k = 50 by default. On the unit sphere that
-    distance is ``sqrt(2 * (1 - cos))``, a monotone function of the cosine distance, so we return
-    ``-(1 - cos(z, z_(k)))``: the same ranking, hence the same AUROC/AUPR/FPR. The search is
-    :meth:`normprobe.knn.CosineIndex.kth_similarity`.
-    """
-
-    name = "knn"
-    label = "kNN distance"
+class _NeighbourScorer(Scorer):
+    """The parameters of a scorer that searches the ``k`` nearest ID-train embeddings: ``k``
+    (``--ood-k`` in a run) and the :class:`~normprobe.knn.CosineIndex` search options."""
 
     def __init__(
         self,
@@ -186,6 +176,21 @@ class KNNDistanceScorer(Scorer):
     @classmethod
     def from_settings(cls: type[_S], *, k: int) -> _S:
         return cls(k=k)
+
+
+class KNNDistanceScorer(_NeighbourScorer):
+    """Minus the cosine distance to the k-th nearest ID-train embedding (Sun et al., 2022).
+
+    Sun et al., "Out-of-distribution detection with deep nearest neighbors" (ICML 2022): with
+    normalised features ``z* = z / ||z||``, the score is ``-||z* - z*_(k)||`` where ``z*_(k)`` is
+    the k-th nearest normalised training feature, k = 50 by default. On the unit sphere that
+    distance is ``sqrt(2 * (1 - cos))``, a monotone function of the cosine distance, so we return
+    ``-(1 - cos(z, z_(k)))``: the same ranking, hence the same AUROC/AUPR/FPR. The search is
+    :meth:`normprobe.knn.CosineIndex.kth_similarity`.
+    """
+
+    name = "knn"
+    label = "kNN distance"
 
     def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         if self.k < 1:
@@ -288,7 +293,7 @@ def _zscore_stats(values: np.ndarray, what: str) -> tuple[float, float]:
     return mean, std
 
 
-class NormKNNScorer(Scorer):
+class NormKNNScorer(_NeighbourScorer):
     """Embedding norm and kNN distance combined: ``(n - mu_n) / sd_n + (s - mu_s) / sd_s``.
 
     ``n`` is the norm (:class:`NormScorer`), ``s`` the kNN score (:class:`KNNDistanceScorer`),
@@ -299,23 +304,6 @@ class NormKNNScorer(Scorer):
 
     name = "norm+knn"
     label = "norm + kNN"
-
-    def __init__(
-        self,
-        k: int = 50,
-        *,
-        backend: Backend = "torch",
-        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-        retain: float = 0.95,
-    ) -> None:
-        self.k = k
-        self.backend = backend
-        self.memory_budget_bytes = memory_budget_bytes
-        self.retain = retain
-
-    @classmethod
-    def from_settings(cls: type[_S], *, k: int) -> _S:
-        return cls(k=k)
 
     def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         self.norm_ = NormScorer(retain=self.retain).fit(x)

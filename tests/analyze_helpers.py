@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,8 +30,9 @@ SMALL = [
 ]
 
 
-def tiny_checkpoint(path: Path, *, nan: bool = False) -> Path:
-    """A randomly initialised ResNet-18 of width 8 with a SimCLR projector (heads feats, z)."""
+def tiny_checkpoint(path: Path, *, nan: bool = False, hidden: int = 128) -> Path:
+    """A randomly initialised ResNet-18 of width 8 with a SimCLR projector (heads feats, z; a
+    hidden layer of ``hidden`` units)."""
     from normprobe.checkpoints import save_checkpoint
     from normprobe.models import build_encoder
     from normprobe.models.heads import simclr_projector
@@ -39,7 +41,7 @@ def tiny_checkpoint(path: Path, *, nan: bool = False) -> Path:
     torch.manual_seed(0)
     spec = {
         "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
-        "projector": simclr_projector(64, 128, 32),
+        "projector": simclr_projector(64, hidden, 32),
     }
     state = build_encoder(spec).state_dict()
     if nan:
@@ -58,7 +60,20 @@ def cli(*argv: str) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
-def analyze_args(checkpoint: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+def cli_fails(*argv: str) -> str:
+    """Run ``normprobe`` in-process, expecting exit status 2 and one error line; returns that line."""
+    status, stdout, stderr = cli(*argv)
+    assert status == 2, (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("normprobe: error: "), stderr
+    return lines[0]
+
+
+def analyze_args(
+    checkpoint: Path, out: Path, cache: Path, *extra: str, sizes: Sequence[str] = SMALL
+) -> list[str]:
+    """`normprobe analyze` of ``checkpoint`` with OOD CIFAR-100 and MNIST; ``sizes``: the subset sizes
+    and analysis settings (:data:`SMALL`, or :data:`SUBSET_SIZES` for the sets of :func:`image_subsets`)."""
     return [
         "analyze",
         str(checkpoint),
@@ -72,7 +87,7 @@ def analyze_args(checkpoint: Path, out: Path, cache: Path, *extra: str) -> list[
         str(cache),
         "--out",
         str(out),
-        *SMALL,
+        *sizes,
         *extra,
     ]
 
@@ -99,6 +114,13 @@ IMAGE_SUBSETS = {
 }
 """Image .npz files of the first N images of real splits: the sets of an analysis with
 ``--max-train 600 --max-per-split 200``, as files `normprobe embed` reads."""
+SUBSET_SIZES = [
+    "--max-train",
+    str(IMAGE_SUBSETS["c10train"][2]),
+    "--max-per-split",
+    str(IMAGE_SUBSETS["c10test"][2]),
+]
+"""The options that analyse the first N images of each split, as :data:`IMAGE_SUBSETS` holds them."""
 
 
 def image_subsets(folder: Path) -> dict[str, Path]:

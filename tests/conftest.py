@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
 # Commands the tests start as subprocesses run without the allocator re-exec (one process each, as
@@ -62,49 +61,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @pytest.fixture(scope="session")
 def analyzed_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from normprobe.checkpoints import save_checkpoint
+    from analyze_helpers import SUBSET_SIZES, analyze_args, tiny_checkpoint
+
     from normprobe.cli import main
-    from normprobe.models import build_encoder
-    from normprobe.models.heads import simclr_projector
-    from normprobe.preprocess import Preprocess
 
     work = tmp_path_factory.mktemp("analyzed")
-    torch.manual_seed(0)
-    spec = {
-        "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
-        "projector": simclr_projector(64, 128, 32),
-    }
-    checkpoint = work / "tiny.pt"
-    save_checkpoint(
-        checkpoint,
-        method="simclr",
-        encoder_spec=spec,
-        preprocess=Preprocess(),
-        state_dict=build_encoder(spec).state_dict(),
-    )
     out = work / "results"
-    status = main(
-        [
-            "analyze",
-            str(checkpoint),
-            "--id",
-            "cifar10",
-            "--ood",
-            "cifar100",
-            "--ood",
-            "mnist",
-            "--max-train",
-            "600",
-            "--max-per-split",
-            "200",
-            "--data-root",
-            str(DATA_ROOT),
-            "--cache-dir",
-            str(work / "cache"),
-            "--out",
-            str(out),
-            "--quiet",
-        ]
+    argv = analyze_args(
+        tiny_checkpoint(work / "tiny.pt"),
+        out,
+        work / "cache",
+        "--id",
+        "cifar10",
+        "--quiet",
+        sizes=SUBSET_SIZES,
     )
+    status = main(argv)
     assert status == 0, f"normprobe analyze exited with {status}"
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from analyze_helpers import DATA_ROOT, analyze_args, cli, shared_analysis, tiny_checkpoint
+from analyze_helpers import DATA_ROOT, analyze_args, cli, cli_fails, shared_analysis, tiny_checkpoint
 
 from normprobe.results import read_results
 
@@ -245,14 +245,6 @@ def test_quantile_buckets_and_a_second_head(shared: tuple[Path, Path, Path, str]
     )
 
 
-def _fails(*argv: str) -> str:
-    status, stdout, stderr = cli(*argv)
-    assert status == 2, (stdout, stderr)
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("normprobe: error: "), stderr
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -272,7 +264,7 @@ def test_bad_input_is_one_line_and_exit_2(
     shared: tuple[Path, Path, Path, str], tmp_path: Path, extra: list[str], message: str
 ) -> None:
     checkpoint, _, cache, _ = shared
-    assert message in _fails(*analyze_args(checkpoint, tmp_path / "out", cache, "--quiet"), *extra)
+    assert message in cli_fails(*analyze_args(checkpoint, tmp_path / "out", cache, "--quiet"), *extra)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
@@ -282,20 +274,20 @@ def test_empty_split_nan_embeddings_and_bad_output_paths(
     checkpoint, results_dir, cache, _ = shared
     empty = tmp_path / "empty.npz"
     np.savez(empty, images=np.zeros((0, 32, 32, 3), np.uint8))
-    assert "has no images" in _fails(
+    assert "has no images" in cli_fails(
         *analyze_args(checkpoint, tmp_path / "o1", cache, "--quiet", "--ood", str(empty))
     )
     nan = tiny_checkpoint(tmp_path / "nan.pt", nan=True)
-    assert "NaN or Inf" in _fails(*analyze_args(nan, tmp_path / "o2", tmp_path / "cache", "--quiet"))
+    assert "NaN or Inf" in cli_fails(*analyze_args(nan, tmp_path / "o2", tmp_path / "cache", "--quiet"))
     (tmp_path / "file.txt").write_text("not a folder")
-    assert "is a file" in _fails(*analyze_args(checkpoint, tmp_path / "file.txt", cache, "--quiet"))
-    assert "--force" in _fails(*analyze_args(checkpoint, results_dir, cache, "--quiet"))
+    assert "is a file" in cli_fails(*analyze_args(checkpoint, tmp_path / "file.txt", cache, "--quiet"))
+    assert "--force" in cli_fails(*analyze_args(checkpoint, results_dir, cache, "--quiet"))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging folders left behind
 
 
 def test_bad_human_label_set_fails_before_the_checkpoint_is_read(tmp_path: Path) -> None:
     # the checkpoint does not exist: the --human error proves the label sets are checked first
-    message = _fails(
+    message = cli_fails(
         *analyze_args(
             tmp_path / "absent.pt", tmp_path / "out", tmp_path / "cache", "--quiet", "--human", "cifar100n"
         )

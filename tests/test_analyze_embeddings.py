@@ -11,7 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from analyze_helpers import DATA_ROOT, cli, image_subsets, tiny_checkpoint
+from analyze_helpers import (
+    DATA_ROOT,
+    SUBSET_SIZES,
+    analyze_args,
+    cli,
+    cli_fails,
+    image_subsets,
+    tiny_checkpoint,
+)
 
 from normprobe.analyses.ood import METRIC_KEYS
 from normprobe.analyses.pipeline import NO_ID_DATASET_NOTE
@@ -69,26 +77,15 @@ def _embedding_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]
 
 
 def test_embed_outputs_give_the_checkpoints_numbers(embedded: dict[str, Path], tmp_path: Path) -> None:
-    status, _, stderr = cli(
-        "analyze",
-        str(embedded["checkpoint"]),
-        "--ood",
-        "cifar100",
-        "--ood",
-        "mnist",
-        "--max-train",
-        "600",
-        "--max-per-split",
-        "200",
-        "--data-root",
-        str(DATA_ROOT),
-        "--cache-dir",
-        str(embedded["work"] / "cache"),
-        "--out",
-        str(tmp_path / "checkpoint"),
+    argv = analyze_args(
+        embedded["checkpoint"],
+        tmp_path / "checkpoint",
+        embedded["work"] / "cache",
         "--quiet",
         "--no-report",
+        sizes=SUBSET_SIZES,
     )
+    status, _, stderr = cli(*argv)
     assert status == 0, stderr
     # --id cifar10: the files hold CIFAR-10's first images in order, so its human label sets apply too
     status, stdout, stderr = cli(*_embedding_args(embedded, tmp_path / "embeddings", "--id", "cifar10"))
@@ -143,11 +140,11 @@ def _edited(path: Path, out: Path, part: str, key: str, value: str) -> Path:
 
 def test_inputs_that_do_not_belong_together_are_refused(embedded: dict[str, Path], tmp_path: Path) -> None:
     other = _edited(embedded["c100"], tmp_path / "other.npz", "checkpoint", "sha256", "0" * 64)
-    message = _fails(*_embedding_args({**embedded, "c100": other}, tmp_path / "out"))
+    message = cli_fails(*_embedding_args({**embedded, "c100": other}, tmp_path / "out"))
     assert "were embedded with different checkpoints" in message and str(other) in message
     # --id names the dataset of the ID files; a file recording another dataset contradicts it
     c100 = _edited(embedded["c10train"], tmp_path / "c100.npz", "dataset", "name", "cifar100")
-    message = _fails(*_embedding_args({**embedded, "c10train": c100}, tmp_path / "out", "--id", "cifar10"))
+    message = cli_fails(*_embedding_args({**embedded, "c10train": c100}, tmp_path / "out", "--id", "cifar10"))
     assert message.endswith(f"{c100} holds cifar100 embeddings (its config), not --id cifar10")
     assert not (tmp_path / "out").exists()
 
@@ -246,14 +243,6 @@ def test_plain_npz_and_parquet_files(tmp_path: Path) -> None:
     assert again.samples.equals(results.samples)
 
 
-def _fails(*argv: str) -> str:
-    status, stdout, stderr = cli(*argv)
-    assert status == 2, (stdout, stderr)
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("normprobe: error: "), stderr
-    return lines[0]
-
-
 def _with(**arrays: object) -> Callable[[Path], None]:
     return lambda path: np.savez(path, **arrays)
 
@@ -299,7 +288,7 @@ def test_a_malformed_file_is_one_line_and_exit_2(
     write(bad)
     # the bad file is ID-train, except for the wrong width, which only shows against ID-train
     train, test = (good["train"], bad) if "ID-train's" in message else (bad, good["test"])
-    line = _fails(
+    line = cli_fails(
         "analyze",
         "--id-train",
         str(train),
@@ -320,7 +309,7 @@ def test_bad_parquet_files_and_options(tmp_path: Path) -> None:
         np.savez(path, embeddings=GOOD, labels=LABELS)
 
     def fails(*argv: str) -> str:
-        return _fails("analyze", *argv, "--out", str(tmp_path / "out"))
+        return cli_fails("analyze", *argv, "--out", str(tmp_path / "out"))
 
     def with_ood(*ood: str) -> str:
         return fails(

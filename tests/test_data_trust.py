@@ -17,36 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from analyze_helpers import tiny_checkpoint
 
 from normprobe import data
-from normprobe.checkpoints import save_checkpoint
 from normprobe.cli import main
 from normprobe.data import npz as npz_module
 from normprobe.errors import NormprobeError
-from normprobe.models import build_encoder
-from normprobe.models.heads import simclr_projector
-from normprobe.preprocess import Preprocess
 
 DATA_ROOT = Path(os.environ.get("NORMPROBE_DATA", "/work/shared/data"))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    spec = {
-        "backbone": {"name": "resnet18", "stem": "cifar", "width": 8},
-        "projector": simclr_projector(64, 64, 32),
-    }
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(
-        path,
-        method="simclr",
-        encoder_spec=spec,
-        preprocess=Preprocess(),
-        state_dict=build_encoder(spec).state_dict(),
-    )
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", hidden=64)
 
 
 @pytest.fixture(scope="module")

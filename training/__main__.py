@@ -9,6 +9,7 @@ from pathlib import Path
 
 from normprobe.allocator import reexec_with_tunables
 from normprobe.errors import NormprobeError
+from normprobe.terminal import command_status
 
 EPILOG = """\
 examples:
@@ -82,34 +83,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return compare(list(argv)[1:])
     args = build_parser().parse_args(list(argv))
-    try:
-        import yaml
-        from normprobe.training.config import apply_override, load_config, validate
-        from normprobe.training.loop import train
-        from normprobe.training.state import find_resume_file, read_resume
+    return command_status("normprobe train", lambda: _run(args))
 
-        resume = None
-        if args.resume:
-            resume = find_resume_file(args.resume)
-            config = read_resume(resume)["training"]["config"]
-            for item in args.set:
-                apply_override(config, item)
-            validate(config)
-        elif args.config:
-            config = load_config(args.config, args.set)
-        else:
-            raise NormprobeError("give --config FILE (or --resume RUN)")
-        if args.print_config:
-            print(yaml.safe_dump(config, sort_keys=False), end="")
-            return 0
-        train(config, Path(resume) if resume else None, force=args.force)
+
+def _run(args: argparse.Namespace) -> int:
+    import yaml
+    from normprobe.training.config import apply_override, load_config, validate
+    from normprobe.training.loop import train
+    from normprobe.training.state import find_resume_file, read_resume
+
+    resume = None
+    if args.resume:
+        resume = find_resume_file(args.resume)
+        config = read_resume(resume)["training"]["config"]
+        for item in args.set:
+            apply_override(config, item)
+        validate(config)
+    elif args.config:
+        config = load_config(args.config, args.set)
+    else:
+        raise NormprobeError("give --config FILE (or --resume RUN)")
+    if args.print_config:
+        print(yaml.safe_dump(config, sort_keys=False), end="")
         return 0
-    except NormprobeError as err:
-        print(f"normprobe train: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("normprobe train: interrupted", file=sys.stderr)
-        return 130
+    train(config, Path(resume) if resume else None, force=args.force)
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import pandas as pd
 from normprobe.atomic import atomic_write
 from normprobe.errors import NormprobeError
 from normprobe.models import HEADS
+from normprobe.terminal import command_status
 
 TARGET_EPOCHS = (10, 25, 50)
 OUTPUTS = ("compare.csv", "compare.md", "compare.html", "compare_classes.csv")
@@ -407,22 +408,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
-    try:
-        written = compare(
-            args.runs,
-            args.out,
-            per_class=args.per_class,
-            data_root=args.data_root,
-            batch_size=args.batch_size,
-            force=args.force,
-        )
-    except NormprobeError as err:
-        print(f"normprobe train compare: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("normprobe train compare: interrupted", file=sys.stderr)
-        return 130
+def _run(args: argparse.Namespace) -> int:
+    written = compare(
+        args.runs,
+        args.out,
+        per_class=args.per_class,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        force=args.force,
+    )
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    return command_status("normprobe train compare", lambda: _run(args))

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from normprobe.analyses.buckets import CURVE_COLUMNS, bucket_curve
-from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT
+from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT, comma_list
 from normprobe.data import load_labels, load_manifest, manifest_names, resolve_data_root
 from normprobe.errors import NormprobeError
 from normprobe.metrics import bootstrap_spearman
@@ -79,8 +79,7 @@ def _explicit_names(id_dataset: str | None, requested: str | Sequence[str] | Non
     """The label sets named by ``requested`` (None for ``auto``), each checked to describe ``id_dataset``."""
     if requested is None or requested == "auto":
         return None
-    names = [n.strip() for n in requested.split(",")] if isinstance(requested, str) else list(requested)
-    names = [n for n in names if n]
+    names = list(comma_list(requested)) if isinstance(requested, str) else [n for n in requested if n]
     if names == ["none"] or not names:
         return []
     known = manifest_names("labels")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from normprobe.cache import EmbeddingCache
 from normprobe.checkpoints import LoadedEncoder, load_encoder
 from normprobe.data import ImageSet, resolve_data_root
 from normprobe.data.hashing import fingerprint
+from normprobe.data.imageset import Samples
 from normprobe.device import pick_device
 from normprobe.embedding_files import SUFFIXES, EmbeddingSet, primary_head, read_embeddings
 from normprobe.errors import NormprobeError
@@ -75,21 +76,13 @@ GivenSets = Mapping[str, ImageSet | EmbeddingSet]
 value of the settings that stands for them."""
 
 
-@dataclass
-class AnalysedSet:
-    """One set in the analysis (an ID split or an OOD set), with its embeddings."""
+@dataclass(frozen=True)
+class AnalysedSet(Samples):
+    """One set in the analysis (an ID split or an OOD set): its samples, with their embeddings."""
 
     role: str
     spec: str
     """What named the set: a dataset (``cifar100``), a folder or a file, or a Python object's name."""
-    name: str
-    split: str
-    labels: np.ndarray
-    index: np.ndarray
-    ids: np.ndarray
-    classes: tuple[str, ...]
-    fingerprint: str
-    source: str
     manifest: str | None
     """The dataset manifest the set comes from (its title and OOD group), None for anything else."""
     embeddings: dict[str, np.ndarray]
@@ -113,6 +106,11 @@ class AnalysedSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def _samples_of(item: ImageSet | EmbeddingSet) -> dict[str, Any]:
+    """The :class:`Samples` fields of an image or embedding set, as keyword arguments."""
+    return {f.name: getattr(item, f.name) for f in fields(Samples)}
 
 
 def _log(progress: bool) -> Callable[[str], None]:
@@ -333,14 +331,7 @@ def _embed(
             AnalysedSet(
                 role=role,
                 spec=spec,
-                name=imageset.name,
-                split=imageset.split,
-                labels=imageset.labels,
-                index=imageset.index,
-                ids=imageset.ids,
-                classes=imageset.classes,
-                fingerprint=imageset.fingerprint,
-                source=imageset.source,
+                **_samples_of(imageset),
                 manifest=manifest,
                 # np.array copies: cached embeddings are read-only memory maps, which torch will not wrap
                 embeddings={h: np.array(result.heads[h], dtype=np.float32) for h in heads},
@@ -410,14 +401,7 @@ def _read_embeddings(
             AnalysedSet(
                 role=role,
                 spec=spec,
-                name=part.name,
-                split=part.split,
-                labels=part.labels,
-                index=part.index,
-                ids=part.ids,
-                classes=part.classes,
-                fingerprint=part.fingerprint,
-                source=part.source,
+                **_samples_of(part),
                 manifest=part.dataset if part.dataset in images else None,
                 embeddings={h: part.heads[h] for h in heads},
                 from_cache=False,

@@ -156,7 +156,11 @@ class AnalysisSettings:
             raise NormprobeError(f"--recall-sample must be >= 1, got {self.recall_sample}")
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"z, feats,"`` -> ``("z", "feats")``: the items of a comma list, stripped, empty ones dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def split_ood_specs(values: Sequence[str]) -> tuple[str, ...]:
     """``["cifar100,mnist", "tinyimagenet"]`` -> ``("cifar100", "mnist", "tinyimagenet")`` (order kept, duplicates dropped)."""
-    specs = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    return tuple(dict.fromkeys(specs))
+    return tuple(dict.fromkeys(spec for value in values for spec in comma_list(value)))

@@ -62,6 +62,11 @@ def strip_module_prefix(sd: StateDict, notes: list[str]) -> StateDict:
     return sd
 
 
+def lightning_progress(obj: Any) -> dict[str, Any]:
+    """``epoch`` and ``global_step`` of a Lightning checkpoint (None where it does not record them)."""
+    return {"epoch": obj.get("epoch"), "global_step": obj.get("global_step")}
+
+
 def lightning_state_dict(obj: Any) -> StateDict | None:
     """The ``state_dict`` of a Lightning checkpoint, of a ``{"state_dict": ...}`` export of one, or that
     state_dict alone (as a ``.safetensors`` conversion holds it)."""

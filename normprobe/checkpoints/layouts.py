@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from normprobe.checkpoints.arch import Arch
-from normprobe.checkpoints.keys import StateDict, sample
+from normprobe.checkpoints.keys import StateDict, sample, under
 from normprobe.errors import NormprobeError
 from normprobe.models.heads import LayerSpec
 from normprobe.models.resnet import ARCHITECTURES, Bottleneck
@@ -209,3 +209,12 @@ def infer_mlp(sd: Mapping[str, torch.Tensor], source: str, what: str) -> list[La
             )
         expected = index + 1
     return layers
+
+
+def mlp_head(
+    sd: Mapping[str, torch.Tensor], prefix: str, source: str, what: str
+) -> tuple[list[LayerSpec] | None, StateDict]:
+    """``(layer specs, weights)`` of the MLP head whose keys start with ``prefix`` (see
+    :func:`infer_mlp`), or ``(None, {})`` where the checkpoint has no such keys."""
+    weights = under(sd, prefix)
+    return (infer_mlp(weights, source, what) if weights else None), weights

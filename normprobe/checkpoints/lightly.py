@@ -26,12 +26,13 @@ from normprobe.checkpoints.contract import BuildResult, CheckpointSource
 from normprobe.checkpoints.keys import (
     StateDict,
     check_consumed,
+    lightning_progress,
     lightning_state_dict,
     sample,
     top_prefixes,
     under,
 )
-from normprobe.checkpoints.layouts import infer_backbone, infer_mlp, is_resnet, is_vit, native_input_size
+from normprobe.checkpoints.layouts import infer_backbone, is_resnet, is_vit, mlp_head, native_input_size
 from normprobe.errors import NormprobeError
 
 # Positions of torchvision ResNet's children in nn.Sequential(*resnet.children()[:-1]).
@@ -84,10 +85,9 @@ def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
     spec, backbone = infer_backbone(
         _torchvision_names(under(sd, "backbone."), label, notes), label, notes, arch=arch
     )
-    projector_sd = under(sd, "projection_head.layers.")
-    predictor_sd = under(sd, "prediction_head.layers.")
-    projector = infer_mlp(projector_sd, label, "projection_head")
-    predictor = infer_mlp(predictor_sd, label, "prediction_head") if predictor_sd else None
+    # never None here: detect() saw projection_head keys, and check_consumed let only projection_head.layers.* pass
+    projector, projector_sd = mlp_head(sd, "projection_head.layers.", label, "projection_head")
+    predictor, predictor_sd = mlp_head(sd, "prediction_head.layers.", label, "prediction_head")
     momentum = any(k.startswith("backbone_momentum.") for k in sd)
     method = ("byol" if momentum else "simsiam") if predictor else ("moco" if momentum else "unknown")
     notes.append(f"method {method!r} guessed from the heads (lightly checkpoints do not record it)")
@@ -106,7 +106,6 @@ def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
         predictor,
         predictor_sd,
         notes,
-        epoch=obj.get("epoch"),
-        global_step=obj.get("global_step"),
+        **lightning_progress(obj),
     )
     return assemble(remapped, label, arch)

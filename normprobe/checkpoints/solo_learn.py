@@ -30,8 +30,15 @@ from typing import Any
 from normprobe.checkpoints.arch import Arch, make_preprocess
 from normprobe.checkpoints.assemble import Remapped, assemble
 from normprobe.checkpoints.contract import BuildResult, CheckpointSource
-from normprobe.checkpoints.keys import StateDict, check_consumed, lightning_state_dict, top_prefixes, under
-from normprobe.checkpoints.layouts import infer_backbone, infer_mlp, native_input_size
+from normprobe.checkpoints.keys import (
+    StateDict,
+    check_consumed,
+    lightning_progress,
+    lightning_state_dict,
+    top_prefixes,
+    under,
+)
+from normprobe.checkpoints.layouts import infer_backbone, mlp_head, native_input_size
 from normprobe.errors import NormprobeError
 
 # dataset -> (input size, normalisation name), as in solo-learn's data pipelines.
@@ -127,10 +134,9 @@ def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
         notes.append(
             f"args.json names backbone {named!r} but the weights are a {spec['name']}: built what the weights say"
         )
-    projector_sd = under(sd, "projector.")  # absent in solo-learn's linear-evaluation checkpoints
-    projector = infer_mlp(projector_sd, label, "projector") if projector_sd else None
-    predictor_sd = under(sd, "predictor.")
-    predictor = infer_mlp(predictor_sd, label, "predictor") if predictor_sd else None
+    # no projector in solo-learn's linear-evaluation checkpoints
+    projector, projector_sd = mlp_head(sd, "projector.", label, "projector")
+    predictor, predictor_sd = mlp_head(sd, "predictor.", label, "predictor")
     method = str(_arg(args, "method") or _guess_method(sd, projector, predictor is not None))
 
     size = native_input_size(spec)  # a ViT's own image size wins over the dataset's
@@ -159,7 +165,6 @@ def build(source: CheckpointSource, arch: Arch | None) -> BuildResult:
         predictor_sd,
         notes,
         run_config=args,
-        epoch=obj.get("epoch"),
-        global_step=obj.get("global_step"),
+        **lightning_progress(obj),
     )
     return assemble(remapped, label, arch)

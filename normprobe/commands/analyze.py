@@ -11,6 +11,7 @@ from normprobe.analyses.settings import (
     DEFAULT_SCORERS,
     KNN_BACKENDS,
     AnalysisSettings,
+    comma_list,
     split_ood_specs,
 )
 from normprobe.commands.options import add_trust_code
@@ -273,7 +274,7 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         near=split_ood_specs(args.near or []),
         far=split_ood_specs(args.far or []),
         head=args.head,
-        heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None,
+        heads=comma_list(args.heads) if args.heads else None,
         k=args.k,
         temperature=args.temperature,
         ood_k=args.ood_k,
@@ -281,7 +282,7 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         bucket_scaling=args.bucket_scaling,
         min_bucket_count=args.min_bucket_count,
         human_min_bucket_count=args.human_min_bucket_count,
-        scorers=tuple(s.strip() for s in args.scorers.split(",") if s.strip()),
+        scorers=comma_list(args.scorers),
         human=args.human,
         max_train=args.max_train,
         max_per_split=args.max_per_split,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from normprobe import __version__
+from normprobe.analyses.settings import comma_list
 from normprobe.atomic import atomic_write, check_new_file
 from normprobe.commands.options import add_trust_code
 from normprobe.errors import NormprobeError
@@ -130,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _parse_heads(spec: str | None) -> tuple[str, ...] | None:
     if spec is None:
         return None
-    heads = tuple(h.strip() for h in spec.split(",") if h.strip())
+    heads = comma_list(spec)
     if not heads:
         raise NormprobeError(f"--heads {spec!r} names no head")
     return heads

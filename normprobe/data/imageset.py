@@ -1,4 +1,4 @@
-"""ImageSet: labels, stable ids and lazily decoded uint8 images of one dataset split."""
+"""ImageSet: labels, stable ids and lazily decoded uint8 images of one dataset split; Samples: what identifies the samples of a set."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ if TYPE_CHECKING:  # torch is imported where images are decoded, so `import norm
 
 
 @dataclass(frozen=True)
-class ImageSet:
-    """One split of a dataset, ready to embed.
+class Samples:
+    """What identifies the samples of one set, in order (an :class:`ImageSet` adds their images, the
+    analysis its embeddings).
 
     ``index`` holds each row's position in the original split (a partial mirror or a subset keeps
-    the original numbering); ``labels`` is -1 where unknown. Images are decoded on demand, so a
-    cached analysis never pays for decoding, and a viewer decodes only what it shows.
+    the original numbering); ``labels`` is -1 where unknown; ``ids`` are stable sample ids;
+    ``fingerprint`` identifies the content.
     """
 
     name: str
@@ -32,6 +33,16 @@ class ImageSet:
     classes: tuple[str, ...]
     fingerprint: str
     source: str
+
+
+@dataclass(frozen=True)
+class ImageSet(Samples):
+    """One split of a dataset, ready to embed: its :class:`Samples` and a reader of their images.
+
+    Images are decoded on demand, so a cached analysis never pays for decoding, and a viewer
+    decodes only what it shows.
+    """
+
     reader: ImageReader = field(repr=False)
     rows: np.ndarray = field(repr=False)
     notes: tuple[str, ...] = ()

@@ -99,6 +99,18 @@ def _bn(dim: int, affine: bool = True) -> LayerSpec:
 RELU: LayerSpec = {"type": "relu"}
 
 
+def _bn_mlp(*dims: int) -> list[LayerSpec]:
+    """Bias-free linear layers through ``dims``, each followed by BN, with ReLU between them; the
+    last BN has no affine (SimSiam's projector, MoCo v3's projector and predictor)."""
+    layers: list[LayerSpec] = []
+    last = len(dims) - 2
+    for i in range(last + 1):
+        layers += [_linear(dims[i], dims[i + 1], bias=False), _bn(dims[i + 1], affine=i < last)]
+        if i < last:
+            layers.append(RELU)
+    return layers
+
+
 def simclr_projector(d_in: int, hidden: int = 2048, out: int = 256) -> list[LayerSpec]:
     """SimCLR: "a MLP with one hidden layer ... z = W2 ReLU(W1 h)" (BN after W1 as in SimCLR v2 code)."""
     return [_linear(d_in, hidden, bias=False), _bn(hidden), RELU, _linear(hidden, out)]
@@ -106,16 +118,7 @@ def simclr_projector(d_in: int, hidden: int = 2048, out: int = 256) -> list[Laye
 
 def simsiam_projector(d_in: int, dim: int = 2048) -> list[LayerSpec]:
     """SimSiam: 3 fc layers with BN on each, ReLU on all but the output, whose BN has no affine."""
-    return [
-        _linear(d_in, dim, bias=False),
-        _bn(dim),
-        RELU,
-        _linear(dim, dim, bias=False),
-        _bn(dim),
-        RELU,
-        _linear(dim, dim, bias=False),
-        _bn(dim, affine=False),
-    ]
+    return _bn_mlp(d_in, dim, dim, dim)
 
 
 def bottleneck_predictor(dim: int = 2048, hidden: int = 512) -> list[LayerSpec]:
@@ -135,24 +138,9 @@ def mocov2_projector(d_in: int, hidden: int = 2048, out: int = 128) -> list[Laye
 
 def mocov3_projector(d_in: int, hidden: int = 4096, out: int = 256) -> list[LayerSpec]:
     """MoCo v3: 3-layer MLP with BN on every layer, the last BN without affine."""
-    return [
-        _linear(d_in, hidden, bias=False),
-        _bn(hidden),
-        RELU,
-        _linear(hidden, hidden, bias=False),
-        _bn(hidden),
-        RELU,
-        _linear(hidden, out, bias=False),
-        _bn(out, affine=False),
-    ]
+    return _bn_mlp(d_in, hidden, hidden, out)
 
 
 def mocov3_predictor(dim: int = 256, hidden: int = 4096) -> list[LayerSpec]:
     """MoCo v3: 2-layer predictor, the last BN without affine."""
-    return [
-        _linear(dim, hidden, bias=False),
-        _bn(hidden),
-        RELU,
-        _linear(hidden, dim, bias=False),
-        _bn(dim, affine=False),
-    ]
+    return _bn_mlp(dim, hidden, dim)
