@@ -6,7 +6,7 @@ Without ``torch.distributed`` initialised every helper degrades to the single-pr
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 # the rank helpers are normprobe's (extraction under torchrun uses them too); re-exported here
 from normprobe.distributed import init_from_env, is_distributed, rank, world_size
@@ -14,23 +14,10 @@ from normprobe.distributed import init_from_env, is_distributed, rank, world_siz
 __all__ = ["gather_with_grad", "init_from_env", "is_distributed", "rank", "world_size"]
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather forward; backward sums every rank's gradient for my rows and returns them,
-    so a loss computed on gathered rows trains the rows' owners."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        n = grad.shape[0] // world_size()
-        return grad[rank() * n : (rank() + 1) * n]
-
-
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _GatherWithGrad.apply(x) if world_size() > 1 else x
+    """Every rank's rows of ``x``, concatenated in rank order, with gradients flowing back to each
+    row's owner (the backward pass sums every rank's gradient for my rows): a loss computed on the
+    gathered batch trains all ranks. ``torch.distributed.nn.functional.all_gather`` does exactly this."""
+    if world_size() == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x.contiguous()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,21 +33,27 @@ class ImageReader(Protocol):
 
 
 @functools.lru_cache(maxsize=1)
-def _libjpeg_turbo_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """torchvision's JPEG decoder op (uint8 bytes -> 3×H×W RGB), or None where torchvision lacks it.
+def _libjpeg_turbo_decoder() -> Callable[[list[torch.Tensor]], list[torch.Tensor]] | None:
+    """torchvision's public batched JPEG decoder (uint8 bytes -> 3×H×W RGB each), or None where
+    torchvision has none (then Pillow decodes).
 
-    The op is called directly: the Python wrapper ``torchvision.io.decode_jpeg`` warns on every call
-    since torchvision 0.29 (its image I/O moves to TorchCodec); when the op goes away, Pillow decodes.
+    Since torchvision 0.29 ``torchvision.io.decode_jpeg`` emits a DeprecationWarning on every call
+    (its image I/O moves to TorchCodec); that one warning is silenced here, for the decoder's calls
+    only, rather than calling the private op the function wraps.
     """
     try:
-        import torch
-        from torchvision.io import ImageReadMode  # imported on first use: torchvision is slow to import
-
-        op = torch.ops.image.decode_jpeg
-    except (ImportError, AttributeError, RuntimeError):
+        from torchvision.io import ImageReadMode, decode_jpeg  # imported on first use: torchvision is slow
+    except ImportError:
         return None
-    rgb = ImageReadMode.RGB.value
-    return lambda blob: op(blob, rgb, False)
+
+    def decode(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="The image decoding and encoding", category=DeprecationWarning
+            )
+            return list(decode_jpeg(blobs, mode=ImageReadMode.RGB))
+
+    return decode
 
 
 def _decode_threads() -> int:
@@ -147,10 +154,12 @@ class EncodedReader:
         import torch
 
         try:
-            return [
-                decode(torch.from_numpy(self._data[a:b]))
-                for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
-            ]
+            return decode(
+                [
+                    torch.from_numpy(self._data[a:b])
+                    for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+                ]
+            )
         except RuntimeError:  # a JPEG libjpeg-turbo refuses: Pillow gets the batch
             return None
 
