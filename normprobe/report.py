@@ -114,8 +114,7 @@ def norm_histogram_figure(
     rather than every sample. ``labels`` names the sets (``dataset/split`` -> label).
     """
     labels = labels or {}
-    column = f"norm_{head}"
-    scaled = samples[column].to_numpy(np.float64) / samples.loc[samples["role"] == "id-train", column].mean()
+    scaled = samples[f"norm_{head}"].to_numpy(np.float64) / id_train_mean_norm(samples, head)
     low, high = np.quantile(scaled, [0.001, 0.999])
     pad = 0.02 * max(high - low, 1e-12)
     edges = np.linspace(max(low - pad, 0.0), high + pad, bins + 1)
@@ -180,29 +179,41 @@ def norm_bars_figure(norm_table: pd.DataFrame, labels: Mapping[str, str] | None 
     return fig
 
 
-def bucket_figure(curves: pd.DataFrame, *, title: str, y_title: str, x_title: str) -> go.Figure:
+BUCKET_X_TITLE = "‖embedding‖ / mean ‖embedding‖ on ID train (bucket centre)"
+"""The x-axis of every bucket plot: the same unit as the norm histograms', so the plots line up."""
+
+
+def id_train_mean_norm(samples: pd.DataFrame, head: str) -> float:
+    """The mean norm of ``head`` on ID train: the unit of the histograms' and bucket plots' x-axes."""
+    return float(samples.loc[samples["role"] == "id-train", f"norm_{head}"].mean())
+
+
+def bucket_figure(curves: pd.DataFrame, *, title: str, y_title: str, unit: float) -> go.Figure:
     """Per-bucket means (one line per ``series``) from :func:`normprobe.analyses.buckets.bucket_curve` tables.
 
-    Only buckets with ``shown`` are drawn; error bars are one standard error; hover gives the count
-    and the bucket's norm range.
+    Whatever the bucket scheme, each bucket sits at the centre of its norm range divided by ``unit``
+    (:func:`id_train_mean_norm`), the x-axis of the norm histograms. Only buckets with ``shown`` are
+    drawn; error bars are one standard error; hover gives the count and the bucket's norm range.
     """
     fig = go.Figure()
     for i, (series, rows) in enumerate(curves.groupby("series", sort=False)):
         rows = rows[rows["shown"].astype(bool)]
         fig.add_trace(
             go.Scatter(
-                x=rows["center"],
+                x=(rows["norm_lower"] + rows["norm_upper"]) / (2 * unit),
                 y=rows["mean"],
                 mode="lines+markers",
                 name=str(series),
                 line={"color": COLORS[i % len(COLORS)]},
                 error_y={"type": "data", "array": rows["sem"].fillna(0), "visible": True, "thickness": 1},
                 customdata=np.stack([rows["count"], rows["norm_lower"], rows["norm_upper"]], axis=1),
-                hovertemplate="bucket %{x:.3f}: mean %{y:.3f}<br>n=%{customdata[0]}, norm %{customdata[1]:.4g}"
+                hovertemplate="%{x:.3f} x the ID-train mean: mean %{y:.3f}<br>n=%{customdata[0]}, norm %{customdata[1]:.4g}"
                 "–%{customdata[2]:.4g}<extra>%{fullData.name}</extra>",
             )
         )
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template=TEMPLATE, height=420)
+    fig.update_layout(
+        title=title, xaxis_title=BUCKET_X_TITLE, yaxis_title=y_title, template=TEMPLATE, height=420
+    )
     return fig
 
 
@@ -330,12 +341,12 @@ HUMAN_FIGURES = (
 
 
 def human_figures(
-    curves: pd.DataFrame, correlations: pd.DataFrame | None, label_of: Callable[[str], str]
+    curves: pd.DataFrame, correlations: pd.DataFrame | None, label_of: Callable[[str], str], unit: float
 ) -> list[go.Figure]:
     """Plotly figures of the shown buckets: human label accuracy (Fig. 4 middle), CIFAR-10H entropy
     (Fig. 4 right) and the CIFAR-10H majority's disagreement; each line is named by
     ``label_of(signal)`` (the analysis's names; the report computes nothing) and its legend gives
-    its Spearman rho."""
+    its Spearman rho; ``unit``: see :func:`bucket_figure`."""
     rho = (
         {}
         if correlations is None
@@ -356,7 +367,7 @@ def human_figures(
                 part.assign(series=part["signal"].map(series)),
                 title=title,
                 y_title=y_title,
-                x_title="embedding norm / max norm (buckets with too few samples hidden)",
+                unit=unit,
             )
         )
     return figures
@@ -870,7 +881,7 @@ def analysis_report(
                 tables["buckets"],
                 title=f"kNN accuracy per norm bucket (head {primary})",
                 y_title="kNN accuracy",
-                x_title=f"bucket centre: {scaling}",
+                unit=id_train_mean_norm(samples, primary),
             )
         },
         html=table_html(_spearman_table(tables["spearman"]), "{:.4g}"),

@@ -169,7 +169,41 @@ def test_correlations_summary_and_figures() -> None:
     json.dumps(summary, allow_nan=False)
     assert summary["human_c10n_aggre_correct"]["ci"] == [row["ci_low"], row["ci_high"]]
     assert summary["human_c10n_aggre_correct"]["mean"] == pytest.approx(1 - wrong.mean())
-    figures = human_figures(curves, corr.reset_index(), human.signal_label)
+    figures = human_figures(curves, corr.reset_index(), human.signal_label, unit=1.0)
     assert len(figures) == 1 and len(figures[0].data) == 5
     with pytest.raises(NormprobeError, match="no column 'norm_p'"):
         human.human_curves(samples, "norm_p")
+
+
+def test_bucket_plots_share_the_histograms_x_axis() -> None:
+    """Every bucket plot sits its buckets at norm / ID-train mean, the histograms' unit, whatever the
+    bucket scheme, so the figures of one report line up."""
+    import pandas as pd
+
+    from normprobe.report import BUCKET_X_TITLE, bucket_figure, id_train_mean_norm, norm_histogram_figure
+
+    samples = pd.DataFrame(
+        {
+            "dataset": ["c10"] * 4 + ["mnist"] * 2,
+            "split": ["train"] * 2 + ["test"] * 2 + ["test"] * 2,
+            "role": ["id-train"] * 2 + ["id-test"] * 2 + ["ood"] * 2,
+            "norm_z": [2.0, 4.0, 3.0, 5.0, 1.0, 6.0],
+        }
+    )
+    unit = id_train_mean_norm(samples, "z")
+    curves = pd.DataFrame(
+        {
+            "series": ["s", "s"],
+            "norm_lower": [0.0, 3.0],
+            "norm_upper": [3.0, 6.0],
+            "center": [0.25, 0.75],
+            "mean": [0.5, 0.9],
+            "sem": [0.1, 0.1],
+            "count": [10, 20],
+            "shown": [True, True],
+        }
+    )
+    figure = bucket_figure(curves, title="t", y_title="y", unit=unit)
+    assert unit == 3.0 and list(figure.data[0].x) == [0.5, 1.5]
+    assert figure.layout.xaxis.title.text == BUCKET_X_TITLE
+    assert "mean ‖embedding‖ on ID train" in norm_histogram_figure(samples, "z").layout.xaxis.title.text

@@ -23,7 +23,7 @@ from normprobe.analyses.human import human_correlations, human_curves, signal_co
 from normprobe.analyses.ood import evaluate_ood
 from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT
 from normprobe.errors import NormprobeError
-from normprobe.report import bucket_figure, human_figures, roc_figure
+from normprobe.report import bucket_figure, human_figures, id_train_mean_norm, roc_figure
 
 SCALING_AXES = {"max": "norm / max norm", "minmax": "(norm − min) / (max − min)", "quantile": "norm quantile"}
 
@@ -100,11 +100,12 @@ def knn_buckets(
 @st.cache_resource(show_spinner=False, max_entries=32)
 def knn_bucket_figure(path: str, files: FileStamp, norm_column: str, buckets: Buckets) -> go.Figure:
     table, _ = knn_buckets(path, files, norm_column, buckets)
+    samples = loading.open_results(path, files).samples
     return bucket_figure(
         table,
         title="kNN accuracy per embedding-norm bucket",
         y_title="kNN accuracy",
-        x_title=f"{SCALING_AXES[buckets.scaling]} (bucket centre)",
+        unit=id_train_mean_norm(samples, norm_column.removeprefix("norm_")),
     )
 
 
@@ -148,7 +149,8 @@ def human_label_figures(path: str, files: FileStamp, head: str, buckets: Buckets
         scaling=buckets.scaling,
         min_count=buckets.human_min_count,
     )
-    return human_figures(curves, human_correlation_table(path, files, head), signal_label)
+    unit = id_train_mean_norm(samples, head)
+    return human_figures(curves, human_correlation_table(path, files, head), signal_label, unit)
 
 
 def human_label_section(session: Session, buckets: Buckets) -> None:

@@ -63,7 +63,14 @@ from normprobe.errors import NormprobeError
 from normprobe.extraction import cache_key, extract
 from normprobe.knn import CosineIndex, approximate_params, measure_recall
 from normprobe.render.page import table_html
-from normprobe.report import PLOTLY_FILE, Section, analysis_report, human_figures, plotly_js
+from normprobe.report import (
+    PLOTLY_FILE,
+    Section,
+    analysis_report,
+    human_figures,
+    id_train_mean_norm,
+    plotly_js,
+)
 from normprobe.results import Results, check_output_dir, jsonable, read_results, sample_columns, write_results
 from normprobe.terminal import printable
 from normprobe.zoo import resolve_checkpoint
@@ -721,7 +728,11 @@ def run_analysis(
     report_files = {}
     if settings.report:
         tick = time.perf_counter()
-        extra = [_human_section(human_curves, human_corr, settings)] if not human_curves.empty else []
+        extra = (
+            [_human_section(human_curves, human_corr, settings, id_train_mean_norm(samples, primary))]
+            if not human_curves.empty
+            else []
+        )
         images = {s.key: s.imageset for s in sets if s.imageset is not None}
         report_html = analysis_report(run, samples, tables, roc, images, extra, plotly=settings.plotly)
         if settings.plotly == "directory":
@@ -789,8 +800,10 @@ def _search_recall(
     }
 
 
-def _human_section(curves: pd.DataFrame, correlations: pd.DataFrame, settings: AnalysisSettings) -> Section:
-    figures = human_figures(curves, correlations, human.signal_label)
+def _human_section(
+    curves: pd.DataFrame, correlations: pd.DataFrame, settings: AnalysisSettings, unit: float
+) -> Section:
+    figures = human_figures(curves, correlations, human.signal_label, unit)
     return Section(
         "Human labels",
         "Human annotations against the embedding norm (paper Figure 4, middle and right): larger norms should go "
