@@ -59,6 +59,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {NO_MIRROR}")
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same random state (torch, numpy, random): a test that draws
+    numbers without its own generator still draws the same ones on every run."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def analyzed_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from analyze_helpers import SUBSET_SIZES, analyze_args, tiny_checkpoint
