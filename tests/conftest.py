@@ -66,6 +66,7 @@ def _seeded() -> None:
     import random
 
     import numpy as np
+    import torch
 
     random.seed(0)
     np.random.seed(0)
