@@ -231,10 +231,15 @@ def embed(
     from normprobe.analyses.settings import comma_list
     from normprobe.cache import EmbeddingCache
     from normprobe.checkpoints import LoadedEncoder, load_encoder
-    from normprobe.commands.embed import check_output_file, embed_config, write_embeddings
     from normprobe.data.torch_dataset import python_imageset
     from normprobe.device import pick_device
-    from normprobe.embedding_files import from_arrays, read_embeddings
+    from normprobe.embedding_files import (
+        check_output_file,
+        embed_config,
+        from_arrays,
+        read_embeddings,
+        write_embeddings,
+    )
     from normprobe.extraction import PRECISIONS, extract
     from normprobe.zoo import resolve_checkpoint
 

@@ -322,7 +322,7 @@ def test_allocator_settings_merge_and_never_loop(monkeypatch: pytest.MonkeyPatch
 def test_parquet_is_written_in_bounded_row_groups_from_memory_maps(
     tmp_path: Path, n: int, rows: int | None, groups: list[int]
 ) -> None:
-    from normprobe.commands.embed import write_parquet
+    from normprobe.embedding_files import write_parquet
 
     rng = np.random.default_rng(0)
     np.save(tmp_path / "z.npy", rng.standard_normal((n, 4)).astype(np.float32))

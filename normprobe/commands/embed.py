@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from normprobe import __version__
 from normprobe.analyses.settings import comma_list
-from normprobe.atomic import atomic_write, check_new_file
 from normprobe.commands.options import add_trust_code
+from normprobe.embedding_files import check_output_file, embed_config, write_embeddings
 from normprobe.errors import NormprobeError
 from normprobe.terminal import printable
 
 if TYPE_CHECKING:  # torch is imported after the cheap checks
     import torch
 
-    from normprobe.checkpoints import LoadedEncoder
-    from normprobe.data import ImageSet
-
-FORMATS = (".npz", ".parquet")
 
 DESCRIPTION = """\
 Run a checkpoint's encoder over one dataset split and save the raw, un-normalised embedding of
@@ -135,133 +127,6 @@ def _parse_heads(spec: str | None) -> tuple[str, ...] | None:
     if not heads:
         raise NormprobeError(f"--heads {spec!r} names no head")
     return heads
-
-
-def write_npz(
-    path: Path,
-    heads: dict[str, np.ndarray],
-    index: np.ndarray,
-    labels: np.ndarray,
-    ids: np.ndarray,
-    config: dict[str, Any],
-) -> None:
-    arrays = {name: np.asarray(values, dtype=np.float32) for name, values in heads.items()}
-    arrays.update(
-        index=index.astype(np.int64),
-        labels=labels.astype(np.int64),
-        ids=ids.astype(str),
-        config=np.array(json.dumps(config)),
-    )
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            # numpy's stubs let **arrays fill the allow_pickle flag; the names here are array keys.
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-
-    atomic_write(path, write)
-
-
-def write_parquet(
-    path: Path,
-    heads: dict[str, np.ndarray],
-    index: np.ndarray,
-    labels: np.ndarray,
-    ids: np.ndarray,
-    config: dict[str, Any],
-    *,
-    row_group_rows: int | None = None,
-) -> None:
-    """One row per image, written in row groups of ``row_group_rows`` (default
-    :data:`normprobe.results.ROW_GROUP_ROWS`): only one group's columns are built at a time, so
-    memory-mapped embeddings (the cache's) are read group by group, never copied whole."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from normprobe.analyses.norms import embedding_norms
-    from normprobe.results import ROW_GROUP_ROWS
-
-    rows = row_group_rows or ROW_GROUP_ROWS
-    n = len(index)
-    dataset, split = config["dataset"]["name"], config["dataset"]["split"]
-
-    def group(r0: int, r1: int) -> pa.Table:
-        columns: dict[str, pa.Array] = {
-            "dataset": pa.array([dataset] * (r1 - r0), pa.string()),
-            "split": pa.array([split] * (r1 - r0), pa.string()),
-            "index": pa.array(index[r0:r1].astype(np.int64)),
-            "id": pa.array(ids[r0:r1].astype(str).tolist(), pa.string()),
-            "label": pa.array(labels[r0:r1].astype(np.int64)),
-        }
-        for name, values in heads.items():
-            block = np.ascontiguousarray(values[r0:r1], dtype=np.float32)
-            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
-            columns[f"{name}_norm"] = pa.array(embedding_norms(block, np.float32))
-        return pa.table(columns)
-
-    first = group(0, min(n, rows))
-    schema = first.schema.with_metadata({b"normprobe": json.dumps(config).encode()})
-
-    def write(tmp: Path) -> None:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            writer.write_table(first, row_group_size=rows)
-            for r0 in range(rows, n, rows):
-                writer.write_table(group(r0, min(n, r0 + rows)), row_group_size=rows)
-
-    atomic_write(path, write)
-
-
-def check_output_file(out: str | Path, force: bool = False) -> Path:
-    """The output file, checked before any work: a .npz or .parquet name, not an existing file unless
-    ``force`` (its folder is created when it is written)."""
-    out = Path(out).expanduser()
-    if out.suffix.lower() not in FORMATS:
-        raise NormprobeError(
-            f"--out {out}: unknown output format {out.suffix!r} (use {' or '.join(FORMATS)})"
-        )
-    if out.is_dir():
-        raise NormprobeError(f"--out {out} is a folder; give a file name ending in {' or '.join(FORMATS)}")
-    check_new_file(out, force=force, what="--out")
-    return out
-
-
-def embed_config(
-    loaded: LoadedEncoder, imageset: ImageSet, spec: str, heads: list[str], precision: str, device: object
-) -> dict[str, Any]:
-    """What a file of embeddings records about how they were made (its ``config``)."""
-    return {
-        "normprobe": __version__,
-        "checkpoint": {
-            "path": loaded.path,
-            "sha256": loaded.sha256,
-            "adapter": loaded.adapter,
-            "method": loaded.method,
-        },
-        "dataset": {
-            "spec": spec,
-            "name": imageset.name,
-            "split": imageset.split,
-            "source": imageset.source,
-            "fingerprint": imageset.fingerprint,
-            "size": len(imageset),
-            "notes": list(imageset.notes),
-            "classes": list(imageset.classes),
-        },
-        "preprocess": loaded.preprocess.describe(),
-        "heads": heads,
-        "precision": precision,
-        "device": str(device),
-    }
-
-
-def write_embeddings(
-    out: Path, heads: dict[str, np.ndarray], imageset: ImageSet, config: dict[str, Any]
-) -> None:
-    """Write ``heads`` of ``imageset`` to ``out`` as .npz or .parquet, by its suffix (atomically)."""
-    writer = write_parquet if out.suffix.lower() == ".parquet" else write_npz
-    try:
-        writer(out, heads, imageset.index, imageset.labels, imageset.ids, config)
-    except OSError as err:  # a full disk: one line, and (atomic write) no partial file
-        raise NormprobeError(f"cannot write {out}: {err.strerror or err}") from err
 
 
 def run(args: argparse.Namespace) -> int:
