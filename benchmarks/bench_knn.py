@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import resource
 import time
 from typing import Any
 
 import numpy as np
+from fresh_process import run_fresh
 
 K = 200
 TEMPERATURE = 0.1
@@ -139,19 +139,6 @@ def _child(method: str, args: dict[str, Any], conn: Any) -> None:
     conn.close()
 
 
-def measure(method: str, args: dict[str, Any]) -> dict[str, Any]:
-    """One timed run of ``method`` in a fresh process."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(method, args, child))
-    proc.start()
-    result = parent.recv()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"{method} failed with exit code {proc.exitcode}")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,7 +178,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
         for _ in range(opts.repeats):
             for method in METHODS:
-                runs[method].append(measure(method, args))
+                runs[method].append(run_fresh(_child, method, args))
         best = {m: min(r["wall_s"] for r in rs) for m, rs in runs.items()}
         reference = runs["sklearn"][0]["pred"]
         for method, rs in runs.items():

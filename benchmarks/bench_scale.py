@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import time
 from typing import Any
 
 import numpy as np
+from fresh_process import run_fresh
 
 METHODS = {"exact": "torch", "ivf": "faiss-ivf", "hnsw": "faiss-hnsw"}
 TASKS = ("loo", "queries")
@@ -140,19 +140,6 @@ def _child(point: dict[str, Any], conn: Any) -> None:
     conn.close()
 
 
-def measure(point: dict[str, Any]) -> dict[str, Any]:
-    """One point in a fresh process."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(point, child))
-    proc.start()
-    result = parent.recv()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"{point} failed with exit code {proc.exitcode}")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,7 +201,7 @@ def main() -> None:
                     "threads": opts.threads,
                     "seed": opts.seed,
                 }
-                r = measure(point)
+                r = run_fresh(_child, point)
                 rows.append(r)
                 mark = "*" if r["extrapolated"] else " "
                 recall = f"{r['recall']:.4f}" if "recall" in r else "exact"
