@@ -9,7 +9,6 @@ part of every cache key. Images are decoded only for the rows on screen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -18,6 +17,7 @@ from normprobe.app import explore
 from normprobe import data
 from normprobe.data import ImageSet
 from normprobe.errors import NormprobeError
+from normprobe.record import AnalysedDataset, RunRecord
 from normprobe.results import RUN_FILE, SAMPLES_FILE, Results, read_results
 
 THUMBNAIL_SIZE = 96
@@ -50,19 +50,18 @@ def open_results(path: str, files: FileStamp) -> Results:
     return read_results(path)
 
 
-def dataset_entry(run: dict[str, Any], name: str, split: str) -> dict[str, Any]:
-    """The ``datasets`` entry of run.json for one dataset split ({} when the run does not list it)."""
-    return next((d for d in run.get("datasets", []) if d.get("name") == name and d.get("split") == split), {})
+def dataset_entry(run: RunRecord, name: str, split: str) -> AnalysedDataset | None:
+    """The ``datasets`` entry of run.json for one dataset split (None when the run does not list it)."""
+    return next((d for d in run.datasets if d.name == name and d.split == split), None)
 
 
-def data_root_for(entry: dict[str, Any], override: str) -> str | None:
+def data_root_for(entry: AnalysedDataset | None, override: str) -> str | None:
     """Where to find a dataset's images: the user's override, else the run's data root if it exists here,
     else None (``$NORMPROBE_DATA`` or the default data root)."""
     if override.strip():
         return override.strip()
-    recorded = entry.get("data_root")
-    if recorded and Path(recorded).expanduser().is_dir():
-        return str(recorded)
+    if entry is not None and entry.data_root and Path(entry.data_root).expanduser().is_dir():
+        return entry.data_root
     return None
 
 

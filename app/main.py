@@ -80,7 +80,7 @@ def main() -> None:
         st.error(f"Cannot open the results folder: {NOT_RESULTS}")
         return
     heads = explore.heads(results.samples)
-    primary = results.run.get("primary_head")
+    primary = results.run.primary_head
     # selectbox returns the chosen option, or None when there are none; under python_version 3.10
     # mypy reads streamlit's overloads (typing.Never, 3.11+) as always None, so the real type is cast.
     head = cast(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 from normprobe.app.loading import FileStamp
 
+from normprobe.record import RunRecord
 from normprobe.results import Results
 
 
@@ -26,7 +26,7 @@ class Session:
     """Class names of the in-distribution label space, in which kNN predictions are made."""
 
     @property
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunRecord:
         return self.results.run
 
     @property

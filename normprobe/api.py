@@ -3,7 +3,7 @@ what the CLI writes.
 
     import normprobe
     results = normprobe.analyze("simclr.pt", ood=["cifar100", "mnist"], max_train=2000, out="results/")
-    results.run["summary"]["ood"]["cifar100/test"]["norm"]["auroc"]     # Results, as read_results gives
+    results.run.summary.ood["cifar100/test"]["norm"]["auroc"]     # Results: run is a typed RunRecord
 
     train = normprobe.embed("simclr.pt", "cifar10:train")               # EmbeddingSet: heads, labels, ...
     test = normprobe.embed("simclr.pt", "cifar10:test", out="test.npz") # ... also written, as the CLI does
@@ -151,9 +151,9 @@ def analyze(
     ``options``: :class:`~normprobe.analyses.settings.AnalysisSettings` fields (``k=50``,
     ``max_train=2000``, ``id_dataset="cifar10"``, ``human="none"``, ``report=False``, ...).
     """
-    from normprobe.analyses.pipeline import run_analysis
     from normprobe.analyses.settings import AnalysisSettings, split_ood_specs
     from normprobe.checkpoints import LoadedEncoder, load_encoder
+    from normprobe.pipeline import run_analysis
     from normprobe.zoo import resolve_checkpoint
 
     command = _call_text(
@@ -229,7 +229,7 @@ def embed(
     """
     from normprobe import data as datasets
     from normprobe.analyses.settings import comma_list
-    from normprobe.cache import EmbeddingCache
+    from normprobe.cache import Cache
     from normprobe.checkpoints import LoadedEncoder, load_encoder
     from normprobe.data.torch_dataset import python_imageset
     from normprobe.device import pick_device
@@ -266,7 +266,7 @@ def embed(
         batch_size=batch_size,
         device=device_used,
         precision=precision,
-        cache=EmbeddingCache(cache_dir) if use_cache else None,
+        cache=Cache(cache_dir) if use_cache else None,
         progress=progress,
     )
     spec = str(data) if isinstance(data, str | Path) else f"python:{type(data).__name__}"

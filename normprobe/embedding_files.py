@@ -36,6 +36,7 @@ import numpy as np
 from normprobe.atomic import atomic_write, check_new_file
 from normprobe.data.hashing import file_sha256, fingerprint
 from normprobe.errors import NormprobeError
+from normprobe.record import CheckpointInfo, DatasetInfo, to_json
 
 if TYPE_CHECKING:
     from normprobe.checkpoints import LoadedEncoder
@@ -492,23 +493,8 @@ def embed_config(
 
     return {
         "normprobe": __version__,
-        "checkpoint": {
-            "path": loaded.path,
-            "sha256": loaded.sha256,
-            "adapter": loaded.adapter,
-            "method": loaded.method,
-        },
-        "dataset": {
-            "spec": spec,
-            "name": imageset.name,
-            "split": imageset.split,
-            "source": imageset.source,
-            "fingerprint": imageset.fingerprint,
-            "size": len(imageset),
-            "notes": list(imageset.notes),
-            "classes": list(imageset.classes),
-        },
-        "preprocess": loaded.preprocess.describe(),
+        "checkpoint": to_json(CheckpointInfo.of(loaded)),
+        "dataset": {"spec": spec, **to_json(DatasetInfo.of(imageset)), "classes": list(imageset.classes)},
         "heads": heads,
         "precision": precision,
         "device": str(device),

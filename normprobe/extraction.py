@@ -23,10 +23,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from normprobe import distributed
-from normprobe.cache import EmbeddingCache
+from normprobe.cache import Cache
 from normprobe.checkpoints import LoadedEncoder
 from normprobe.data import ImageSet
-from normprobe.data.hashing import fingerprint
 from normprobe.device import pick_device
 from normprobe.errors import NormprobeError
 from normprobe.preprocess import Preprocess
@@ -57,6 +56,9 @@ class Embeddings:
     heads: dict[str, np.ndarray]
     from_cache: bool
     seconds: float
+    keys: dict[str, str]
+    """Each head's cache key (:func:`cache_key`): what identifies these embeddings, also in the keys
+    of what is computed from them."""
     complete: bool = True
 
     def norms(self, head: str) -> np.ndarray:
@@ -131,7 +133,7 @@ def cache_key(loaded: LoadedEncoder, imageset: ImageSet, head: str, precision: s
     """What the embeddings depend on: checkpoint bytes, adapter, the module built from them (``--arch``
     can build different ones from the same file, e.g. another stem padding), data, head, preprocessing
     and precision."""
-    return fingerprint(
+    return Cache.key(
         "embed/2",
         loaded.sha256,
         loaded.adapter,
@@ -151,7 +153,7 @@ def extract(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     precision: str = "fp32",
-    cache: EmbeddingCache | None = None,
+    cache: Cache | None = None,
     progress: bool = True,
 ) -> Embeddings:
     """Embeddings of ``imageset`` for ``heads`` (default: all of the encoder's), served from ``cache`` when present.
@@ -179,7 +181,7 @@ def extract(
     )
     if distributed.broadcast_object(hit):
         arrays = {h: v for h, v in cached.items() if v is not None} if leader else {}
-        return Embeddings(arrays, True, time.perf_counter() - began, complete=leader)
+        return Embeddings(arrays, True, time.perf_counter() - began, keys, complete=leader)
     if distributed.world_size() > 1:
         merged = _extract_sharded(
             loaded,
@@ -202,7 +204,7 @@ def extract(
             progress=progress,
         )
     if merged is None:
-        return Embeddings({}, False, time.perf_counter() - began, complete=False)
+        return Embeddings({}, False, time.perf_counter() - began, keys, complete=False)
     if cache is not None:
         for head, key in keys.items():
             cache.put(key, merged[head])
@@ -211,7 +213,7 @@ def extract(
             stored = cache.get(key)
             if stored is not None and stored.shape == merged[head].shape:
                 merged[head] = stored
-    return Embeddings(merged, False, time.perf_counter() - began)
+    return Embeddings(merged, False, time.perf_counter() - began, keys)
 
 
 def _extract_sharded(

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from normprobe.errors import NormprobeError
+from normprobe.record import CheckpointInfo, DatasetInfo, to_json
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from normprobe.cache import EmbeddingCache
+    from normprobe.cache import Cache
     from normprobe.checkpoints import LoadedEncoder
     from normprobe.data import ImageSet
 
@@ -147,7 +148,7 @@ def score_imageset(
     imageset: ImageSet,
     settings: RankSettings,
     reference: ImageSet | None = None,
-    cache: EmbeddingCache | None = None,
+    cache: Cache | None = None,
 ) -> Ranking:
     """Score and rank every sample of ``imageset`` (readable ones), listing ``imageset.skipped`` as unreadable."""
     import pandas as pd
@@ -194,20 +195,9 @@ def score_imageset(
     table["rank_norm"] = _ranks(table["score_norm"].to_numpy())
     record: dict[str, Any] = {
         **asdict(settings),
-        "checkpoint": loaded.path,
-        "checkpoint_sha256": loaded.sha256,
-        "adapter": loaded.adapter,
+        "checkpoint": to_json(CheckpointInfo.of(loaded)),
         "head": head,
-        "data": {
-            "name": imageset.name,
-            "split": imageset.split,
-            "n": len(imageset),
-            "source": imageset.source,
-            "fingerprint": imageset.fingerprint,
-            "notes": list(imageset.notes),
-            "unreadable": len(imageset.skipped),
-        },
-        "preprocess": loaded.preprocess.describe(),
+        "data": {**to_json(DatasetInfo.of(imageset)), "unreadable": len(imageset.skipped)},
         "score_direction": "larger = more familiar",
     }
     # The threshold of is_unfamiliar is calibrated on the reference (what "familiar" means); without
@@ -223,14 +213,7 @@ def score_imageset(
         table["rank_knn"] = _ranks(table["score_knn"].to_numpy())
         if by == "knn":
             record["threshold"] = float(scorer.offset_)
-        record["reference"] = {
-            "name": reference.name,
-            "split": reference.split,
-            "n": len(reference),
-            "source": reference.source,
-            "fingerprint": reference.fingerprint,
-            "leave_one_out": same,
-        }
+        record["reference"] = {**to_json(DatasetInfo.of(reference)), "leave_one_out": same}
     else:
         table["score_knn"] = np.nan
         table["rank_knn"] = pd.array([pd.NA] * len(table), dtype="Int64")
@@ -271,7 +254,7 @@ def run_rank(
     ImageSet or a map-style ``torch.utils.data.Dataset`` of images.
     """
     from normprobe import data as datasets
-    from normprobe.cache import EmbeddingCache
+    from normprobe.cache import Cache
     from normprobe.checkpoints import LoadedEncoder, load_encoder
     from normprobe.data.torch_dataset import python_imageset
     from normprobe.zoo import resolve_checkpoint
@@ -300,7 +283,7 @@ def run_rank(
                 np.random.default_rng(settings.seed).choice(len(reference_set), size, replace=False)
             )
             reference_set = reference_set.subset(picked, f"random {size} (seed {settings.seed})")
-    cache = EmbeddingCache() if settings.use_cache else None
+    cache = Cache() if settings.use_cache else None
     return score_imageset(loaded, imageset, settings, reference_set, cache)
 
 

@@ -34,6 +34,7 @@ from plotly.subplots import make_subplots
 
 from normprobe.data import ImageSet
 from normprobe.metrics import OOD_METRICS
+from normprobe.record import RunRecord, to_json
 from normprobe.render.page import PLOTLY_MODES, html_page, png_data_uri, table_html
 from normprobe.scores import SCORERS
 
@@ -80,17 +81,9 @@ def scorer_label(column: str) -> str:
     return f"{text} (head {head})" if head else text
 
 
-def set_labels(run: Mapping[str, Any]) -> dict[str, str]:
-    """``dataset/split`` -> ``CIFAR-100 (test)`` for every dataset of the run (its manifest title)."""
-    return {
-        f"{d['name']}/{d['split']}": f"{d.get('title', d['name'])} ({d['split']})" for d in run["datasets"]
-    }
-
-
-def _id_label(run: Mapping[str, Any], role: str) -> str:
+def _id_label(run: RunRecord, role: str) -> str:
     """``CIFAR-10 (test)``: the label of the run's set in ``role``."""
-    labels = set_labels(run)
-    return next(labels[f"{d['name']}/{d['split']}"] for d in run["datasets"] if d["role"] == role)
+    return run.role(role).label
 
 
 def _role_label(role: str, group: str | None = None) -> str:
@@ -279,13 +272,13 @@ def roc_figure(
     return fig
 
 
-def auroc_heatmap_figure(run: Mapping[str, Any]) -> go.Figure:
+def auroc_heatmap_figure(run: RunRecord) -> go.Figure:
     """AUROC of every scorer (rows) on every OOD set (columns), 0.5 white, inverted signals red.
 
     Each cell shows the AUROC and its 95% bootstrap interval.
     """
-    ood = run["summary"]["ood"]
-    labels = set_labels(run)
+    ood = run.summary.ood
+    labels = run.set_labels
     sets = list(ood)
     scorers = list(dict.fromkeys(s for per_set in ood.values() for s in per_set))
     z = [[ood[key].get(s, {}).get("auroc") for key in sets] for s in scorers]
@@ -508,20 +501,20 @@ def settings_rows(settings: Mapping[str, Any]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the verdict
 
 
-def summary_table(run: Mapping[str, Any]) -> pd.DataFrame:
+def summary_table(run: RunRecord) -> pd.DataFrame:
     """One row per split / OOD set: n, mean norm (ID train = 1, primary head), kNN accuracy, and for
     each OOD set its best scorer with AUROC, 95% interval, both FPR@95 conventions and the AUPRs.
 
     The same table is printed on the terminal and shown on the report's first screen; blank cells
     do not apply to the row.
     """
-    summary = run["summary"]
-    primary = run["primary_head"]
-    knn = summary["knn_accuracy"]
-    labels = set_labels(run)
-    verdicts = summary.get("ood_verdicts", {})
+    summary = run.summary
+    primary = run.primary_head
+    knn = summary.knn_accuracy
+    labels = run.set_labels
+    verdicts = summary.ood_verdicts
     rows = []
-    for key, entry in summary["norms"].items():
+    for key, entry in summary.norms.items():
         role = entry["role"]
         verdict = verdicts.get(key)
         row: dict[str, Any] = {
@@ -536,7 +529,7 @@ def summary_table(run: Mapping[str, Any]) -> pd.DataFrame:
             **{METRIC_LABELS[k]: np.nan for k in SUMMARY_METRICS},
         }
         if verdict:
-            best = summary["ood"][key][verdict["best"]]
+            best = summary.ood[key][verdict["best"]]
             row.update(
                 {
                     "best scorer": scorer_label(verdict["best"]),
@@ -549,10 +542,10 @@ def summary_table(run: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def auroc_table(run: Mapping[str, Any]) -> pd.DataFrame:
+def auroc_table(run: RunRecord) -> pd.DataFrame:
     """AUROC of every scorer (rows) on every OOD set (columns), as the heatmap shows it."""
-    ood = run["summary"]["ood"]
-    labels = set_labels(run)
+    ood = run.summary.ood
+    labels = run.set_labels
     scorers = list(dict.fromkeys(s for per_set in ood.values() for s in per_set))
     return pd.DataFrame(
         {
@@ -570,11 +563,11 @@ def _join(parts: Sequence[str]) -> str:
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
-def _norm_detail(run: Mapping[str, Any], ood_set: str, scorer: str) -> str | None:
+def _norm_detail(run: RunRecord, ood_set: str, scorer: str) -> str | None:
     """``gets larger norms than the in-distribution data (mean 1.90× the ID-train mean, ID test 1.00×)``,
     or None when the mean norms do not show it (the AUROC then reflects the distributions' shapes)."""
-    norms = run["summary"]["norms"]
-    head = scorer.partition("@")[2] or run["primary_head"]
+    norms = run.summary.norms
+    head = scorer.partition("@")[2] or run.primary_head
     id_test = next((k for k, v in norms.items() if v["role"] == "id-test"), None)
     if ood_set not in norms or id_test is None or head not in norms[ood_set]["heads"]:
         return None
@@ -600,8 +593,8 @@ def _alternatives(per_scorer: Mapping[str, Any], exclude: Sequence[str]) -> str:
     )
 
 
-def _inverted_text(run: Mapping[str, Any], ood_set: str, name: str, inverted: Sequence[str]) -> str:
-    per_scorer = run["summary"]["ood"][ood_set]
+def _inverted_text(run: RunRecord, ood_set: str, name: str, inverted: Sequence[str]) -> str:
+    per_scorer = run.summary.ood[ood_set]
     listed = [
         f"{scorer_label(s)} (AUROC {per_scorer[s]['auroc']:.3f}, 95% CI {_interval(*per_scorer[s]['auroc_ci'])})"
         for s in inverted
@@ -624,13 +617,12 @@ def _inverted_text(run: Mapping[str, Any], ood_set: str, name: str, inverted: Se
     )
 
 
-def verdict_items(run: Mapping[str, Any]) -> list[tuple[str, bool]]:
+def verdict_items(run: RunRecord) -> list[tuple[str, bool]]:
     """The verdict in words, ``(sentence, is_inverted_warning)`` per item: for each OOD set its best
     scorer (or that none beats chance), then, if any scorer's signal is inverted for it, what that means."""
-    summary = run["summary"]
-    labels = set_labels(run)
+    labels = run.set_labels
     items: list[tuple[str, bool]] = []
-    for ood_set, verdict in summary.get("ood_verdicts", {}).items():
+    for ood_set, verdict in run.summary.ood_verdicts.items():
         name = labels.get(ood_set, ood_set)
         best, auroc, ci = verdict["best"], verdict["auroc"], _interval(*verdict["auroc_ci"])
         where = f"{name}, {verdict['group']}-OOD"
@@ -654,31 +646,38 @@ def verdict_items(run: Mapping[str, Any]) -> list[tuple[str, bool]]:
     return items
 
 
-def verdict_lines(run: Mapping[str, Any]) -> list[str]:
+def verdict_lines(run: RunRecord) -> list[str]:
     """:func:`verdict_items` as plain lines (the terminal summary), inverted signals marked ``!``."""
     return [("! " if inverted else "- ") + text for text, inverted in verdict_items(run)]
 
 
-def _verdict_section(run: Mapping[str, Any], groups: pd.DataFrame) -> Section:
+def _group_means(run: RunRecord) -> pd.DataFrame:
+    """The summary's near-/far-OOD means as rows: group, OOD sets, scorer, every metric."""
+    return pd.DataFrame(
+        [
+            {
+                "group": group + "-OOD",
+                "OOD sets": ", ".join(run.set_labels.get(s, s) for s in entry["ood_sets"]),
+                "scorer": scorer_label(scorer),
+                **{m.label: values.get(m.key) for m in OOD_METRICS},
+            }
+            for group, entry in run.summary.ood_groups.items()
+            for scorer, values in entry["scorers"].items()
+        ]
+    )
+
+
+def _verdict_section(run: RunRecord) -> Section:
     items = "".join(
         f'<li class="{"inverted" if inverted else "best"}">{html.escape(text)}</li>'
         for text, inverted in verdict_items(run)
     )
-    group_table = ""
-    if not groups.empty:
-        shown = pd.DataFrame(
-            {
-                "group": groups["group"] + "-OOD",
-                "OOD sets": groups["ood_sets"].map(
-                    lambda sets: ", ".join(set_labels(run).get(s, s) for s in sets.split(";"))
-                ),
-                "scorer": groups["scorer"].map(scorer_label),
-                **{m.label: groups[m.key] for m in OOD_METRICS},
-            }
-        )
-        group_table = "<h3>Near- and far-OOD means (as OpenOOD reports them)</h3>" + table_html(
-            shown, "{:.3f}"
-        )
+    groups = _group_means(run)
+    group_table = (
+        "<h3>Near- and far-OOD means (as OpenOOD reports them)</h3>" + table_html(groups, "{:.3f}")
+        if not groups.empty
+        else ""
+    )
     return Section(
         "Verdict",
         f"Which scorer tells each OOD set apart from the in-distribution test set ({_id_label(run, 'id-test')}), "
@@ -698,85 +697,86 @@ def _verdict_section(run: Mapping[str, Any], groups: pd.DataFrame) -> Section:
 # --------------------------------------------------------------------------- the analysis report
 
 
-def _source_name(run: Mapping[str, Any]) -> str:
+def _source_name(run: RunRecord) -> str:
     """What was analysed, in a few words: the checkpoint's file name, or the ID-train embeddings file's."""
-    if run["checkpoint"] is not None:
-        return Path(run["checkpoint"]["path"]).name
-    first = run["inputs"][0]
-    return f"embeddings {Path(first['path']).name}" if first.get("path") else "embeddings"
+    if run.checkpoint is not None:
+        return Path(run.checkpoint.path).name
+    first = run.inputs[0]
+    return f"embeddings {Path(first.path).name}" if first.path else "embeddings"
 
 
 def _field_table(fields: Mapping[str, Any]) -> str:
     return table_html(pd.DataFrame({"field": list(fields), "value": list(fields.values())}))
 
 
-def _provenance_html(run: Mapping[str, Any]) -> str:
+def _provenance_html(run: RunRecord) -> str:
     """The checkpoint table, or for embedding input one row per input file (sha256 and shapes)."""
-    checkpoint = run["checkpoint"]
+    checkpoint = run.checkpoint
     about = {
-        "heads (primary)": f"{', '.join(run['heads'])} ({run['primary_head']})",
-        "normprobe": run["normprobe_version"],
-        "created (UTC)": run["created_utc"],
-        "command": " ".join(map(str, run["command"])),
+        "heads (primary)": f"{', '.join(run.heads)} ({run.primary_head})",
+        "normprobe": run.normprobe_version,
+        "created (UTC)": run.created_utc,
+        "command": " ".join(run.command),
     }
     if checkpoint is None:
         inputs = pd.DataFrame(
             [
                 {
-                    "role": _role_label(entry["role"]),
-                    "file": entry.get("path") or "arrays (Python)",
-                    "layout": entry.get("layout", ""),
-                    "sha256": (entry.get("sha256") or "")[:16],
+                    "role": _role_label(entry.role),
+                    "file": entry.path or "arrays (Python)",
+                    "layout": entry.layout,
+                    "sha256": (entry.sha256 or "")[:16],
                     "shape": "; ".join(
-                        f"{h} {'×'.join(map(str, shape))}" for h, shape in entry["shapes"].items()
+                        f"{h} {'×'.join(map(str, shape))}" for h, shape in entry.shapes.items()
                     ),
-                    "embedded with": (entry.get("embedded_with") or {}).get("path", ""),
+                    "embedded with": (entry.embedded_with or {}).get("path", ""),
                 }
-                for entry in run["inputs"]
+                for entry in run.inputs
             ]
         )
         return "<h3>Embedding input</h3>" + table_html(inputs) + _field_table(about)
     return "<h3>Checkpoint</h3>" + _field_table(
         {
-            "path": checkpoint["path"],
-            "sha256": checkpoint["sha256"],
-            "adapter": checkpoint["adapter"],
-            "method": checkpoint["method"],
-            "preprocess": checkpoint["preprocess"].get("description", ""),
+            "path": checkpoint.path,
+            "sha256": checkpoint.sha256,
+            "adapter": checkpoint.adapter,
+            "method": checkpoint.method,
+            "preprocess": checkpoint.preprocess.get("description", ""),
             **about,
         }
     )
 
 
-def _run_section(run: Mapping[str, Any]) -> Section:
+def _run_section(run: RunRecord) -> Section:
     sets = pd.DataFrame(
         [
             {
-                "dataset": d.get("title", d["name"]),
-                "split": d["split"],
-                "role": _role_label(d["role"], d.get("ood_group")),
-                "n": d["n"],
-                "source": d["source"],
-                "notes": "; ".join(d["notes"]),
-                "fingerprint": d["fingerprint"][:16],
+                "dataset": d.title or d.name,
+                "split": d.split,
+                "role": _role_label(d.role, d.ood_group),
+                "n": d.n,
+                "source": d.source,
+                "notes": "; ".join(d.notes),
+                "fingerprint": d.fingerprint[:16],
             }
-            for d in run["datasets"]
+            for d in run.datasets
         ]
     )
-    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in run.get("notes", []))
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in run.notes)
     return Section(
         "Run",
         html=_provenance_html(run)
         + "<h3>Datasets</h3>"
         + table_html(sets)
         + "<h3>Settings</h3>"
-        + table_html(settings_rows(run["settings"]))
+        + table_html(settings_rows(to_json(run.settings)))
         + notes,
     )
 
 
-def _ood_section(run: Mapping[str, Any], ood: pd.DataFrame, roc: pd.DataFrame) -> Section:
-    labels = set_labels(run)
+def ood_section(run: RunRecord, ood: pd.DataFrame, roc: pd.DataFrame) -> Section:
+    """Metrics of every scorer per OOD set (``tables/ood.csv``) and their ROC curves."""
+    labels = run.set_labels
     shown = pd.DataFrame(
         {
             "OOD set": ood["ood_set"].map(lambda key: labels.get(key, key)),
@@ -839,68 +839,108 @@ def _spearman_table(spearman: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def analysis_report(
-    run: Mapping[str, Any],
-    samples: pd.DataFrame,
-    tables: Mapping[str, pd.DataFrame],
-    roc: pd.DataFrame,
-    imagesets: Mapping[str, ImageSet],
-    extra_sections: Sequence[Section] = (),
-    *,
-    plotly: str = "inline",
-) -> str:
-    """The report of one `normprobe analyze` run; ``extra_sections`` (e.g. human labels) come last."""
-    primary = run["primary_head"]
-    settings = run["settings"]
-    labels = set_labels(run)
-    norms = Section(
+def norms_section(run: RunRecord, norm_table: pd.DataFrame, samples: pd.DataFrame) -> Section:
+    """Mean norms per set (``tables/norms.csv``) and each head's norm histograms."""
+    labels = run.set_labels
+    return Section(
         "Embedding norms",
         f"Norms of the raw (un-normalised) embeddings, divided by the mean norm on ID train ({_id_label(run, 'id-train')}), "
         "as in the paper's Figure 3: the further a set is from the training data, the smaller its norms.",
         figures={
-            "fig-norm-bars": norm_bars_figure(tables["norms"], labels),
+            "fig-norm-bars": norm_bars_figure(norm_table, labels),
             **{
                 f"fig-norm-hist-{head}": norm_histogram_figure(samples, head, labels=labels)
-                for head in run["heads"]
+                for head in run.heads
             },
         },
-        html=table_html(_norm_table(tables["norms"], labels), "{:.4g}"),
+        html=table_html(_norm_table(norm_table, labels), "{:.4g}"),
     )
-    scaling = {
-        "max": "norm / max norm of the set (paper)",
-        "minmax": "(norm - min) / (max - min)",
-        "quantile": "norm quantile within the set",
-    }[settings["bucket_scaling"]]
-    buckets = Section(
+
+
+BUCKET_SCALINGS = {
+    "max": "norm / max norm of the set (paper)",
+    "minmax": "(norm - min) / (max - min)",
+    "quantile": "norm quantile within the set",
+}
+
+
+def buckets_section(run: RunRecord, curves: pd.DataFrame, spearman: pd.DataFrame, unit: float) -> Section:
+    """kNN accuracy per norm bucket (``tables/buckets.csv``) and the norm-correctness Spearman table;
+    ``unit`` is the ID-train mean norm the x axis is divided by."""
+    settings, primary = run.settings, run.primary_head
+    return Section(
         "Norm buckets vs kNN accuracy",
-        f"Weighted cosine kNN (k={settings['k']}, T={settings['temperature']}) on head {primary}, "
-        f"{settings['buckets']} buckets of {scaling}; buckets with fewer than {settings['min_bucket_count']} samples are hidden "
+        f"Weighted cosine kNN (k={settings.k}, T={settings.temperature}) on head {primary}, "
+        f"{settings.buckets} buckets of {BUCKET_SCALINGS[settings.bucket_scaling]}; buckets with fewer than "
+        f"{settings.min_bucket_count} samples are hidden "
         "(paper Figure 4, left). ID train is classified by leave-one-out (see the notes under Run).",
         figures={
             "fig-buckets": bucket_figure(
-                tables["buckets"],
+                curves,
                 title=f"kNN accuracy per norm bucket (head {primary})",
                 y_title="kNN accuracy",
-                unit=id_train_mean_norm(samples, primary),
+                unit=unit,
             )
         },
-        html=table_html(_spearman_table(tables["spearman"]), "{:.4g}"),
+        html=table_html(_spearman_table(spearman), "{:.4g}"),
     )
-    exemplars = tables["exemplars"]
+
+
+def exemplars_section(run: RunRecord, exemplars: pd.DataFrame, imagesets: Mapping[str, ImageSet]) -> Section:
+    """The highest- and lowest-norm samples: image grids where ``imagesets`` has the set, else lists."""
+    labels = run.set_labels
     grids = "".join(
         f"<h3>{html.escape(labels.get(key, key))}, {html.escape(ROLE_LABELS.get(part['role'].iloc[0], ''))}</h3>"
         + (exemplar_grid_html(part, imagesets[key]) if key in imagesets else exemplar_list_html(part))
         for key, part in exemplars.groupby(exemplars["dataset"] + "/" + exemplars["split"], sort=False)
     )
-    exemplar_section = Section(
+    return Section(
         "Exemplars",
-        f"The highest- and lowest-norm samples (head {primary}) of each class; OOD sets overall. "
+        f"The highest- and lowest-norm samples (head {run.primary_head}) of each class; OOD sets overall. "
         "Hover an image for its id and norm.",
         html=grids,
     )
+
+
+def human_section(
+    curves: pd.DataFrame,
+    correlations: pd.DataFrame,
+    *,
+    min_count: int,
+    unit: float,
+    signal_label: Callable[[str], str],
+) -> Section:
+    """Human-label curves and their Spearman correlations with the norm (paper Figure 4, middle and right)."""
+    figures = human_figures(curves, correlations, signal_label, unit)
+    return Section(
+        "Human labels",
+        "Human annotations against the embedding norm (paper Figure 4, middle and right): larger norms should go "
+        "with more accurate and more consistent human labels; buckets with fewer than "
+        f"{min_count} samples are hidden. Spearman correlations with bootstrap intervals below.",
+        figures={f"fig-human-{i}": fig for i, fig in enumerate(figures)},
+        html=table_html(
+            pd.DataFrame(
+                {
+                    "human signal": correlations["signal"].map(signal_label),
+                    "n": correlations["n"],
+                    "mean": correlations["mean"],
+                    "Spearman ρ with the norm": correlations["spearman_rho"],
+                    "p-value": correlations["p_value"],
+                    "95% CI low": correlations["ci_low"],
+                    "95% CI high": correlations["ci_high"],
+                }
+            ),
+            "{:.4f}",
+        ),
+    )
+
+
+def analysis_report(run: RunRecord, sections: Sequence[Section], *, plotly: str = "inline") -> str:
+    """The report of one `normprobe analyze` run: the verdict and the run's provenance (from the
+    record), then the analyses' ``sections`` in the order given."""
     return render_report(
         f"normprobe analysis: {_source_name(run)}",
-        [_verdict_section(run, tables.get("ood_groups", pd.DataFrame())), _run_section(run)],
-        [norms, buckets, _ood_section(run, tables["ood"], roc), exemplar_section, *extra_sections],
+        [_verdict_section(run), _run_section(run)],
+        sections,
         plotly=plotly,
     )

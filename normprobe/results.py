@@ -21,21 +21,20 @@ folder only if its run.json validates.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from normprobe.atomic import check_writable, remove_stale, temporary_prefix
 from normprobe.errors import NormprobeError
+from normprobe.record import ROLES, RunRecord, read_run, to_json
 from normprobe.spreadsheet import spreadsheet_safe
 
 RUN_FILE = "run.json"
@@ -45,8 +44,6 @@ ROW_GROUP_ROWS = 65_536
 stream or skip groups, and a writer holds at most one group's columns beyond its input."""
 TABLES_DIR = "tables"
 REPORT_FILE = "report.html"
-FILES_KEY = "files"
-"""run.json's list of the files normprobe wrote into the folder (paths relative to it)."""
 LEGACY_FILES = (
     RUN_FILE,
     SAMPLES_FILE,
@@ -71,38 +68,6 @@ _OUR_FILES = re.compile(
     r"|[A-Za-z0-9_-]+(?:\.min)?\.js"  # scripts the report loads from beside it (--plotly directory)
 )
 
-ROLES = ("id-train", "id-test", "ood")
-RUN_KEYS = (
-    "normprobe_version",
-    "created_utc",
-    "command",
-    "checkpoint",
-    "id_dataset",
-    "datasets",
-    "heads",
-    "primary_head",
-    "settings",
-    "summary",
-    "timings",
-)
-CHECKPOINT_KEYS = ("path", "sha256", "adapter", "method", "heads", "preprocess")
-INPUT_KEYS = ("role", "path", "sha256", "shapes")
-"""A run from embeddings has ``checkpoint: null`` and one ``inputs`` entry per set with these keys."""
-DATASET_KEYS = ("name", "split", "role", "n", "fingerprint", "source", "notes", "data_root")
-SETTINGS_KEYS = (
-    "k",
-    "temperature",
-    "ood_k",
-    "buckets",
-    "bucket_scaling",
-    "min_bucket_count",
-    "scorers",
-    "seed",
-    "precision",
-    "batch_size",
-    "device",
-)
-SUMMARY_KEYS = ("norms", "knn_accuracy", "spearman", "ood")
 BASE_COLUMNS = (
     "dataset",
     "split",
@@ -131,13 +96,13 @@ def sample_columns(heads: list[str] | tuple[str, ...], scorers: list[str] | tupl
 class Results:
     """A results folder read back: ``run`` (run.json), ``samples`` (samples.parquet) and where it lives."""
 
-    run: dict[str, Any]
+    run: RunRecord
     samples: pd.DataFrame
     path: Path
 
     @property
     def heads(self) -> list[str]:
-        return list(self.run["heads"])
+        return list(self.run.heads)
 
     @property
     def scorers(self) -> list[str]:
@@ -161,16 +126,12 @@ def recorded_files(path: Path) -> list[str] | None:
     """The files normprobe wrote into results folder ``path``, from its run.json; None when ``path``
     is not a results folder (no run.json, or one that does not validate)."""
     try:
-        run = json.loads((path / RUN_FILE).read_text())
-        _validate_run(run, str(path / RUN_FILE))
+        run = read_run(json.loads((path / RUN_FILE).read_text()), str(path / RUN_FILE))
     except (OSError, ValueError, NormprobeError):
         return None
-    files = run.get(FILES_KEY)
-    if files is None:  # written before run.json recorded its files: the names normprobe has always used
-        files = [f for f in LEGACY_FILES if (path / f).is_file()]
-    if not isinstance(files, list) or not all(_is_ours(f) for f in files):
-        return None
-    return files
+    if run.files is None:  # written before run.json recorded its files: the names normprobe has always used
+        return [f for f in LEGACY_FILES if (path / f).is_file()]
+    return list(run.files) if all(_is_ours(f) for f in run.files) else None
 
 
 def is_results_folder(path: Path) -> bool:
@@ -218,26 +179,9 @@ def check_output_dir(out: str | Path, force: bool = False) -> Path:
     return out
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays turned into Python values and NaN/Inf into None (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_results(
     out: str | Path,
-    run: dict[str, Any],
+    run: RunRecord,
     samples: pd.DataFrame,
     tables: Mapping[str, pd.DataFrame],
     report_html: str | None = None,
@@ -254,7 +198,7 @@ def write_results(
     leaves the previous folder as it was.
     """
     out = check_output_dir(out, force)
-    _validate_run(run, str(out / RUN_FILE))
+    run.validate(str(out / RUN_FILE))
     _validate_samples(samples, run, str(out / SAMPLES_FILE))
     for name in [*(f"{TABLES_DIR}/{t}.csv" for t in tables), *(report_files or {})]:
         if not _is_ours(name):
@@ -266,7 +210,7 @@ def write_results(
     try:
         # mkdtemp makes the folder private (0700); results are for sharing: the mode mkdir would give
         staging.chmod(0o777 & ~_umask())
-        record = {**jsonable(run), FILES_KEY: files}
+        record = to_json(replace(run, files=tuple(files)))
         (staging / RUN_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
         samples.to_parquet(staging / SAMPLES_FILE, index=False, row_group_size=ROW_GROUP_ROWS)
         (staging / TABLES_DIR).mkdir()
@@ -334,10 +278,10 @@ def read_results(path: str | Path) -> Results:
     if not run_path.is_file():
         raise NormprobeError(f"{path} is not a normprobe results folder: {RUN_FILE} is missing")
     try:
-        run = json.loads(run_path.read_text())
+        raw = json.loads(run_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise NormprobeError(f"{run_path}: not valid JSON ({err})") from err
-    _validate_run(run, str(run_path))
+    run = read_run(raw, str(run_path))
     samples_path = path / SAMPLES_FILE
     if not samples_path.is_file():
         raise NormprobeError(f"{path} is not a complete results folder: {SAMPLES_FILE} is missing")
@@ -351,48 +295,9 @@ def read_results(path: str | Path) -> Results:
     return Results(run, samples, path)
 
 
-def _validate_run(run: Any, where: str) -> None:
-    if not isinstance(run, dict):
-        raise NormprobeError(f"{where}: expected a JSON object, got {type(run).__name__}")
-    # a run from embedding files has no checkpoint ("checkpoint": null) but "inputs"
-    embedding_input = run.get("checkpoint", {}) is None
-    parts = [
-        (RUN_KEYS, run, "run"),
-        (SETTINGS_KEYS, run.get("settings"), "settings"),
-        (SUMMARY_KEYS, run.get("summary"), "summary"),
-    ]
-    if not embedding_input:
-        parts.append((CHECKPOINT_KEYS, run.get("checkpoint"), "checkpoint"))
-    for keys, part, name in parts:
-        if not isinstance(part, dict):
-            raise NormprobeError(f"{where}: '{name}' must be an object")
-        missing = [k for k in keys if k not in part]
-        if missing:
-            raise NormprobeError(f"{where}: '{name}' lacks {', '.join(missing)}")
-    inputs = run.get("inputs")
-    if embedding_input and (not isinstance(inputs, list) or not inputs):
-        raise NormprobeError(f"{where}: 'checkpoint' is null, so 'inputs' must be a non-empty list")
-    for entry in inputs if embedding_input and isinstance(inputs, list) else []:
-        missing = [k for k in INPUT_KEYS if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            raise NormprobeError(f"{where}: an 'inputs' entry lacks {', '.join(missing)}")
-    if not isinstance(run["datasets"], list) or not run["datasets"]:
-        raise NormprobeError(f"{where}: 'datasets' must be a non-empty list")
-    for entry in run["datasets"]:
-        missing = [k for k in DATASET_KEYS if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            raise NormprobeError(f"{where}: a 'datasets' entry lacks {', '.join(missing)}")
-        if entry["role"] not in ROLES:
-            raise NormprobeError(f"{where}: dataset role {entry['role']!r} is not one of {', '.join(ROLES)}")
-    if not isinstance(run["heads"], list) or run["primary_head"] not in run["heads"]:
-        raise NormprobeError(
-            f"{where}: 'primary_head' {run.get('primary_head')!r} is not among the heads {run.get('heads')}"
-        )
-
-
-def _validate_samples(samples: pd.DataFrame, run: dict[str, Any], where: str) -> None:
+def _validate_samples(samples: pd.DataFrame, run: RunRecord, where: str) -> None:
     scorers = [c.removeprefix("score_") for c in samples.columns if c.startswith("score_")]
-    missing = [c for c in sample_columns(run["heads"], scorers) if c not in samples.columns]
+    missing = [c for c in sample_columns(run.heads, scorers) if c not in samples.columns]
     if missing:
         raise NormprobeError(f"{where}: missing column(s) {', '.join(missing)}")
     if samples.empty:
@@ -400,6 +305,6 @@ def _validate_samples(samples: pd.DataFrame, run: dict[str, Any], where: str) ->
     roles = set(samples["role"].unique())
     if not roles <= set(ROLES):
         raise NormprobeError(f"{where}: unknown role(s) {', '.join(sorted(map(str, roles - set(ROLES))))}")
-    for head in run["heads"]:
+    for head in run.heads:
         if not np.isfinite(samples[f"norm_{head}"].to_numpy(np.float64)).all():
             raise NormprobeError(f"{where}: column norm_{head} has missing or non-finite values")

@@ -102,6 +102,7 @@ def test_report_has_every_figure_and_is_self_contained(shared: tuple[Path, Path,
 
 
 def test_report_verdict_explains_an_inverted_signal() -> None:
+    from normprobe.record import AnalysedDataset, RecordedSettings, RunRecord, Summary, Timings
     from normprobe.report import summary_table, verdict_items
 
     ci = {"auroc_ci": [0.001, 0.007]}
@@ -142,7 +143,31 @@ def test_report_verdict_explains_an_inverted_signal() -> None:
     for key in ("fpr@95tpr_ood", "aupr_in_trapz", "aupr_out_trapz"):
         for metrics in run["summary"]["ood"]["mnist/test"].values():
             metrics[key] = 0.5
-    (best, plain), (inverted, warning) = verdict_items(run)
+    record = RunRecord(
+        normprobe_version="test",
+        created_utc="",
+        command=(),
+        checkpoint=None,
+        id_dataset="cifar10",
+        datasets=tuple(AnalysedDataset(n=10, fingerprint="", source="", **d) for d in run["datasets"]),
+        heads=("z",),
+        primary_head="z",
+        settings=RecordedSettings(
+            k=10,
+            temperature=0.1,
+            buckets=5,
+            bucket_scaling="max",
+            min_bucket_count=1,
+            scorers=("norm", "knn"),
+            seed=0,
+            precision=None,
+            batch_size=None,
+            device="cpu",
+        ),
+        summary=Summary(spearman={}, **run["summary"]),
+        timings=Timings(total_s=0.0, embeddings_from_cache={}),
+    )
+    (best, plain), (inverted, warning) = verdict_items(record)
     assert not plain and warning
     assert best == (
         "MNIST (test), far-OOD: best scorer kNN distance, AUROC 0.970 (95% CI 0.950–0.990); Mahalanobis "
@@ -157,7 +182,7 @@ def test_report_verdict_explains_an_inverted_signal() -> None:
     )
     assert "the norm calls it more familiar" in inverted
     assert inverted.endswith("Use kNN distance (AUROC 0.970) or Mahalanobis distance (0.950) for this set.")
-    table = summary_table(run).set_index("set")
+    table = summary_table(record).set_index("set")
     assert (
         table.loc["MNIST (test)", "best scorer"] == "kNN distance"
         and table.loc["MNIST (test)", "role"] == "far-OOD"
@@ -182,7 +207,7 @@ def test_plotly_from_a_directory_or_the_cdn(shared: tuple[Path, Path, Path, str]
     assert '<script src="plotly.min.js"></script>' in html and "plotly.js v" not in html
     assert (tmp_path / "d" / "plotly.min.js").read_text() == plotly_js()
     assert len(html) < (first_out / "report.html").stat().st_size - 3_000_000  # the bundle is ~4.6 MB
-    assert read_results(tmp_path / "d").run["settings"]["plotly"] == "directory"
+    assert read_results(tmp_path / "d").run.settings.plotly == "directory"
     cdn = render_report("t", [Section("s")], [], plotly="cdn")
     assert f'src="https://cdn.plot.ly/plotly-{plotly.offline.get_plotlyjs_version()}.min.js"' in cdn
     assert 'integrity="sha256-' in cdn and "plotly.js v" not in cdn
@@ -195,11 +220,11 @@ def test_second_run_is_served_from_the_cache(shared: tuple[Path, Path, Path, str
     )
     assert status == 0, stderr
     again, first = read_results(tmp_path / "again"), read_results(first_out)
-    assert all(again.run["timings"]["embeddings_from_cache"].values())
-    assert not any(first.run["timings"]["embeddings_from_cache"].values())
+    assert all(again.run.timings.embeddings_from_cache.values())
+    assert not any(first.run.timings.embeddings_from_cache.values())
     # the leave-one-out kNN and the scores are cached as well, keyed by the embeddings and settings
-    assert again.run["timings"]["knn_from_cache"] and again.run["timings"]["scores_from_cache"]
-    assert not first.run["timings"]["knn_from_cache"] and not first.run["timings"]["scores_from_cache"]
+    assert again.run.timings.knn_from_cache and again.run.timings.scores_from_cache
+    assert not first.run.timings.knn_from_cache and not first.run.timings.scores_from_cache
     assert "embeddings: 4 of 4 sets from the cache" in stdout
     pd.testing.assert_frame_equal(again.samples, first.samples)
     assert not (tmp_path / "again" / "report.html").exists()
@@ -230,11 +255,9 @@ def test_quantile_buckets_and_a_second_head(shared: tuple[Path, Path, Path, str]
     )
     assert status == 0, stderr
     results = read_results(tmp_path / "q")
-    assert results.run["summary"]["ood_groups"]["far"]["ood_sets"] == ["cifar100/test", "mnist/test"]
-    assert "near" not in results.run["summary"]["ood_groups"] and results.run["settings"]["far"] == [
-        "cifar100"
-    ]
-    assert results.run["primary_head"] == "feats" and results.run["settings"]["bucket_scaling"] == "quantile"
+    assert results.run.summary.ood_groups["far"]["ood_sets"] == ["cifar100/test", "mnist/test"]
+    assert "near" not in results.run.summary.ood_groups and results.run.settings.far == ("cifar100",)
+    assert results.run.primary_head == "feats" and results.run.settings.bucket_scaling == "quantile"
     assert results.scorers == ["norm", "knn", "norm@z"]
     assert not any(c.startswith("human_") for c in results.samples.columns)
     counts = results.table("buckets").query("role == 'id-test'")["count"].tolist()
@@ -329,4 +352,4 @@ def test_the_report_imports_no_analysis() -> None:
 def test_data_root_is_recorded(shared: tuple[Path, Path, Path, str]) -> None:
     _, out, _, _ = shared
     run = read_results(out).run
-    assert {d["data_root"] for d in run["datasets"]} == {str(DATA_ROOT)}
+    assert {d.data_root for d in run.datasets} == {str(DATA_ROOT)}

@@ -22,8 +22,8 @@ from analyze_helpers import (
 )
 
 from normprobe.analyses.ood import METRIC_KEYS
-from normprobe.analyses.pipeline import NO_ID_DATASET_NOTE
 from normprobe.data.hashing import file_sha256
+from normprobe.pipeline.steps import NO_ID_DATASET_NOTE
 from normprobe.report import NO_IMAGES
 from normprobe.results import read_results
 
@@ -92,11 +92,9 @@ def test_embed_outputs_give_the_checkpoints_numbers(embedded: dict[str, Path], t
     assert status == 0, stderr
     direct, given = read_results(tmp_path / "checkpoint"), read_results(tmp_path / "embeddings")
 
-    assert given.run["summary"]["knn_accuracy"] == direct.run["summary"]["knn_accuracy"]
-    assert list(given.run["summary"]["ood"]) == ["c100_images/all", "mnist_images/all"]
-    for ours, theirs in zip(
-        given.run["summary"]["ood"].values(), direct.run["summary"]["ood"].values(), strict=True
-    ):
+    assert given.run.summary.knn_accuracy == direct.run.summary.knn_accuracy
+    assert list(given.run.summary.ood) == ["c100_images/all", "mnist_images/all"]
+    for ours, theirs in zip(given.run.summary.ood.values(), direct.run.summary.ood.values(), strict=True):
         assert list(ours) == list(theirs) == ["norm", "knn", "mahalanobis", "norm+knn", "norm@feats"]
         for scorer, metrics in ours.items():
             assert {k: metrics[k] for k in METRIC_KEYS} == {k: theirs[scorer][k] for k in METRIC_KEYS}
@@ -105,20 +103,21 @@ def test_embed_outputs_give_the_checkpoints_numbers(embedded: dict[str, Path], t
     assert [c for c in same if c.startswith("human_c10")]  # CIFAR-10N and CIFAR-10H applied
     for column in same:
         assert given.samples[column].equals(direct.samples[column]), column
-    assert given.run["summary"]["human"] == direct.run["summary"]["human"]
+    assert given.run.summary.human == direct.run.summary.human
     # the exemplars are the same samples, listed by their index
     keys = ["role", "label", "extreme", "rank", "index"]
     assert given.table("exemplars")[keys].equals(direct.table("exemplars")[keys])
 
     # provenance: no checkpoint, each input file with its sha256, shapes and the checkpoint that embedded it
-    assert given.run["checkpoint"] is None and given.run["settings"]["precision"] is None
-    for entry, name in zip(given.run["inputs"], SUFFIXES, strict=True):
-        assert entry["path"] == str(embedded[name]) and entry["sha256"] == file_sha256(embedded[name])
-        assert entry["layout"] == "normprobe embed" and entry["format"] == SUFFIXES[name][1:]
-        assert entry["embedded_with"]["sha256"] == direct.run["checkpoint"]["sha256"]
-    assert given.run["inputs"][0]["shapes"] == {"feats": [600, 64], "z": [600, 32]}
-    assert not any(d["images"] for d in given.run["datasets"])
-    assert all(d["images"] for d in direct.run["datasets"])
+    assert given.run.checkpoint is None and given.run.settings.precision is None
+    for entry, name in zip(given.run.inputs, SUFFIXES, strict=True):
+        assert entry.path == str(embedded[name]) and entry.sha256 == file_sha256(embedded[name])
+        assert entry.layout == "normprobe embed" and entry.format == SUFFIXES[name][1:]
+        assert entry.embedded_with is not None and direct.run.checkpoint is not None
+        assert entry.embedded_with["sha256"] == direct.run.checkpoint.sha256
+    assert given.run.inputs[0].shapes == {"feats": [600, 64], "z": [600, 32]}
+    assert not any(d.images for d in given.run.datasets)
+    assert all(d.images for d in direct.run.datasets)
     assert (
         "embeddings: read from the inputs" in stdout and "normprobe analyze: embeddings of 4 sets" in stdout
     )
@@ -203,24 +202,22 @@ def test_plain_npz_and_parquet_files(tmp_path: Path) -> None:
     assert status == 0, stderr
     results = read_results(tmp_path / "out")
     run = results.run
-    assert (
-        run["checkpoint"] is None and run["heads"] == ["embeddings"] and run["primary_head"] == "embeddings"
-    )
-    assert [(e["role"], e["layout"], e["shapes"]) for e in run["inputs"]] == [
+    assert run.checkpoint is None and run.heads == ("embeddings",) and run.primary_head == "embeddings"
+    assert [(e.role, e.layout, e.shapes) for e in run.inputs] == [
         ("id-train", "plain", {"embeddings": [300, 16]}),
         ("id-test", "plain", {"embeddings": [90, 16]}),
         ("ood", "plain", {"embeddings": [60, 16]}),
         ("ood", "plain", {"embeddings": [50, 16]}),
     ]
-    assert [e["sha256"] for e in run["inputs"]] == [
+    assert [e.sha256 for e in run.inputs] == [
         file_sha256(files[n]) for n in ("train", "test", "small", "shifted")
     ]
     # separated clusters: kNN is nearly always right; the small-norm set is flagged by the norm
-    assert run["summary"]["knn_accuracy"]["id-test"] > 0.9
-    assert run["summary"]["ood"]["small/all"]["norm"]["auroc"] > 0.99
-    assert run["datasets"][2]["ood_group"] == "far"  # files are far-OOD unless told
+    assert run.summary.knn_accuracy["id-test"] > 0.9
+    assert run.summary.ood["small/all"]["norm"]["auroc"] > 0.99
+    assert run.datasets[2].ood_group == "far"  # files are far-OOD unless told
     # no ID dataset named: no human labels, and a note saying how to get them
-    assert NO_ID_DATASET_NOTE in run["notes"] and not any(
+    assert NO_ID_DATASET_NOTE in run.notes and not any(
         c.startswith("human_") for c in results.samples.columns
     )
     assert set(results.samples.query("role == 'id-train'")["label_name"]) == {"a", "b", "c"}
@@ -239,7 +236,7 @@ def test_plain_npz_and_parquet_files(tmp_path: Path) -> None:
     status, _, stderr = cli(*_plain_args(files, tmp_path / "again"), "--no-report")
     assert status == 0, stderr
     again = read_results(tmp_path / "again")
-    assert again.run["timings"]["knn_from_cache"] and again.run["timings"]["scores_from_cache"]
+    assert again.run.timings.knn_from_cache and again.run.timings.scores_from_cache
     assert again.samples.equals(results.samples)
 
 

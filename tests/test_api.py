@@ -61,8 +61,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pa
 
 
 def _same_numbers(a: Results, b: Results) -> None:
-    assert a.run["summary"]["knn_accuracy"] == b.run["summary"]["knn_accuracy"]
-    for ours, theirs in zip(a.run["summary"]["ood"].values(), b.run["summary"]["ood"].values(), strict=True):
+    assert a.run.summary.knn_accuracy == b.run.summary.knn_accuracy
+    for ours, theirs in zip(a.run.summary.ood.values(), b.run.summary.ood.values(), strict=True):
         assert {s: {k: m[k] for k in METRIC_KEYS} for s, m in ours.items()} == {
             s: {k: m[k] for k in METRIC_KEYS} for s, m in theirs.items()
         }
@@ -94,12 +94,12 @@ def test_analyze_takes_torch_datasets_and_caches_them_by_content(
     results = analyze("datasets")
     assert isinstance(results, Results) and results.path == tmp_path / "datasets"
     _same_numbers(results, read_results(tmp_path / "files"))
-    assert [(d["name"], d["split"], d["images"]) for d in results.run["datasets"]] == [
+    assert [(d.name, d.split, d.images) for d in results.run.datasets] == [
         ("images", "train", False),
         ("images", "test", False),
         ("digits", "all", False),
     ]
-    assert results.run["command"][0].startswith(
+    assert results.run.command[0].startswith(
         f"normprobe.analyze('{workspace['checkpoint']}', id_train=<Images>"
     )
     # the images of a Python dataset are in the report (the explorer cannot reopen them)
@@ -107,9 +107,9 @@ def test_analyze_takes_torch_datasets_and_caches_them_by_content(
     assert body.count('src="data:image/png;base64,') == len(results.table("exemplars"))
 
     # new objects with the same content are served from the cache; one changed pixel is not
-    again = analyze("again").run["timings"]["embeddings_from_cache"]
+    again = analyze("again").run.timings.embeddings_from_cache
     assert again == {"images/train": True, "images/test": True, "digits/all": True}
-    changed = analyze("changed", train=5).run["timings"]["embeddings_from_cache"]
+    changed = analyze("changed", train=5).run.timings.embeddings_from_cache
     assert changed == {"images/train": False, "images/test": True, "digits/all": True}
 
 
@@ -168,8 +168,8 @@ def test_analyze_from_embed_results_and_from_arrays(workspace: dict[str, Path], 
     assert status == 0, stderr
     direct = read_results(tmp_path / "checkpoint")
     _same_numbers(sets, direct)
-    assert sets.run["summary"]["human"] == direct.run["summary"]["human"]  # id_dataset: its label sets apply
-    assert sets.run["checkpoint"] is None and [e["format"] for e in sets.run["inputs"]] == ["arrays"] * 3
+    assert sets.run.summary.human == direct.run.summary.human  # id_dataset: its label sets apply
+    assert sets.run.checkpoint is None and [e.format for e in sets.run.inputs] == ["arrays"] * 3
 
     # bare arrays: (embeddings, labels) pairs and an unlabelled array, the head "embeddings"
     arrays = normprobe.analyze(
@@ -180,18 +180,15 @@ def test_analyze_from_embed_results_and_from_arrays(workspace: dict[str, Path], 
         out=tmp_path / "arrays",
         report=False,
     )
-    assert arrays.run["heads"] == ["embeddings"] and arrays.run["settings"]["scorers"] == [
+    assert arrays.run.heads == ("embeddings",) and arrays.run.settings.scorers == (
         "norm",
         "knn",
         "mahalanobis",
-    ]
-    assert arrays.run["summary"]["knn_accuracy"] == direct.run["summary"]["knn_accuracy"]
+    )
+    assert arrays.run.summary.knn_accuracy == direct.run.summary.knn_accuracy
     for scorer in ("norm", "knn", "mahalanobis"):  # the same z arrays give the same scores
-        assert (
-            arrays.run["summary"]["ood"]["digits/all"][scorer]
-            == direct.run["summary"]["ood"]["mnist/test"][scorer]
-        )
-    assert [d["name"] for d in arrays.run["datasets"]] == ["id-train", "id-test", "digits"]
+        assert arrays.run.summary.ood["digits/all"][scorer] == direct.run.summary.ood["mnist/test"][scorer]
+    assert [d.name for d in arrays.run.datasets] == ["id-train", "id-test", "digits"]
 
 
 def test_api_mistakes(workspace: dict[str, Path], tmp_path: Path) -> None:

@@ -383,3 +383,14 @@ def test_a_run_from_embeddings_shows_its_inputs_and_says_it_has_no_images(
         assert app.info and all(i.value.startswith("No images: ") for i in app.info)
         assert not app.warning and not app.get("image")
         assert any({"index", "id"} <= set(frame.value.columns) for frame in app.dataframe)
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "embeddings"])
+def test_a_results_folder_from_normprobe_0_1_opens_in_every_section(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    folder = Path(__file__).parent / "data" / "results-v1" / kind
+    for section in ("Overview", "Norms", "Curves", "Exemplars", "Unfamiliar"):
+        app = _app(monkeypatch, folder, section)
+        assert not app.exception, [e.value for e in app.exception]
+    assert [t.label for t in app.tabs] == ["Overview", "Norms", "Curves", "Exemplars", "Unfamiliar"]

@@ -350,7 +350,7 @@ def test_trust_code_flag_reaches_load_encoder(command, tmp_path, monkeypatch, ca
         raise NormprobeError("stopped before loading")
 
     monkeypatch.setattr("normprobe.checkpoints.load_encoder", stop)
-    monkeypatch.setattr("normprobe.analyses.pipeline.load_encoder", stop)
+    monkeypatch.setattr("normprobe.pipeline.context.load_encoder", stop)
     (tmp_path / "model.pt2").write_bytes(b"not read")
     for flags, work in (([], tmp_path / "plain"), (["--trust-code"], tmp_path / "trusted")):
         work.mkdir()

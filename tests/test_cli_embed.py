@@ -108,7 +108,7 @@ def test_embed_writes_npz_then_serves_parquet_from_the_cache(
     assert (
         config["checkpoint"]["adapter"] == "normprobe"
         and config["precision"] == "fp32"
-        and config["dataset"]["size"] == 100
+        and config["dataset"]["n"] == 100
     )
     loaded = load_encoder(files["ckpt"])
     direct = extract_arrays(

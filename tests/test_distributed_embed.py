@@ -236,8 +236,8 @@ def test_a_failure_on_one_rank_stops_every_rank_and_writes_nothing(
 
 
 def test_analyze_refuses_to_run_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from normprobe.analyses.pipeline import run_analysis
     from normprobe.errors import NormprobeError
+    from normprobe.pipeline import run_analysis
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(NormprobeError, match="not under torchrun"):

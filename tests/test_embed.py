@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from normprobe import data
-from normprobe.cache import EmbeddingCache
+from normprobe.cache import Cache
 from normprobe.checkpoints import LoadedEncoder, load_encoder, save_checkpoint
 from normprobe.errors import NormprobeError
 from normprobe.extraction import cache_key, extract, extract_arrays
@@ -111,7 +111,7 @@ def test_bad_requests_are_clear_errors(loaded: LoadedEncoder, subset: data.Image
 
 
 def test_cache_hits_and_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path) -> None:
-    cache = EmbeddingCache(tmp_path)
+    cache = Cache(tmp_path)
     small = subset.subset(np.arange(48), "first48")
     first = extract(loaded, small, ("feats", "z"), cache=cache, progress=False)
     assert not first.from_cache and len(list(tmp_path.rglob("*.npy"))) == 2
@@ -146,7 +146,7 @@ def test_cache_hits_and_misses(loaded: LoadedEncoder, subset: data.ImageSet, tmp
 def test_a_changed_checkpoint_misses(
     loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path, checkpoint: Path
 ) -> None:
-    cache = EmbeddingCache(tmp_path / "cache")
+    cache = Cache(tmp_path / "cache")
     small = subset.subset(np.arange(16), "first16")
     extract(loaded, small, ("z",), cache=cache, progress=False)
     state = torch.load(checkpoint, weights_only=True)
@@ -165,7 +165,7 @@ def test_a_changed_checkpoint_misses(
 def test_a_corrupt_cache_entry_is_recomputed(
     loaded: LoadedEncoder, subset: data.ImageSet, tmp_path: Path
 ) -> None:
-    cache = EmbeddingCache(tmp_path)
+    cache = Cache(tmp_path)
     small = subset.subset(np.arange(16), "first16")
     good = np.array(extract(loaded, small, ("z",), cache=cache, progress=False).heads["z"])  # not the map
     entry = next(tmp_path.rglob("*.npy"))

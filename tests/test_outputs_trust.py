@@ -24,7 +24,7 @@ from analyze_helpers import DATA_ROOT, analyze_args, cli, shared_analysis, tiny_
 from PIL import Image
 
 from normprobe import atomic
-from normprobe.results import FILES_KEY, check_output_dir, read_results, write_results
+from normprobe.results import check_output_dir, read_results, write_results
 
 USER_FILES = {
     "NOTES.md": b"# my notes\n",
@@ -184,7 +184,7 @@ def test_force_replaces_only_what_normprobe_wrote(
     checkpoint, first, cache, _ = shared
     out = tmp_path / "res"
     shutil.copytree(first, out)
-    recorded = json.loads((out / "run.json").read_text())[FILES_KEY]
+    recorded = json.loads((out / "run.json").read_text())["files"]
     assert "report.html" in recorded and "tables/norms.csv" in recorded and "samples.parquet" in recorded
     _put_user_files(out)
     assert "--force" in _fails(*analyze_args(checkpoint, out, cache, "--quiet"))
@@ -193,9 +193,7 @@ def test_force_replaces_only_what_normprobe_wrote(
     _user_files_survive(out)
     assert not (out / "report.html").exists()  # normprobe's, recorded, and not written this time
     again = read_results(out)
-    assert "report.html" not in again.run[FILES_KEY] and len(again.samples) == len(
-        read_results(first).samples
-    )
+    assert "report.html" not in again.run.files and len(again.samples) == len(read_results(first).samples)
     (out / "report.html").write_text("my own report")  # not normprobe's any more: a run with a report refuses
     message = _fails(*analyze_args(checkpoint, out, cache, "--quiet", "--force"))
     assert f"{out / 'report.html'} exists but was not written by normprobe" in message
@@ -210,13 +208,13 @@ def test_force_on_a_folder_written_before_files_were_recorded(
     out = tmp_path / "old"
     shutil.copytree(first, out)
     run = json.loads((out / "run.json").read_text())
-    del run[FILES_KEY]
+    del run["files"]
     (out / "run.json").write_text(json.dumps(run))
     _put_user_files(out)
     status, _, stderr = cli(*analyze_args(checkpoint, out, cache, "--quiet", "--force", "--no-report"))
     assert status == 0, stderr
     _user_files_survive(out)
-    assert not (out / "report.html").exists() and FILES_KEY in read_results(out).run
+    assert not (out / "report.html").exists() and read_results(out).run.files is not None
 
 
 @pytest.mark.parametrize(
@@ -242,7 +240,7 @@ def test_force_refuses_a_folder_that_only_looks_like_results(
         (out / "run.json").write_text("")
     elif run_json.startswith("recorded: "):
         run = json.loads((first / "run.json").read_text())
-        (out / "run.json").write_text(json.dumps({**run, FILES_KEY: [run_json.removeprefix("recorded: ")]}))
+        (out / "run.json").write_text(json.dumps({**run, "files": [run_json.removeprefix("recorded: ")]}))
     else:
         (out / "run.json").write_text(run_json)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

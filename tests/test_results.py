@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,8 @@ import pytest
 from analyze_helpers import shared_analysis
 
 from normprobe.errors import NormprobeError
+from normprobe.record import RUN_FORMAT, RunRecord, read_run
 from normprobe.results import (
-    CHECKPOINT_KEYS,
-    DATASET_KEYS,
-    RUN_KEYS,
-    SETTINGS_KEYS,
-    SUMMARY_KEYS,
     Results,
     check_output_dir,
     read_results,
@@ -34,33 +31,28 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
 
 
 def test_run_json_has_every_key(results: Results) -> None:
+    raw = json.loads((results.path / "run.json").read_text())
+    # the file holds every field of the record and reads back to the same record
+    assert raw["format"] == RUN_FORMAT and {f.name for f in fields(RunRecord)} <= set(raw)
+    assert read_run(raw, "run.json") == results.run
     run = results.run
-    assert set(RUN_KEYS) <= set(run) and run["notes"]
-    assert set(CHECKPOINT_KEYS) <= set(run["checkpoint"]) and set(SETTINGS_KEYS) <= set(run["settings"])
-    assert set(SUMMARY_KEYS) <= set(run["summary"])
-    assert [(d["name"], d["split"], d["role"]) for d in run["datasets"]] == [
+    assert run.notes and run.checkpoint is not None
+    assert [(d.name, d.split, d.role) for d in run.datasets] == [
         ("cifar10", "train", "id-train"),
         ("cifar10", "test", "id-test"),
         ("cifar100", "test", "ood"),
         ("mnist", "test", "ood"),
     ]
-    assert all(set(DATASET_KEYS) <= set(d) for d in run["datasets"])
-    assert run["heads"] == ["feats", "z"] and run["primary_head"] == "z"
-    assert run["checkpoint"]["adapter"] == "normprobe" and len(run["checkpoint"]["sha256"]) == 64
-    assert (
-        run["settings"]["k"] == 10
-        and run["settings"]["max_train"] == 160
-        and run["settings"]["bucket_scaling"] == "max"
-    )
+    assert run.heads == ("feats", "z") and run.primary_head == "z"
+    assert run.checkpoint.adapter == "normprobe" and len(run.checkpoint.sha256) == 64
+    assert run.settings.k == 10 and run.settings.max_train == 160 and run.settings.bucket_scaling == "max"
     # human-label curves hide buckets under the paper's 50 samples; the kNN bucket curves keep --min-bucket-count
-    assert (
-        run["settings"]["human_min_bucket_count"] == 50 and run["settings"]["min_bucket_count"] == 3
-    )  # as given
+    assert run.settings.human_min_bucket_count == 50 and run.settings.min_bucket_count == 3  # as given
     human_curves = results.table("human_curves")
     assert (human_curves["shown"].astype(bool) == (human_curves["count"] >= 50)).all()
-    assert set(run["summary"]["knn_accuracy"]) == {"id-test", "id-train-loo"}
-    assert set(run["summary"]["ood"]) == {"cifar100/test", "mnist/test"}
-    for per_scorer in run["summary"]["ood"].values():
+    assert set(run.summary.knn_accuracy) == {"id-test", "id-train-loo"}
+    assert set(run.summary.ood) == {"cifar100/test", "mnist/test"}
+    for per_scorer in run.summary.ood.values():
         assert set(per_scorer) == {"norm", "knn", "mahalanobis", "norm+knn", "norm@feats"}
         for m in per_scorer.values():
             assert list(m) == [
@@ -74,21 +66,21 @@ def test_run_json_has_every_key(results: Results) -> None:
                 "auroc_ci",
             ]
             assert m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1]
-    verdicts = run["summary"]["ood_verdicts"]
+    verdicts = run.summary.ood_verdicts
     assert list(verdicts) == ["cifar100/test", "mnist/test"]
     for ood_set, verdict in verdicts.items():
-        per_scorer = run["summary"]["ood"][ood_set]
+        per_scorer = run.summary.ood[ood_set]
         best = per_scorer[verdict["best"]]
         assert verdict["auroc"] == max(m["auroc"] for m in per_scorer.values()) == best["auroc"]
         assert verdict["auroc_ci"] == best["auroc_ci"]
         assert verdict["inverted"] == [s for s, m in per_scorer.items() if m["auroc_ci"][1] < 0.5]
-    assert [d.get("title") for d in run["datasets"]] == ["CIFAR-10", "CIFAR-10", "CIFAR-100", "MNIST"]
-    assert any("partial mirror: 916 of 10000" in note for note in run["datasets"][2]["notes"])
+    assert [d.title for d in run.datasets] == ["CIFAR-10", "CIFAR-10", "CIFAR-100", "MNIST"]
+    assert any("partial mirror: 916 of 10000" in note for note in run.datasets[2].notes)
     # OpenOOD's near-/far-OOD means: CIFAR-100 near, MNIST far (the manifests' ood_group)
-    assert [d.get("ood_group") for d in run["datasets"]] == [None, None, "near", "far"]
-    groups = run["summary"]["ood_groups"]
+    assert [d.ood_group for d in run.datasets] == [None, None, "near", "far"]
+    groups = run.summary.ood_groups
     assert {g: groups[g]["ood_sets"] for g in groups} == {"near": ["cifar100/test"], "far": ["mnist/test"]}
-    mnist_knn = run["summary"]["ood"]["mnist/test"]["knn"]
+    mnist_knn = run.summary.ood["mnist/test"]["knn"]
     assert groups["far"]["scorers"]["knn"] == {k: v for k, v in mnist_knn.items() if k != "auroc_ci"}
 
 
@@ -138,21 +130,21 @@ def test_samples_have_every_column_with_the_right_types(results: Results) -> Non
 def test_summary_values_agree_with_the_samples(results: Results) -> None:
     from sklearn.metrics import roc_auc_score
 
-    s, summary = results.samples, results.run["summary"]
+    s, summary = results.samples, results.run.summary
     test = s[s["role"] == "id-test"]
-    assert summary["knn_accuracy"]["id-test"] == pytest.approx(test["knn_correct"].astype(float).mean())
-    assert summary["knn_accuracy"]["id-train-loo"] == pytest.approx(
+    assert summary.knn_accuracy["id-test"] == pytest.approx(test["knn_correct"].astype(float).mean())
+    assert summary.knn_accuracy["id-train-loo"] == pytest.approx(
         s.loc[s["role"] == "id-train", "knn_correct"].astype(float).mean()
     )
     mnist = s[s["dataset"] == "mnist"]
     for scorer in ("norm", "knn", "mahalanobis"):
         y = np.r_[np.ones(len(test)), np.zeros(len(mnist))]
         expected = roc_auc_score(y, np.r_[test[f"score_{scorer}"], mnist[f"score_{scorer}"]])
-        assert summary["ood"]["mnist/test"][scorer]["auroc"] == pytest.approx(expected)
-    norms = summary["norms"]
+        assert summary.ood["mnist/test"][scorer]["auroc"] == pytest.approx(expected)
+    norms = summary.norms
     assert norms["cifar10/train"]["heads"]["z"]["mean_scaled"] == pytest.approx(1.0)
     assert norms["mnist/test"]["heads"]["feats"]["mean"] == pytest.approx(mnist["norm_feats"].mean())
-    assert set(summary["spearman"]) == {"id-test", "id-train-loo"}
+    assert set(summary.spearman) == {"id-test", "id-train-loo"}
 
 
 def test_tables_are_written(results: Results) -> None:
@@ -188,12 +180,16 @@ def test_read_rejects_missing_and_malformed_folders(results: Results, tmp_path: 
     (broken / "run.json").write_text("{not json")
     with pytest.raises(NormprobeError, match="not valid JSON"):
         read_results(broken)
-    run = dict(results.run)
+    run = json.loads((results.path / "run.json").read_text())
     del run["settings"]
     (broken / "run.json").write_text(json.dumps(run))
-    with pytest.raises(NormprobeError, match="lacks settings"):
+    with pytest.raises(NormprobeError, match="'run' lacks settings"):
         read_results(broken)
-    (broken / "run.json").write_text(json.dumps(results.run))
+    run["settings"] = {**json.loads((results.path / "run.json").read_text())["settings"], "k": "ten"}
+    (broken / "run.json").write_text(json.dumps(run))
+    with pytest.raises(NormprobeError, match="'settings.k' must be int, got str"):
+        read_results(broken)
+    shutil.copy(results.path / "run.json", broken / "run.json")
     results.samples.drop(columns=["knn_pred"]).to_parquet(broken / "samples.parquet")
     with pytest.raises(NormprobeError, match="missing column.*knn_pred"):
         read_results(broken)
@@ -250,15 +246,13 @@ def test_write_is_atomic_and_force_replaces(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
     write_results(out, results.run, results.samples.head(3), {}, force=True)
     assert len(read_results(out).samples) == 3 and not (out / "report.html").exists()
-    bad = dict(results.run, primary_head="p")
+    bad = replace(results.run, primary_head="p")
     with pytest.raises(NormprobeError, match="primary_head"):
         write_results(tmp_path / "other", bad, results.samples, {})
 
 
 def test_a_run_from_embeddings_has_inputs_instead_of_a_checkpoint(tmp_path: Path) -> None:
     from analyze_helpers import cli
-
-    from normprobe.results import INPUT_KEYS
 
     rng = np.random.default_rng(0)
     for name in ("train", "test", "ood"):
@@ -271,8 +265,8 @@ def test_a_run_from_embeddings_has_inputs_instead_of_a_checkpoint(tmp_path: Path
     )
     assert status == 0, stderr
     run = read_results(tmp_path / "out").run
-    assert run["checkpoint"] is None and [e["path"] for e in run["inputs"]] == files
-    assert all(set(INPUT_KEYS) <= set(e) for e in run["inputs"])
+    assert run.checkpoint is None and [e.path for e in run.inputs] == files
+    assert all(e.sha256 and e.shapes == {"embeddings": [40, 6]} for e in run.inputs)
 
     broken = tmp_path / "broken"
     for change, message in (
@@ -287,3 +281,24 @@ def test_a_run_from_embeddings_has_inputs_instead_of_a_checkpoint(tmp_path: Path
         (broken / "run.json").write_text(json.dumps(damaged))
         with pytest.raises(NormprobeError, match=message):
             read_results(broken)
+
+
+LEGACY_FOLDERS = Path(__file__).parent / "data" / "results-v1"
+"""Results folders written by normprobe 0.1 (run.json without ``format``): one analysis of a tiny
+checkpoint on CIFAR-10 / MNIST subsets, one of embedding files."""
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "embeddings"])
+def test_a_results_folder_from_normprobe_0_1_still_opens(kind: str) -> None:
+    from normprobe.record import LEGACY_RUN_FORMAT
+    from normprobe.report import analysis_report, summary_table, verdict_lines
+
+    results = read_results(LEGACY_FOLDERS / kind)
+    run = results.run
+    assert run.format == LEGACY_RUN_FORMAT and run.files and "run.json" in run.files
+    assert (run.checkpoint is None) == (kind == "embeddings") and len(run.inputs) == (
+        3 if kind == "embeddings" else 0
+    )
+    assert set(run.summary.knn_accuracy) == {"id-test", "id-train-loo"} and run.summary.ood
+    assert verdict_lines(run) and len(summary_table(run)) == len(run.datasets)
+    assert "Verdict" in analysis_report(run, [], plotly="cdn")

@@ -8,7 +8,6 @@ figures costs more than the arithmetic), so switching back and forth is instant.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from normprobe.analyses.human import human_correlations, human_curves, signal_co
 from normprobe.analyses.ood import evaluate_ood
 from normprobe.analyses.settings import HUMAN_MIN_BUCKET_COUNT
 from normprobe.errors import NormprobeError
+from normprobe.record import RecordedSettings
 from normprobe.report import bucket_figure, human_figures, id_train_mean_norm, roc_figure
 
 SCALING_AXES = {"max": "norm / max norm", "minmax": "(norm − min) / (max − min)", "quantile": "norm quantile"}
@@ -40,15 +40,15 @@ class Buckets:
     """Buckets of the human-label curves with fewer samples are hidden (the paper: 50)."""
 
 
-def bucket_controls(settings: dict[str, Any]) -> Buckets:
+def bucket_controls(settings: RecordedSettings) -> Buckets:
     st.caption("Norm buckets of the kNN and human-label curves below; the defaults are the run's settings.")
-    scaling = settings.get("bucket_scaling", "max")
+    recorded = settings.bucket_scaling
     left, middle, right, human = st.columns(4)
-    n = left.number_input("Buckets", 2, 200, int(settings.get("buckets", 20)), key="buckets-n")
+    n = left.number_input("Buckets", 2, 200, settings.buckets, key="buckets-n")
     scaling = middle.selectbox(
         "Scaling",
         SCALINGS,
-        index=SCALINGS.index(scaling) if scaling in SCALINGS else 0,
+        index=SCALINGS.index(recorded) if recorded in SCALINGS else 0,
         key="buckets-scaling",
         format_func=lambda s: f"{s}: {SCALING_AXES[s]}",
     )
@@ -56,15 +56,15 @@ def bucket_controls(settings: dict[str, Any]) -> Buckets:
         "Hide kNN buckets with fewer samples than",
         0,
         100_000,
-        int(settings.get("min_bucket_count", 10)),
+        settings.min_bucket_count,
         key="buckets-min",
     )
-    # a run.json from before this setting has none: the paper's 50
     human_min_count = human.number_input(
         "Hide human-label buckets with fewer samples than",
         0,
         100_000,
-        int(settings.get("human_min_bucket_count", HUMAN_MIN_BUCKET_COUNT)),
+        settings.human_min_bucket_count
+        or HUMAN_MIN_BUCKET_COUNT,  # none before it was recorded: the paper's 50
         key="buckets-human-min",
     )
     return Buckets(int(n), str(scaling), int(min_count), int(human_min_count))
@@ -129,14 +129,12 @@ def human_correlation_table(path: str, files: FileStamp, head: str) -> pd.DataFr
     """Spearman correlations of ``head``'s norm with every human signal: the run's own table for its primary
     head, else computed (seeded bootstrap, the run's seed)."""
     results = loading.open_results(path, files)
-    if head == results.run.get("primary_head"):
+    if head == results.run.primary_head:
         try:
             return results.table("human_correlations")
         except NormprobeError:
             pass  # an older run without the table: compute it
-    return human_correlations(
-        results.samples, f"norm_{head}", seed=int(results.run["settings"].get("seed", 0))
-    )
+    return human_correlations(results.samples, f"norm_{head}", seed=results.run.settings.seed)
 
 
 @st.cache_resource(show_spinner="Bucketing the human labels…", max_entries=32)
@@ -168,7 +166,7 @@ def human_label_section(session: Session, buckets: Buckets) -> None:
 def roc(path: str, files: FileStamp) -> tuple[pd.DataFrame, go.Figure | None]:
     """Metrics of every OOD set and scorer (:func:`~normprobe.analyses.ood.evaluate_ood`) and their ROC figure."""
     results = loading.open_results(path, files)
-    metrics, points = evaluate_ood(results.samples, results.scorers, results.run["primary_head"])
+    metrics, points = evaluate_ood(results.samples, results.scorers, results.run.primary_head)
     return metrics, (roc_figure(points, metrics) if not points.empty else None)
 
 
@@ -189,7 +187,7 @@ def roc_section(session: Session) -> None:
 
 
 def render(session: Session) -> None:
-    buckets = bucket_controls(session.run.get("settings", {}))
+    buckets = bucket_controls(session.run.settings)
     bucket_section(session, buckets)
     human_label_section(session, buckets)
     roc_section(session)

@@ -19,10 +19,10 @@ def _images(session: Session, group: Group, frame: pd.DataFrame, size: int) -> n
     """Decoded, enlarged images of ``frame``'s rows, from the dataset the run's ``datasets`` entry names."""
     entry = loading.dataset_entry(session.run, group.dataset, group.split)
     source = (
-        str(entry.get("spec") or group.dataset),
+        (entry.spec if entry is not None else "") or group.dataset,
         group.split,
         loading.data_root_for(entry, session.data_root),
-        int((entry.get("image_size") or [32])[0]),
+        int((entry.image_size if entry is not None and entry.image_size else (32,))[0]),
     )
     indices = tuple(int(i) for i in frame["index"])
     return loading.thumbnails(source, indices, tuple(int(label) for label in frame["label"]), size)
@@ -55,9 +55,9 @@ def show(
         st.caption("No samples.")
         return
     entry = loading.dataset_entry(session.run, group.dataset, group.split)
-    if not entry.get("images", True):
+    if entry is not None and not entry.images:
         st.info(
-            f"No images: {explore.plain(group.label)} was analysed from {explore.plain(entry.get('source', '?'))} "
+            f"No images: {explore.plain(group.label)} was analysed from {explore.plain(entry.source)} "
             "(embedding input or a Python object), not from images the explorer can open. The samples:"
         )
         columns = ["index", "id", "label_name", session.norm_column, "knn_pred", "knn_correct"]

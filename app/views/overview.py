@@ -9,6 +9,8 @@ import streamlit as st
 from normprobe.app import explore
 from normprobe.app.session import Session
 
+from normprobe.record import Summary, to_json
+
 
 def flatten(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested dicts/lists as (dotted key, value) pairs, for settings and summaries of any shape."""
@@ -25,13 +27,12 @@ def _table(pairs: list[tuple[str, str]]) -> pd.DataFrame:
     return pd.DataFrame(pairs, columns=["key", "value"])
 
 
-def ood_table(summary: dict[str, Any]) -> pd.DataFrame:
-    """summary.ood as one row per (OOD set, scorer) with auroc, aupr_in, aupr_out, fpr95."""
+def ood_table(summary: Summary) -> pd.DataFrame:
+    """summary.ood as one row per (OOD set, scorer) with every metric."""
     rows = [
         {"ood set": name, "scorer": scorer, **metrics}
-        for name, by_scorer in (summary.get("ood") or {}).items()
+        for name, by_scorer in summary.ood.items()
         for scorer, metrics in by_scorer.items()
-        if isinstance(metrics, dict)
     ]
     return pd.DataFrame(rows)
 
@@ -40,22 +41,17 @@ def _percent(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, int | float) else "—"
 
 
-def _knn_metrics(summary: dict[str, Any]) -> dict[str, str]:
-    """kNN accuracy per ID role (a number or a dict ``{"id-test": acc, "id-train-loo": acc}``)."""
-    knn = summary.get("knn_accuracy")
-    if isinstance(knn, dict):
-        return {f"kNN accuracy ({role})": _percent(value) for role, value in knn.items()}
-    return {"kNN accuracy": _percent(knn)}
+def _knn_metrics(summary: Summary) -> dict[str, str]:
+    """kNN accuracy per ID role (``id-test``, ``id-train-loo``)."""
+    return {f"kNN accuracy ({role})": _percent(value) for role, value in summary.knn_accuracy.items()}
 
 
 def render(session: Session) -> None:
     run = session.run
-    checkpoint = run.get("checkpoint") or {}
-    inputs = run.get("inputs") or []
-    summary = run.get("summary", {})
+    checkpoint, inputs, summary = run.checkpoint, run.inputs, run.summary
     metrics = {
-        "Method": explore.plain(checkpoint.get("method", "?")) if checkpoint else "embedding input",
-        "In-distribution": explore.plain(run.get("id_dataset", "?")),
+        "Method": explore.plain(checkpoint.method) if checkpoint else "embedding input",
+        "In-distribution": explore.plain(run.id_dataset or "?"),
         "Samples": f"{len(session.samples):,}",
         **_knn_metrics(summary),
     }
@@ -64,22 +60,21 @@ def render(session: Session) -> None:
     # Every value here comes from run.json: shown as text, never as markdown.
     text = explore.plain
     source = (
-        f"**Checkpoint** {text(checkpoint.get('path', '?'))} · sha256 {text(str(checkpoint.get('sha256', '?'))[:16])}… · "
-        f"adapter {text(checkpoint.get('adapter', '?'))}"
+        f"**Checkpoint** {text(checkpoint.path)} · sha256 {text(checkpoint.sha256[:16])}… · "
+        f"adapter {text(checkpoint.adapter)}"
         if checkpoint
         else f"**Embedding input** ({len(inputs)} files, no images)"
     )
     st.markdown(
-        f"{source} · heads {text(', '.join(map(str, run.get('heads', []))))} "
-        f"(primary {text(run.get('primary_head', '?'))}) · normprobe {text(run.get('normprobe_version', '?'))} · "
-        f"{text(run.get('created_utc', '?'))}"
+        f"{source} · heads {text(', '.join(run.heads))} "
+        f"(primary {text(run.primary_head)}) · normprobe {text(run.normprobe_version)} · "
+        f"{text(run.created_utc)}"
     )
     if inputs:
-        st.dataframe(pd.DataFrame(inputs).astype(str), hide_index=True, width="stretch")
-    command = run.get("command")
-    if command:
-        st.code(command if isinstance(command, str) else " ".join(map(str, command)), language="bash")
-    for note in run.get("notes") or []:
+        st.dataframe(pd.DataFrame(to_json(inputs)).astype(str), hide_index=True, width="stretch")
+    if run.command:
+        st.code(" ".join(run.command), language="bash")
+    for note in run.notes:
         st.caption(explore.plain(note))
 
     ood = ood_table(summary)
@@ -87,19 +82,16 @@ def render(session: Session) -> None:
         st.subheader("OOD detection")
         st.caption(
             explore.plain(
-                summary.get("ood_convention", "Larger score = more familiar; ID-test is the positive class.")
+                summary.ood_convention or "Larger score = more familiar; ID-test is the positive class."
             )
         )
         st.dataframe(ood, hide_index=True, width="stretch")
-    spearman = summary.get("spearman")
-    if isinstance(spearman, dict) and spearman and all(isinstance(v, dict) for v in spearman.values()):
-        st.subheader(
-            f"Spearman correlation of ‖{explore.plain(run.get('primary_head', '?'))}‖ with kNN correctness"
-        )
-        st.dataframe(pd.DataFrame(spearman).T, width="stretch")
+    if summary.spearman:
+        st.subheader(f"Spearman correlation of ‖{explore.plain(run.primary_head)}‖ with kNN correctness")
+        st.dataframe(pd.DataFrame(summary.spearman).T, width="stretch")
 
     st.subheader("Datasets")
-    datasets = pd.DataFrame(run.get("datasets", []))
+    datasets = pd.DataFrame(to_json(run.datasets))
     if not datasets.empty:
         st.dataframe(datasets.astype(str), hide_index=True, width="stretch")
     st.caption(
@@ -109,9 +101,9 @@ def render(session: Session) -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Settings")
-        st.dataframe(_table(flatten(run.get("settings", {}))), hide_index=True, width="stretch")
+        st.dataframe(_table(flatten(to_json(run.settings))), hide_index=True, width="stretch")
     with right:
         st.subheader("Timings")
-        st.dataframe(_table(flatten(run.get("timings", {}))), hide_index=True, width="stretch")
+        st.dataframe(_table(flatten(to_json(run.timings))), hide_index=True, width="stretch")
     with st.expander("The whole summary of run.json"):
-        st.dataframe(_table(flatten(summary)), hide_index=True, width="stretch")
+        st.dataframe(_table(flatten(to_json(summary))), hide_index=True, width="stretch")

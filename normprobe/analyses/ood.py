@@ -24,8 +24,7 @@ import pandas as pd
 import torch
 
 from normprobe import metrics, scores
-from normprobe.cache import EmbeddingCache
-from normprobe.data.hashing import fingerprint
+from normprobe.cache import Cache
 from normprobe.errors import NormprobeError
 from normprobe.knn import CosineIndex
 
@@ -74,7 +73,7 @@ def fit_and_score(
     scorers: Sequence[str],
     ood_k: int,
     device: torch.device | None = None,
-    cache: EmbeddingCache | None = None,
+    cache: Cache | None = None,
     keys: Sequence[dict[str, str]] | None = None,
     index: CosineIndex | Callable[[], CosineIndex] | None = None,
     search_tag: str = "",
@@ -100,40 +99,55 @@ def fit_and_score(
     out: dict[str, np.ndarray] = {}
     all_cached = True
     for name, head in plan:
-        scorer = scores.scorer_class(name).from_settings(k=ood_k)
-        params = repr(sorted(scorer.get_params().items()))
-        fitted = False
+        scorer = _LazyScorer(
+            scores.scorer_class(name).from_settings(k=ood_k),
+            torch.as_tensor(train[head], device=device),
+            train_labels,
+            index if head == primary else None,
+        )
+        params = repr(sorted(scorer.scorer.get_params().items()))
         parts = []
         for i, embeddings in enumerate(sets):
-            key = None
+            queries = None if i == 0 else torch.as_tensor(embeddings[head], device=device)
             if cache is not None and keys is not None:
-                key = fingerprint(
+                key_parts = (name, params, keys[0][head], keys[i][head], "loo" if i == 0 else "")
+                values, hit = cache.memoize(
                     "analyze-score/2",
-                    name,
-                    params,
-                    keys[0][head],
-                    keys[i][head],
-                    "loo" if i == 0 else "",
-                    *([search_tag] if search_tag else []),
+                    key_parts + ((search_tag,) if search_tag else ()),
+                    lambda queries=queries, scorer=scorer: scorer.score_samples(queries),  # type: ignore[misc]
                 )
-            values = cache.get(key) if cache is not None and key is not None else None
-            if values is None:
-                if not fitted:
-                    shared = (index() if callable(index) else index) if head == primary else None
-                    scorer.fit(torch.as_tensor(train[head], device=device), train_labels, index=shared)
-                    fitted = True
-                values = scorer.score_samples(
-                    None if i == 0 else torch.as_tensor(embeddings[head], device=device)
-                )
-                if cache is not None and key is not None:
-                    cache.put(key, values)
-                all_cached = False
+            else:
+                values, hit = scorer.score_samples(queries), False
+            all_cached = all_cached and hit
             parts.append(np.asarray(values, dtype=np.float64))
         values = np.concatenate(parts)
         if not np.isfinite(values).all():
             raise NormprobeError(f"scorer {name} on head {head} produced NaN or infinite scores")
         out[column_name(name, head, primary)] = values
     return out, all_cached
+
+
+class _LazyScorer:
+    """A scorer fitted on its first use: when the cache holds every set's scores, it is never fitted
+    (nor the shared index built)."""
+
+    def __init__(
+        self,
+        scorer: scores.Scorer,
+        train: torch.Tensor,
+        labels: np.ndarray,
+        index: CosineIndex | Callable[[], CosineIndex] | None,
+    ) -> None:
+        self.scorer, self.train, self.labels, self.index = scorer, train, labels, index
+        self.fitted = False
+
+    def score_samples(self, queries: torch.Tensor | None) -> np.ndarray:
+        """Scores of ``queries``; None: ID-train's own (``train_scores_``, leave-one-out where it applies)."""
+        if not self.fitted:
+            shared = self.index() if callable(self.index) else self.index
+            self.scorer.fit(self.train, self.labels, index=shared)
+            self.fitted = True
+        return self.scorer.score_samples(queries)
 
 
 def ood_group(names: Sequence[str], default: str | None, near: Sequence[str], far: Sequence[str]) -> str:

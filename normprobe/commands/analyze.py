@@ -314,19 +314,19 @@ def format_summary(results: Results) -> str:
     from normprobe.terminal import printable
 
     run = results.run
-    checkpoint = run["checkpoint"]
+    checkpoint = run.checkpoint
 
     def table(frame: pd.DataFrame) -> str:
         return frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
 
     source = (
-        f"{checkpoint['path']} ({checkpoint['adapter']}, {checkpoint['method']})"
+        f"{checkpoint.path} ({checkpoint.adapter}, {checkpoint.method})"
         if checkpoint
-        else f"embeddings of {len(run['inputs'])} sets (ID-train {run['inputs'][0]['path'] or 'arrays'})"
+        else f"embeddings of {len(run.inputs)} sets (ID-train {run.inputs[0].path or 'arrays'})"
     )
     lines = [
         f"normprobe analyze: {source}; "
-        f"primary head {run['primary_head']}; kNN k={run['settings']['k']} T={run['settings']['temperature']}",
+        f"primary head {run.primary_head}; kNN k={run.settings.k} T={run.settings.temperature}",
         *verdict_lines(run),
         table(summary_table(run)),
         "norm / ID train: mean norm / ID-train mean; kNN accuracy: ID train by leave-one-out; larger score = more "
@@ -335,14 +335,12 @@ def format_summary(results: Results) -> str:
         "AUROC per scorer and OOD set:",
         table(auroc_table(run)),
     ]
-    for entry in run["datasets"]:
-        for note in entry["notes"]:
-            lines.append(f"note: {entry['name']}/{entry['split']}: {note}")
-    cached = sum(bool(v) for v in run["timings"]["embeddings_from_cache"].values())
-    origin = (
-        f"{cached} of {len(run['datasets'])} sets from the cache" if checkpoint else "read from the inputs"
-    )
-    lines.append(f"embeddings: {origin}; total {run['timings']['total_s']:.1f}s")
+    for entry in run.datasets:
+        for note in entry.notes:
+            lines.append(f"note: {entry.key}: {note}")
+    cached = sum(run.timings.embeddings_from_cache.values())
+    origin = f"{cached} of {len(run.datasets)} sets from the cache" if checkpoint else "read from the inputs"
+    lines.append(f"embeddings: {origin}; total {run.timings.total_s:.1f}s")
     report = results.path / REPORT_FILE
     lines.append(f"results: {results.path}" + (f"  (report: {report})" if report.is_file() else ""))
     # names and paths come from the user's files: no escape sequence reaches the terminal
@@ -352,8 +350,8 @@ def format_summary(results: Results) -> str:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from normprobe.analyses.pipeline import run_analysis
     from normprobe.data.sources import as_text
+    from normprobe.pipeline import run_analysis
 
     settings = settings_from_args(args)
     argv = ["normprobe", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("normprobe") else sys.argv

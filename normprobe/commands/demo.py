@@ -72,9 +72,9 @@ def choose_data_root(explicit: str | None) -> tuple[Path, str]:
 
 def run(args: argparse.Namespace) -> int:
     # The analysis stack (torch, pandas, scipy) is imported here, so `normprobe --help` stays fast.
-    from normprobe.analyses.pipeline import run_analysis
     from normprobe.analyses.settings import AnalysisSettings
     from normprobe.commands.analyze import format_summary
+    from normprobe.pipeline import run_analysis
 
     entry = zoo_entry(args.model)
     root, why = choose_data_root(args.data_root)

@@ -158,7 +158,7 @@ def _embed(
     args: argparse.Namespace, out: Path, heads: tuple[str, ...] | None, checkpoint: Path, device: torch.device
 ) -> int:
     from normprobe import data, distributed
-    from normprobe.cache import EmbeddingCache
+    from normprobe.cache import Cache
     from normprobe.checkpoints import load_encoder
     from normprobe.device import bf16_is_native
     from normprobe.extraction import extract
@@ -189,7 +189,7 @@ def _embed(
             f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here"
         )
 
-    cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
+    cache = None if args.no_cache else Cache(args.cache_dir)
     embeddings = extract(
         loaded,
         imageset,

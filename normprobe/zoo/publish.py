@@ -20,7 +20,7 @@ import torch
 
 from normprobe import data
 from normprobe.analyses.accuracy import knn_accuracy_and_norms
-from normprobe.cache import EmbeddingCache
+from normprobe.cache import Cache
 from normprobe.checkpoints import load_encoder
 from normprobe.checkpoints.fileio import atomic_torch_save, read_torch_file
 from normprobe.data.hashing import file_sha256
@@ -40,7 +40,7 @@ def fp16_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return slim
 
 
-def measure(checkpoint: Path, data_root: str | None, cache: EmbeddingCache) -> dict[str, Any]:
+def measure(checkpoint: Path, data_root: str | None, cache: Cache) -> dict[str, Any]:
     """kNN accuracy and mean norms per head on the full CIFAR-10 mirror, and the test embeddings."""
     loaded = load_encoder(checkpoint)
     train, test = data.load("cifar10", "train", data_root), data.load("cifar10", "test", data_root)
@@ -58,7 +58,7 @@ def measure(checkpoint: Path, data_root: str | None, cache: EmbeddingCache) -> d
     return result
 
 
-def test_embeddings(checkpoint: Path, data_root: str | None, cache: EmbeddingCache) -> dict[str, np.ndarray]:
+def test_embeddings(checkpoint: Path, data_root: str | None, cache: Cache) -> dict[str, np.ndarray]:
     loaded = load_encoder(checkpoint)
     return {
         h: np.asarray(v)
@@ -167,7 +167,7 @@ def publish(
     atomic_torch_save(fp16_payload(payload), target)
     if target.stat().st_size > SIZE_LIMIT_BYTES:
         raise SystemExit(f"{target} is {target.stat().st_size:,} bytes, over the 25 MB zoo limit")
-    cache = EmbeddingCache()
+    cache = Cache()
     half = measure(target, data_root, cache)
     full = test_embeddings(source, data_root, cache)
     rel_l2 = {
