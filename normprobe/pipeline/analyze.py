@@ -40,6 +40,7 @@ from normprobe.record import (
     RUN_FORMAT,
     AnalysedDataset,
     CheckpointInfo,
+    DatasetInfo,
     EmbeddingInput,
     RecordedSettings,
     RunRecord,
@@ -155,12 +156,7 @@ def _record(
 def _dataset(run: Run, s: AnalysedSet, ood_group: str | None) -> AnalysedDataset:
     title = str(data.load_manifest(s.manifest).raw.get("title", s.manifest)) if s.manifest else s.name
     return AnalysedDataset(
-        name=s.name,
-        split=s.split,
-        n=len(s),
-        fingerprint=s.fingerprint,
-        source=s.source,
-        notes=tuple(s.notes),
+        **asdict(DatasetInfo.of(s)),
         role=s.role,
         title=title,
         spec=s.spec,
