@@ -285,7 +285,8 @@ def test_a_run_from_embeddings_has_inputs_instead_of_a_checkpoint(tmp_path: Path
 
 LEGACY_FOLDERS = Path(__file__).parent / "data" / "results-v1"
 """Results folders written by normprobe 0.1 (run.json without ``format``): one analysis of a tiny
-checkpoint on CIFAR-10 / MNIST subsets, one of embedding files."""
+checkpoint on CIFAR-10 / MNIST subsets, one of embedding files (their report.html left out of the
+repository: the report is rendered at analysis time and read by nothing)."""
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "embeddings"])
