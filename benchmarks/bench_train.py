@@ -6,8 +6,10 @@ p=0.2, ToTensor) twice, a ``DataLoader`` (``--ref-workers`` processes), the mode
 memory format, fp32, glibc's default allocator, two forward passes per step.
 
 Ours: the ``training`` loop's own step (:meth:`training.loop.Trainer._train_step`): data decoded once
-into a uint8 tensor, batched per-sample augmentation on tensors, channels_last, the glibc tunables
-of ``normprobe train`` (``--precision bf16`` adds autocast).
+into a uint8 tensor, batched per-sample augmentation on tensors, channels_last, the environment
+``normprobe train`` re-executes itself with (glibc tunables, OpenMP threads that sleep while they
+wait: :func:`normprobe.allocator.env_with_tunables`); ``--precision bf16`` adds autocast. The
+reference runs with none of these variables set, as a script started by hand would.
 
 Both sides train the same method module (same config, same seed) on the same real CIFAR-10 images
 with the same SGD step. Every side of every method runs in its own subprocess (glibc reads its
@@ -31,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from normprobe.allocator import TRAINING_ENV, env_with_tunables
+
 METHOD_SETS = {
     "simclr": ["method_options.proj_hidden=512", "method_options.out_dim=128"],
     "simsiam": ["method_options.proj_dim=512", "method_options.pred_hidden=128", "accumulate=1"],
@@ -42,7 +46,6 @@ METHOD_SETS = {
         "method_options.out_dim=128",
     ],
 }
-TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
 
 def _config(args: argparse.Namespace, method: str, out: str):
@@ -197,10 +200,9 @@ def main() -> None:
     for method in args.methods:
         row = {"method": method}
         for side in ("reference", "ours"):
-            env = dict(os.environ)
-            env.pop("GLIBC_TUNABLES", None)
+            env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", *TRAINING_ENV)}
             if side == "ours":
-                env["GLIBC_TUNABLES"] = TUNABLES
+                env = env_with_tunables(env, TRAINING_ENV)
             proc = subprocess.run(
                 [sys.executable, __file__, "--worker", side, "--method", method, *passthrough],
                 env=env,
