@@ -144,6 +144,19 @@ def test_augment_is_vectorised_per_sample_and_reproducible() -> None:
     torch.testing.assert_close(aug(images[16:32], p1.rows(16, 32)), out[16:32])
 
 
+def test_augment_jitter_gathered_or_masked_gives_the_same_views() -> None:
+    # The CPU gathers the rows each jitter operation applies to; accelerators compute it on the whole
+    # batch and keep it where drawn (no data-dependent shapes, so no wait for the device).
+    aug = BatchAugment()
+    images = torch.randint(
+        0, 256, (64, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+    params = aug.sample(64, torch.Generator().manual_seed(4), (32, 32))
+    gathered = aug(images, params, gather=True)
+    assert torch.equal(gathered, aug(images, params))  # the CPU default
+    assert torch.equal(gathered, aug(images, params, gather=False))
+
+
 def test_augment_identity_and_jitter_match_torchvision() -> None:
     tvf = pytest.importorskip("torchvision.transforms.v2.functional")
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
