@@ -205,11 +205,12 @@ def worker_normprobe(params: dict[str, Any]) -> dict[str, Any]:
     from normprobe.preprocess import Preprocess
 
     imageset = test_images(params["data_root"], params["images"])
-    model = build_model().to(memory_format=torch.channels_last)
+    device = torch.device(params.get("device", "cpu"))
+    model = build_model().to(device, memory_format=torch.channels_last)
     with torch.inference_mode():
-        warm = torch.zeros(params["batch_size"], 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=params["precision"] == "bf16"):
-            model(warm)
+        warm = torch.zeros(params["batch_size"], 3, 32, 32, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=params["precision"] == "bf16"):
+            model(warm.contiguous(memory_format=torch.channels_last))
     times, cpu_times, faults = [], [], []
     arrays: dict[str, np.ndarray] = {}
     for _ in range(params["repeats"]):
@@ -221,7 +222,7 @@ def worker_normprobe(params: dict[str, Any]) -> dict[str, Any]:
             imageset,
             ("feats", "z"),
             batch_size=params["batch_size"],
-            device="cpu",
+            device=device,
             precision=params["precision"],
             progress=False,
             prefetch=params["prefetch"],

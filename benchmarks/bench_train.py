@@ -3,11 +3,15 @@
 Reference ("research-style", like the paper's code): a ``Dataset`` whose ``__getitem__`` applies the
 torchvision PIL pipeline per image (RandomResizedCrop, flip, ColorJitter with p=0.8, grayscale with
 p=0.2, ToTensor) twice, a ``DataLoader`` (``--ref-workers`` processes), the model in default (NCHW)
-memory format, fp32, glibc's default allocator, two forward passes per step.
+memory format, fp32 (``--ref-precision bf16``: autocast), glibc's default allocator, two forward
+passes per step; on a GPU (``--device cuda``) the batches are copied from pinned memory and every
+step ends with a synchronize, as the ``loss.item()`` such loops log would.
 
 Ours: the ``training`` loop's own step (:meth:`training.loop.Trainer._train_step`): data decoded once
-into a uint8 tensor, batched per-sample augmentation on tensors, channels_last, the glibc tunables
-of ``normprobe train`` (``--precision bf16`` adds autocast).
+into a uint8 tensor, batched per-sample augmentation on tensors, channels_last, the environment
+``normprobe train`` re-executes itself with (glibc tunables, OpenMP threads that sleep while they
+wait: :func:`normprobe.allocator.env_with_tunables`); ``--precision bf16`` adds autocast. The
+reference runs with none of these variables set, as a script started by hand would.
 
 Both sides train the same method module (same config, same seed) on the same real CIFAR-10 images
 with the same SGD step. Every side of every method runs in its own subprocess (glibc reads its
@@ -31,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from normprobe.allocator import TRAINING_ENV, env_with_tunables
+
 METHOD_SETS = {
     "simclr": ["method_options.proj_hidden=512", "method_options.out_dim=128"],
     "simsiam": ["method_options.proj_dim=512", "method_options.pred_hidden=128", "accumulate=1"],
@@ -42,7 +48,6 @@ METHOD_SETS = {
         "method_options.out_dim=128",
     ],
 }
-TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
 
 def _config(args: argparse.Namespace, method: str, out: str):
@@ -57,6 +62,7 @@ def _config(args: argparse.Namespace, method: str, out: str):
         "progress=false",
         f"threads={args.threads}",
         f"precision={args.precision}",
+        f"device={args.device}",
         f"out_dir={out}",
     ]
     return load_config(f"{method}_cifar10", sets)
@@ -65,6 +71,13 @@ def _config(args: argparse.Namespace, method: str, out: str):
 def _cpu() -> float:
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _sync(device) -> None:  # noqa: ANN001 - a torch.device
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def worker_ours(args: argparse.Namespace, method: str) -> dict:
@@ -80,6 +93,7 @@ def worker_ours(args: argparse.Namespace, method: str) -> dict:
         for step in range(args.steps + 1):
             t0, c0 = time.perf_counter(), _cpu()
             trainer._train_step(perm, step)
+            _sync(trainer.device)  # a no-op: the step's own loss read waited for the device
             times.append(time.perf_counter() - t0)
             cpus.append(_cpu() - c0)
     return {"s_per_step": statistics.median(times[1:]), "cpu_per_step": statistics.median(cpus[1:])}
@@ -123,7 +137,8 @@ def worker_reference(args: argparse.Namespace, method: str) -> dict:
         config = _config(args, method, out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_method(config)
+    device = torch.device(args.device)
+    model = build_method(config).to(device)
     images = load_train_set(config).images().numpy()
     loader = torch.utils.data.DataLoader(
         _TwoViews(images, config["augment"]),
@@ -131,23 +146,62 @@ def worker_reference(args: argparse.Namespace, method: str) -> dict:
         shuffle=True,
         num_workers=args.ref_workers,
         drop_last=True,
+        pin_memory=device.type == "cuda",
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-6)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.ref_precision == "bf16")
     times, cpus = [], []
     t0, c0 = time.perf_counter(), _cpu()
     for x1, x2 in loader:
-        loss, _ = model(x1, x2)
+        x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+        with autocast:
+            loss, _ = model(x1, x2)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         model.after_step(0, 1)
+        _sync(device)
         times.append(time.perf_counter() - t0)
         cpus.append(_cpu() - c0)
         t0, c0 = time.perf_counter(), _cpu()
     return {"s_per_step": statistics.median(times[1:]), "cpu_per_step": statistics.median(cpus[1:])}
 
 
-def main() -> None:
+def run_side(side: str, method: str, args: argparse.Namespace, timeout: float | None = None) -> dict:
+    """One side (``ours`` or ``reference``) of one method in a fresh process (glibc reads its tunables
+    at start-up): ours in the environment ``normprobe train`` re-executes itself with, the
+    reference in none of it. ``args`` holds this script's options."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", *TRAINING_ENV)}
+    if side == "ours":
+        env = env_with_tunables(env, TRAINING_ENV)
+    options = [
+        "depth",
+        "width",
+        "batch",
+        "steps",
+        "threads",
+        "ref_workers",
+        "precision",
+        "ref_precision",
+        "device",
+    ]
+    passthrough = [
+        item for name in options for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))
+    ]
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", side, "--method", method, *passthrough],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"{method}/{side} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHOD_SETS), choices=list(METHOD_SETS))
     parser.add_argument("--depth", type=int, default=18, choices=(18, 50))
@@ -158,38 +212,27 @@ def main() -> None:
     parser.add_argument(
         "--ref-workers", type=int, default=0, help="DataLoader worker processes of the reference"
     )
-    parser.add_argument(
-        "--precision", default="fp32", choices=("fp32", "bf16"), help="ours only; the reference is fp32"
-    )
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="of ours")
+    parser.add_argument("--ref-precision", default="fp32", choices=("fp32", "bf16"), help="of the reference")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (both sides)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     parser.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.worker:
         fn = worker_ours if args.worker == "ours" else worker_reference
         print(json.dumps(fn(args, args.method)))
         return
 
-    passthrough = [
-        "--depth",
-        str(args.depth),
-        "--width",
-        str(args.width),
-        "--batch",
-        str(args.batch),
-        "--steps",
-        str(args.steps),
-        "--threads",
-        str(args.threads),
-        "--ref-workers",
-        str(args.ref_workers),
-        "--precision",
-        args.precision,
-    ]
     results = []
     print(
         f"resnet{args.depth} width {args.width} (mocov3: ViT-tiny depth 6, patch 4), batch {args.batch} x 2 views, "
-        f"{args.threads} thread(s), {args.steps} timed steps; shared machine: timings are noisy",
+        f"{args.threads} thread(s), {args.steps} timed steps on {args.device}, ours {args.precision}, "
+        f"reference {args.ref_precision}; shared machine: timings are noisy",
         file=sys.stderr,
     )
     header = f"{'method':8} {'ours img/s':>11} {'ref img/s':>10} {'ratio':>6} {'ours img/CPU-s':>15} {'ref img/CPU-s':>14} {'ratio':>6}"
@@ -197,20 +240,10 @@ def main() -> None:
     for method in args.methods:
         row = {"method": method}
         for side in ("reference", "ours"):
-            env = dict(os.environ)
-            env.pop("GLIBC_TUNABLES", None)
-            if side == "ours":
-                env["GLIBC_TUNABLES"] = TUNABLES
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", side, "--method", method, *passthrough],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode:
-                raise SystemExit(f"{method}/{side} failed:\n{proc.stderr[-3000:]}")
-            row[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            try:
+                row[side] = run_side(side, method, args)
+            except RuntimeError as err:
+                raise SystemExit(str(err)) from None
         ours, ref = row["ours"], row["reference"]
         rate = lambda r, k: args.batch / r[k]  # noqa: E731
         row["speedup_wall"] = ref["s_per_step"] / ours["s_per_step"]

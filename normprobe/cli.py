@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from normprobe import __version__
-from normprobe.allocator import reexec_with_tunables
+from normprobe.allocator import TRAINING_ENV, reexec_with_tunables
 from normprobe.terminal import command_status
 
 # Order here is the order in `normprobe --help`.
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # a real command line, not an in-process call: fix the allocator first
-        reexec_with_tunables("normprobe", sys.argv[1:])
+        training = sys.argv[1:2] == ["train"]  # which also sets its OpenMP waits (allocator.TRAINING_ENV)
+        reexec_with_tunables("normprobe", sys.argv[1:], TRAINING_ENV if training else None)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["train"]:
         # the training command parses its own command line (options, --help and `compare`)

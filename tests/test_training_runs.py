@@ -138,15 +138,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     trainer = Trainer(cfg, log=lambda _: None)
     forward = trainer.method.forward
     calls = {"n": 0}
+    before: dict[str, torch.Tensor] = {}
 
     def poisoned(x1: torch.Tensor, x2: torch.Tensor):  # the 3rd batch (2nd epoch of 2 steps) diverges
         calls["n"] += 1
         loss, out = forward(x1, x2)
+        if calls["n"] == 3:
+            before.update({k: v.detach().clone() for k, v in trainer.method.state_dict().items()})
         return (loss * float("nan") if calls["n"] == 3 else loss), out
 
     trainer.method.forward = poisoned  # type: ignore[method-assign]
     with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 2, optimiser step 3.*epoch_0001\.pt"):
         trainer.run()
+    # the broken step changed nothing after its forward pass (its backward ran, the optimiser step did not)
+    after = trainer.method.state_dict()
+    assert before and all(torch.equal(after[k], v) for k, v in before.items())
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert ckpts == ["epoch_0001.pt"] and not (tmp_path / "final.pt").exists()
     assert load_encoder(tmp_path / "checkpoints" / "epoch_0001.pt").meta["training"]["epoch"] == 1

@@ -144,6 +144,19 @@ def test_augment_is_vectorised_per_sample_and_reproducible() -> None:
     torch.testing.assert_close(aug(images[16:32], p1.rows(16, 32)), out[16:32])
 
 
+def test_augment_jitter_gathered_or_masked_gives_the_same_views() -> None:
+    # The CPU gathers the rows each jitter operation applies to; accelerators compute it on the whole
+    # batch and keep it where drawn (no data-dependent shapes, so no wait for the device).
+    aug = BatchAugment()
+    images = torch.randint(
+        0, 256, (64, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+    params = aug.sample(64, torch.Generator().manual_seed(4), (32, 32))
+    gathered = aug(images, params, gather=True)
+    assert torch.equal(gathered, aug(images, params))  # the CPU default
+    assert torch.equal(gathered, aug(images, params, gather=False))
+
+
 def test_augment_identity_and_jitter_match_torchvision() -> None:
     tvf = pytest.importorskip("torchvision.transforms.v2.functional")
     images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
@@ -306,9 +319,11 @@ def test_training_command_reexecs_itself_with_the_allocator_settings(monkeypatch
 
     def execve(path: str, args: list[str], env: dict[str, str]) -> None:
         assert env[allocator.NO_REEXEC_ENV] == "1" and allocator.has_tunables(env)
+        assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # OpenMP threads sleep while they wait
         calls.append(args)
         raise OSError("stop here")  # a failed execve goes on in this process
 
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(allocator.os, "execve", execve)
     monkeypatch.setattr(allocator, "should_reexec", lambda env=None: True)
     monkeypatch.setattr(sys, "argv", ["normprobe train", "--config", "simclr_cifar10", "--print-config"])
@@ -343,3 +358,15 @@ def test_backbone_dim_equals_the_built_backbones_width(spec: dict) -> None:
     from normprobe.models import build_backbone
 
     assert backbone_dim(spec) == build_backbone(spec).num_features
+
+
+def test_training_launch_environment_keeps_what_the_user_set() -> None:
+    from normprobe import allocator
+
+    env = allocator.env_with_tunables({"HOME": "/h"}, allocator.TRAINING_ENV)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["HOME"] == "/h" and allocator.has_tunables(env)
+    assert (
+        allocator.env_with_tunables({"OMP_WAIT_POLICY": "ACTIVE"}, allocator.TRAINING_ENV)["OMP_WAIT_POLICY"]
+        == "ACTIVE"
+    )
+    assert "OMP_WAIT_POLICY" not in allocator.env_with_tunables({"HOME": "/h"})  # other commands: unchanged

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from normprobe.allocator import reexec_with_tunables
+from normprobe.allocator import TRAINING_ENV, reexec_with_tunables
 from normprobe.errors import NormprobeError
 from normprobe.terminal import command_status
 
@@ -76,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command line, not an in-process call (tests, notebooks)
         argv = sys.argv[1:]
         # glibc's malloc tuned (see normprobe.allocator): large activations stay in the heap
-        # instead of being mapped and unmapped every step
-        reexec_with_tunables("normprobe.training", list(argv))
+        # instead of being mapped and unmapped every step; OpenMP threads sleep while they wait
+        reexec_with_tunables("normprobe.training", list(argv), TRAINING_ENV)
     if list(argv)[:1] == ["compare"]:  # the one subcommand; a bare command line trains
         from normprobe.training.compare import main as compare
 

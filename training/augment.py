@@ -153,7 +153,13 @@ class BatchAugment:
         gray = torch.rand(n, generator=generator) < self.gray_p
         return AugmentParams(theta.float(), factors, order, apply_jitter, gray)
 
-    def __call__(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, params: AugmentParams, gather: bool | None = None
+    ) -> torch.Tensor:
+        """``gather``: apply each jitter operation to the rows that draw it, gathered (the least
+        arithmetic; the default on the CPU), or to the whole batch, keeping its result only in
+        those rows (no data-dependent shapes, so no device-to-host wait; the default on
+        accelerators). Both give the same views."""
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
         theta = params.theta.to(x.device)
         grid = F.affine_grid(theta, [x.shape[0], 3, self.size, self.size], align_corners=False)
@@ -161,12 +167,16 @@ class BatchAugment:
         factors = params.jitter.to(x.device)
         order = params.order.to(x.device)
         apply_jitter = params.apply_jitter.to(x.device)
+        if gather is None:
+            gather = x.device.type == "cpu"
         for slot in range(4):
             for op in range(4):
-                rows = torch.nonzero(apply_jitter & (order[:, slot] == op)).squeeze(1)
-                if rows.numel():
-                    x[rows] = _jitter_op(x[rows], op, factors[rows, op])
+                chosen = apply_jitter & (order[:, slot] == op)
+                if gather:
+                    rows = torch.nonzero(chosen).squeeze(1)
+                    if rows.numel():
+                        x[rows] = _jitter_op(x[rows], op, factors[rows, op])
+                else:
+                    x = torch.where(chosen.view(-1, 1, 1, 1), _jitter_op(x, op, factors[:, op]), x)
         gray = params.gray.to(x.device)
-        if bool(gray.any()):
-            x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-        return x
+        return torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -366,6 +367,9 @@ class Trainer:
         return values
 
     def _train_step(self, perm: torch.Tensor, step_in_epoch: int) -> dict[str, Any]:
+        """One optimiser step. Its one device-to-host copy is the step's mean loss and head norm,
+        read after the backward passes and checked before the optimiser changes anything: on an
+        accelerator the host queues the whole forward and backward without waiting for either."""
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.config["precision"] == "bf16"
@@ -400,14 +404,17 @@ class Trainer:
                         )
                     )
                 )
-                if not torch.isfinite(stats[0]):
-                    where = self.last_checkpoint or "none (no epoch finished)"
-                    raise TrainingDiverged(
-                        f"loss is {stats[0].item()} at epoch {self.epoch + 1}, optimiser step {self.step + 1}: training "
-                        f"stopped; last good checkpoint: {where} (lower the learning rate, or resume from it)"
-                    )
                 (loss / self.accumulate).backward()
             totals += stats / self.accumulate
+        # A NaN/Inf loss of any micro-batch makes the mean non-finite; every rank holds the same
+        # global mean, so all of them stop here, before the step is applied.
+        loss_value, norm_value = totals.tolist()
+        if not math.isfinite(loss_value):
+            where = self.last_checkpoint or "none (no epoch finished)"
+            raise TrainingDiverged(
+                f"loss is {loss_value} at epoch {self.epoch + 1}, optimiser step {self.step + 1}: training "
+                f"stopped; last good checkpoint: {where} (lower the learning rate, or resume from it)"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -417,9 +424,9 @@ class Trainer:
         return {
             "epoch": self.epoch + 1,
             "step": self.step,
-            "loss": totals[0].item(),
+            "loss": loss_value,
             "lr": lr,
-            f"norm_{head}": totals[1].item(),
+            f"norm_{head}": norm_value,
         }
 
     # ---- the run ----------------------------------------------------------------------------
