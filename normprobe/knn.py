@@ -754,11 +754,9 @@ class CosineIndex:
 
     def search(self, queries: ArrayLike | None, k: int) -> Neighbors:
         """The ``k`` most similar bank points of every query (``None``: leave-one-out)."""
-        sims, idx = [], []
-        for _, block in self.iter_search(queries, k, sort=True):
-            sims.append(block.similarities)
-            idx.append(block.indices)
-        return Neighbors(torch.cat(sims), torch.cat(idx))
+        return self._collect(
+            self.iter_search(queries, k, sort=True), self.n_bank if queries is None else len(queries)
+        )
 
     def kth_similarity(self, queries: ArrayLike | None, k: int) -> torch.Tensor:
         """The cosine similarity of each query to its k-th nearest bank point (``None``: leave-one-out).
@@ -796,13 +794,27 @@ class CosineIndex:
         key = "leave-one-out" if leave_one_out else _content_key(q)
         kept = self._memo.get(key)
         if kept is None or kept.similarities.shape[1] < k:
-            blocks = [block for _, block in self._iter_backend(q, k, leave_one_out, sort=True)]
-            kept = Neighbors(
-                torch.cat([b.similarities for b in blocks]), torch.cat([b.indices for b in blocks])
-            )
+            kept = self._collect(self._iter_backend(q, k, leave_one_out, sort=True), q.shape[0])
             self._memo[key] = kept
         # sorted rows: their first k entries are the k nearest
         yield 0, Neighbors(kept.similarities[:, :k], kept.indices[:, :k])
+
+    @staticmethod
+    def _collect(blocks: Iterator[tuple[int, Neighbors]], n_queries: int) -> Neighbors:
+        """The blocks of one search in one :class:`Neighbors`, each copied in as it arrives (while
+        the search workers go on) rather than concatenated at the end: one pass over 100+ MB
+        fewer, and no copy made with every thread once the search has handed them back."""
+        sims = idx = None
+        for q0, block in blocks:
+            if sims is None or idx is None:
+                k = block.similarities.shape[1]
+                sims = block.similarities.new_empty((n_queries, k))
+                idx = block.indices.new_empty((n_queries, k))
+            rows = block.similarities.shape[0]
+            sims[q0 : q0 + rows] = block.similarities
+            idx[q0 : q0 + rows] = block.indices
+        assert sims is not None and idx is not None
+        return Neighbors(sims, idx)
 
     def _iter_backend(
         self, q: torch.Tensor, k: int, leave_one_out: bool, sort: bool
