@@ -49,8 +49,12 @@ vectorised (sorting, no Python loops over samples).
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import NamedTuple
 
@@ -364,53 +368,93 @@ def bootstrap_spearman(
     # The one-hot products are small: BLAS threads would only wait on each other (and, beside other
     # busy processes, on the scheduler), so they run on one; the setting is restored afterwards.
     with threadpool_limits(1, user_api="blas"):
-        _bootstrap_spearman_blocks(x_groups, y_groups, rank_x, dense, one_hot, rng, rhos, block)
+        _run_blocks(
+            functools.partial(_spearman_block, x_groups, y_groups, rank_x, dense, one_hot, draws, start, rhos)
+            for start, draws in _draw_blocks(rng, n, n_boot, block)
+        )
     return rhos
 
 
-def _bootstrap_spearman_blocks(
+def _draw_blocks(
+    rng: np.random.Generator, n: int, n_boot: int, block: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first resample, (b, n) drawn rows)`` of every block of resamples, drawn in order."""
+    for start in range(0, n_boot, block):
+        yield start, rng.integers(0, n, size=(min(block, n_boot - start), n))
+
+
+def _spearman_block(
     x_groups: _TieGroups | None,
     y_groups: list[_TieGroups],
     rank_x: np.ndarray,
     dense: dict[int, slice],
     one_hot: np.ndarray | None,
-    rng: np.random.Generator,
+    drawn: np.ndarray,
+    start: int,
     rhos: np.ndarray,
-    block: int,
 ) -> None:
-    """The resamples of :func:`bootstrap_spearman`, ``block`` at a time, into ``rhos``."""
-    n, n_boot = len(rank_x), rhos.shape[1]
-    for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        # the rows drawn in their given order (so the resamples do not depend on how x sorts), counted
-        # in x order
-        draws = rank_x[rng.integers(0, n, size=(b, n))] + (np.arange(b) * n)[:, None]
-        weights = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
-        # Twice the centred x ranks, 2 (r_i - (n + 1) / 2), are integers: a resample's average ranks
-        # are half-integers with mean (n + 1) / 2. The sums below add integers (or halves) below 2^53
-        # (n up to ~3e5), so they are exact in float64 whatever the order.
-        if x_groups is None:
-            twice_rank = 2 * np.cumsum(weights, axis=1) - weights + 1
+    """The rhos of the resamples ``drawn`` (rows of the data, in their given order) of
+    :func:`bootstrap_spearman`, into ``rhos[:, start:]``."""
+    b, n = drawn.shape
+    # the draws counted in x order (so the resamples do not depend on how x sorts)
+    weights = np.bincount((rank_x[drawn] + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n).reshape(
+        b, n
+    )
+    # Twice the centred x ranks, 2 (r_i - (n + 1) / 2), are integers: a resample's average ranks
+    # are half-integers with mean (n + 1) / 2. The sums below add integers (or halves) below 2^53
+    # (n up to ~3e5), so they are exact in float64 whatever the order.
+    if x_groups is None:
+        twice_rank = 2 * np.cumsum(weights, axis=1) - weights + 1
+    else:
+        group_weight = x_groups.group_sums(weights)
+        twice_rank = (2 * np.cumsum(group_weight, axis=1) - group_weight + 1)[:, x_groups.codes]
+    twice_dx = (twice_rank - (n + 1)).astype(np.float64)
+    twice_wdx = weights * twice_dx
+    var_x = np.einsum("ij,ij->i", twice_wdx, twice_dx) / 4.0
+    # per group of each y: total weight, and twice the sum of w_i dx_i (rows b: of the stack)
+    sums = np.concatenate([weights, twice_wdx]) @ one_hot if one_hot is not None else None
+    for i, groups in enumerate(y_groups):
+        if sums is not None and i in dense:
+            weight_g, twice_wdx_g = sums[:b, dense[i]], sums[b:, dense[i]]
         else:
-            group_weight = x_groups.group_sums(weights)
-            twice_rank = (2 * np.cumsum(group_weight, axis=1) - group_weight + 1)[:, x_groups.codes]
-        twice_dx = (twice_rank - (n + 1)).astype(np.float64)
-        twice_wdx = weights * twice_dx
-        var_x = np.einsum("ij,ij->i", twice_wdx, twice_dx) / 4.0
-        # per group of each y: total weight, and twice the sum of w_i dx_i (rows b: of the stack)
-        sums = np.concatenate([weights, twice_wdx]) @ one_hot if one_hot is not None else None
-        for i, groups in enumerate(y_groups):
-            if sums is not None and i in dense:
-                weight_g, twice_wdx_g = sums[:b, dense[i]], sums[b:, dense[i]]
-            else:
-                weight_g, twice_wdx_g = groups.group_sums(weights), groups.group_sums(twice_wdx)
-            # sum_i w_i dx_i dy_i = sum_g dy_g * (sum over group g of w_i dx_i): y's ranks stay per group.
-            rank_g = _average_group_ranks(weight_g)
-            dy_g = rank_g - (weight_g * rank_g).sum(axis=1, keepdims=True) / n
-            var = var_x * (weight_g * dy_g * dy_g).sum(axis=1)
-            cov = (twice_wdx_g / 2.0 * dy_g).sum(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rhos[i, start : start + b] = np.where(var > 0, cov / np.sqrt(var), np.nan)
+            weight_g, twice_wdx_g = groups.group_sums(weights), groups.group_sums(twice_wdx)
+        # sum_i w_i dx_i dy_i = sum_g dy_g * (sum over group g of w_i dx_i): y's ranks stay per group.
+        rank_g = _average_group_ranks(weight_g)
+        dy_g = rank_g - (weight_g * rank_g).sum(axis=1, keepdims=True) / n
+        var = var_x * (weight_g * dy_g * dy_g).sum(axis=1)
+        cov = (twice_wdx_g / 2.0 * dy_g).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rhos[i, start : start + b] = np.where(var > 0, cov / np.sqrt(var), np.nan)
+
+
+def _bootstrap_workers() -> int:
+    """Threads computing blocks of bootstrap resamples side by side: the cores this process may use (at
+    most 4). numpy releases the GIL in every heavy step of a block, and the blocks share nothing."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _run_blocks(tasks: Iterable[Callable[[], None]]) -> None:
+    """Run every task (one block of resamples, writing its own part of the results) on
+    :func:`_bootstrap_workers` threads. The calling thread makes the tasks in order (drawing their
+    resamples from the one generator, so the draws are those of a serial run) while the workers
+    compute, at most two tasks per worker ahead."""
+    workers = _bootstrap_workers()
+    if workers == 1:
+        for task in tasks:
+            task()
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="normprobe-bootstrap") as pool:
+        pending: collections.deque[Future[None]] = collections.deque()
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) > 2 * workers:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
 
 
 def roc_curve(scores_id: object, scores_ood: object) -> tuple[np.ndarray, np.ndarray]:
@@ -559,25 +603,40 @@ def bootstrap_aurocs(
     # the values do not depend on it
     block = max(1, min(64, (1 << 18) // n_id)) if block is None else block
     values = np.empty((len(pairs), n_resamples))
-    for start in range(0, n_resamples, block):
-        b = min(block, n_resamples - start)
-        chunk = [next(draws) for _ in range(b)]
-        offsets = np.arange(b)[:, None]
-        # multiplicities of the rows in their given order, (b, n); int32 halves the memory traffic
-        id_rows = np.stack([c[0] for c in chunk]) + offsets * n_id
-        w = np.bincount(id_rows.ravel(), minlength=b * n_id).reshape(b, n_id).astype(np.int32)
-        ood_rows = np.stack([c[1] for c in chunk]) + offsets * n_ood
-        v = np.bincount(ood_rows.ravel(), minlength=b * n_ood).reshape(b, n_ood).astype(np.int32)
-        cumulative = np.zeros((b, n_id + 1), dtype=np.int32)  # column c: ID weight of the c lowest ID scores
-        for i, (ranking, strictly_below, tied_or_below) in enumerate(plans):
-            np.cumsum(w[:, ranking], axis=1, out=cumulative[:, 1:])
-            # twice (ID weight above each OOD score + half the weight tied with it):
-            # 2 n_id - (weight at or below) - (weight below)
-            lower = cumulative[:, strictly_below]
-            lower += lower if tied_or_below is None else cumulative[:, tied_or_below]
-            twice_u = 2 * n_id * n_ood - np.einsum("ij,ij->i", v, lower, dtype=np.int64)
-            values[i, start : start + b] = (twice_u / 2.0) / (n_id * n_ood)
+
+    def blocks() -> Iterator[Callable[[], None]]:
+        for start in range(0, n_resamples, block):
+            chunk = [next(draws) for _ in range(min(block, n_resamples - start))]
+            ids, oods = np.stack([c[0] for c in chunk]), np.stack([c[1] for c in chunk])
+            yield functools.partial(_auroc_block, plans, ids, oods, start, values)
+
+    _run_blocks(blocks())
     return [
         _percentile_interval(auroc(s_id, s_ood), values[i], confidence)
         for i, (s_id, s_ood) in enumerate(pairs)
     ]
+
+
+def _auroc_block(
+    plans: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    ids: np.ndarray,
+    oods: np.ndarray,
+    start: int,
+    values: np.ndarray,
+) -> None:
+    """The AUROC of every pair of :func:`bootstrap_aurocs` on the resamples ``ids`` / ``oods``
+    (``(b, n)`` drawn rows of each set), into ``values[:, start:]``."""
+    (b, n_id), n_ood = ids.shape, oods.shape[1]
+    offsets = np.arange(b)[:, None]
+    # multiplicities of the rows in their given order, (b, n); int32 halves the memory traffic
+    w = np.bincount((ids + offsets * n_id).ravel(), minlength=b * n_id).reshape(b, n_id).astype(np.int32)
+    v = np.bincount((oods + offsets * n_ood).ravel(), minlength=b * n_ood).reshape(b, n_ood).astype(np.int32)
+    cumulative = np.zeros((b, n_id + 1), dtype=np.int32)  # column c: ID weight of the c lowest ID scores
+    for i, (ranking, strictly_below, tied_or_below) in enumerate(plans):
+        np.cumsum(w[:, ranking], axis=1, out=cumulative[:, 1:])
+        # twice (ID weight above each OOD score + half the weight tied with it):
+        # 2 n_id - (weight at or below) - (weight below)
+        lower = cumulative[:, strictly_below]
+        lower += lower if tied_or_below is None else cumulative[:, tied_or_below]
+        twice_u = 2 * n_id * n_ood - np.einsum("ij,ij->i", v, lower, dtype=np.int64)
+        values[i, start : start + b] = (twice_u / 2.0) / (n_id * n_ood)
