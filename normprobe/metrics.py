@@ -49,13 +49,18 @@ vectorised (sorting, no Python loops over samples).
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import NamedTuple
 
 import numpy as np
-from scipy import sparse, special
+from scipy import special
+from threadpoolctl import threadpool_limits
 
 from normprobe.errors import NormprobeError
 
@@ -295,64 +300,161 @@ class _TieGroups:
         unique, codes = np.unique(values, return_inverse=True)
         self.n_groups = len(unique)
         self.codes = codes.reshape(-1)
-        # Sparse group-membership matrix (groups x items): per-group sums of any per-item quantity.
-        self.members = sparse.csr_matrix(
-            (np.ones(len(values)), (self.codes, np.arange(len(values)))), shape=(self.n_groups, len(values))
-        )
+        # items ordered by group, and where each group starts in that order (every group is non-empty)
+        self.by_group = np.argsort(self.codes, kind="stable")
+        self.starts = np.searchsorted(self.codes[self.by_group], np.arange(self.n_groups))
 
     def group_sums(self, per_item: np.ndarray) -> np.ndarray:
-        """``(b, n)`` per-item values -> ``(b, n_groups)`` sums over each group."""
-        return np.asarray(self.members @ per_item.T).T
+        """``(b, n)`` per-item values -> ``(b, n_groups)`` sums over each group (exact for integers)."""
+        return np.add.reduceat(per_item[:, self.by_group], self.starts, axis=1)
 
-    def group_ranks(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(total weight, average rank) of each group in each resample, both ``(b, n_groups)``."""
-        group_weight = self.group_sums(weights)
-        return group_weight, np.cumsum(group_weight, axis=1) - (group_weight - 1) / 2.0
+    def one_hot(self) -> np.ndarray:
+        """``(n, n_groups)`` float64 membership: ``per_item @ one_hot()`` is :meth:`group_sums`."""
+        out = np.zeros((len(self.codes), self.n_groups))
+        out[np.arange(len(self.codes)), self.codes] = 1.0
+        return out
+
+
+def _average_group_ranks(group_weight: np.ndarray) -> np.ndarray:
+    """The average rank of each group of total weight ``group_weight`` (``(b, n_groups)``, in value order)."""
+    return np.cumsum(group_weight, axis=1) - (group_weight - 1) / 2.0
+
+
+_ONE_HOT_GROUPS = 16
+_ONE_HOT_BYTES = 32 << 20
+"""Variables of at most ``_ONE_HOT_GROUPS`` groups get their group sums from one matrix product over
+a one-hot matrix of at most this size (all of them together), the others from a sum per group."""
 
 
 def bootstrap_spearman(
-    x: np.ndarray, ys: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0, block: int = 32
+    x: np.ndarray, ys: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0, block: int | None = None
 ) -> np.ndarray:
     """Spearman's rho between ``x`` and each of ``ys`` over ``n_boot`` bootstrap resamples of the rows (seeded).
 
     Returns ``(len(ys), n_boot)``; every ``y`` sees the same resamples. Each resample is a vector of
     multiplicities; tie-averaged ranks and the weighted Pearson correlation of the ranks give exactly
     the rho of ``scipy.stats.spearmanr`` on the materialised resample, a block of resamples at a
-    time, with sums over tie groups as sparse products. A resample in which a variable is constant
-    gives NaN.
+    time (``block``; default: a few hundred thousand multiplicities, which stay in cache), with
+    sums over tie groups as one matrix product for variables of few groups (binary ones) and
+    per-group sums otherwise. Up to a few hundred thousand rows every sum adds integers (or halves)
+    below 2^53 and is exact, so neither ``block`` nor the order of the sums changes a bit of the
+    result. A resample in which a variable is constant gives NaN.
     """
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     by_x = np.argsort(x, kind="stable")  # rows sorted by x: x's group sums become a cumulative sum
+    rank_x = np.empty(n, dtype=np.int64)
+    rank_x[by_x] = np.arange(n)  # a drawn row -> its position in x order
     x_sorted = x[by_x]
     x_distinct = bool(np.all(np.diff(x_sorted) > 0))
     x_groups = None if x_distinct else _TieGroups(x_sorted)
     y_groups = [_TieGroups(np.asarray(y, dtype=np.float64)[by_x]) for y in ys]
+    # the variables with fewest groups (binary ones: two) whose one-hot matrices fit the budget
+    dense: dict[int, slice] = {}
+    width = 0
+    for i in sorted(range(len(ys)), key=lambda i: y_groups[i].n_groups):
+        if y_groups[i].n_groups > _ONE_HOT_GROUPS or 8 * n * (width + y_groups[i].n_groups) > _ONE_HOT_BYTES:
+            break
+        dense[i] = slice(width, width + y_groups[i].n_groups)
+        width += y_groups[i].n_groups
+    one_hot = (
+        np.concatenate([y_groups[i].one_hot() for i in sorted(dense, key=lambda i: dense[i].start)], axis=1)
+        if dense
+        else None
+    )
+    block = max(1, min(32, (1 << 18) // max(n, 1))) if block is None else block
     rng = np.random.default_rng(seed)
     rhos = np.empty((len(ys), n_boot))
-    for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        # multiplicities of the rows in their given order (so the resamples do not depend on how x sorts),
-        # then permuted into x order
-        weights = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)[:, by_x].astype(np.float64)
-        if x_groups is None:
-            rx = np.cumsum(weights, axis=1) - (weights - 1) / 2.0
-        else:
-            _, x_rank = x_groups.group_ranks(weights)
-            rx = x_rank[:, x_groups.codes]
-        dx = rx - (weights * rx).sum(axis=1, keepdims=True) / n
-        wdx = weights * dx
-        var_x = (wdx * dx).sum(axis=1)
-        for i, groups in enumerate(y_groups):
-            # sum_i w_i dx_i dy_i = sum_g dy_g * (sum over group g of w_i dx_i): y's ranks stay per group.
-            weight_g, rank_g = groups.group_ranks(weights)
-            dy_g = rank_g - (weight_g * rank_g).sum(axis=1, keepdims=True) / n
-            var = var_x * (weight_g * dy_g * dy_g).sum(axis=1)
-            cov = (groups.group_sums(wdx) * dy_g).sum(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rhos[i, start : start + b] = np.where(var > 0, cov / np.sqrt(var), np.nan)
+    # The one-hot products are small: BLAS threads would only wait on each other (and, beside other
+    # busy processes, on the scheduler), so they run on one; the setting is restored afterwards.
+    with threadpool_limits(1, user_api="blas"):
+        _run_blocks(
+            functools.partial(_spearman_block, x_groups, y_groups, rank_x, dense, one_hot, draws, start, rhos)
+            for start, draws in _draw_blocks(rng, n, n_boot, block)
+        )
     return rhos
+
+
+def _draw_blocks(
+    rng: np.random.Generator, n: int, n_boot: int, block: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first resample, (b, n) drawn rows)`` of every block of resamples, drawn in order."""
+    for start in range(0, n_boot, block):
+        yield start, rng.integers(0, n, size=(min(block, n_boot - start), n))
+
+
+def _spearman_block(
+    x_groups: _TieGroups | None,
+    y_groups: list[_TieGroups],
+    rank_x: np.ndarray,
+    dense: dict[int, slice],
+    one_hot: np.ndarray | None,
+    drawn: np.ndarray,
+    start: int,
+    rhos: np.ndarray,
+) -> None:
+    """The rhos of the resamples ``drawn`` (rows of the data, in their given order) of
+    :func:`bootstrap_spearman`, into ``rhos[:, start:]``."""
+    b, n = drawn.shape
+    # the draws counted in x order (so the resamples do not depend on how x sorts)
+    weights = np.bincount((rank_x[drawn] + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n).reshape(
+        b, n
+    )
+    # Twice the centred x ranks, 2 (r_i - (n + 1) / 2), are integers: a resample's average ranks
+    # are half-integers with mean (n + 1) / 2. The sums below add integers (or halves) below 2^53
+    # (n up to ~3e5), so they are exact in float64 whatever the order.
+    if x_groups is None:
+        twice_rank = 2 * np.cumsum(weights, axis=1) - weights + 1
+    else:
+        group_weight = x_groups.group_sums(weights)
+        twice_rank = (2 * np.cumsum(group_weight, axis=1) - group_weight + 1)[:, x_groups.codes]
+    twice_dx = (twice_rank - (n + 1)).astype(np.float64)
+    twice_wdx = weights * twice_dx
+    var_x = np.einsum("ij,ij->i", twice_wdx, twice_dx) / 4.0
+    # per group of each y: total weight, and twice the sum of w_i dx_i (rows b: of the stack)
+    sums = np.concatenate([weights, twice_wdx]) @ one_hot if one_hot is not None else None
+    for i, groups in enumerate(y_groups):
+        if sums is not None and i in dense:
+            weight_g, twice_wdx_g = sums[:b, dense[i]], sums[b:, dense[i]]
+        else:
+            weight_g, twice_wdx_g = groups.group_sums(weights), groups.group_sums(twice_wdx)
+        # sum_i w_i dx_i dy_i = sum_g dy_g * (sum over group g of w_i dx_i): y's ranks stay per group.
+        rank_g = _average_group_ranks(weight_g)
+        dy_g = rank_g - (weight_g * rank_g).sum(axis=1, keepdims=True) / n
+        var = var_x * (weight_g * dy_g * dy_g).sum(axis=1)
+        cov = (twice_wdx_g / 2.0 * dy_g).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rhos[i, start : start + b] = np.where(var > 0, cov / np.sqrt(var), np.nan)
+
+
+def _bootstrap_workers() -> int:
+    """Threads computing blocks of bootstrap resamples side by side: the cores this process may use (at
+    most 4). numpy releases the GIL in every heavy step of a block, and the blocks share nothing."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _run_blocks(tasks: Iterable[Callable[[], None]]) -> None:
+    """Run every task (one block of resamples, writing its own part of the results) on
+    :func:`_bootstrap_workers` threads. The calling thread makes the tasks in order (drawing their
+    resamples from the one generator, so the draws are those of a serial run) while the workers
+    compute, at most two tasks per worker ahead."""
+    workers = _bootstrap_workers()
+    if workers == 1:
+        for task in tasks:
+            task()
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="normprobe-bootstrap") as pool:
+        pending: collections.deque[Future[None]] = collections.deque()
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) > 2 * workers:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
 
 
 def roc_curve(scores_id: object, scores_ood: object) -> tuple[np.ndarray, np.ndarray]:
@@ -444,7 +546,7 @@ def bootstrap_auroc(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-    block: int = 64,
+    block: int | None = None,
 ) -> ConfidenceInterval:
     """``bootstrap_ci(auroc, scores_id, scores_ood, ...)``: the same resamples and interval, vectorised.
 
@@ -452,31 +554,89 @@ def bootstrap_auroc(
     once, each OOD score's count of ID scores above and equal to it is a difference of cumulative
     sums of ``w``, so AUROC = ``sum_j v_j (above_j + equal_j / 2) / (n_id * n_ood)`` takes no
     sorting per resample (a block of resamples at a time): several times faster than ranking every
-    materialised resample, which matters with one interval per OOD set and scorer.
+    materialised resample, which matters with one interval per OOD set and scorer. Several scorers
+    of the same sets share their resamples through :func:`bootstrap_aurocs`.
+    """
+    return bootstrap_aurocs(
+        [scores_id], [scores_ood], n_resamples=n_resamples, confidence=confidence, seed=seed, block=block
+    )[0]
+
+
+def bootstrap_aurocs(
+    scores_id: Sequence[object],
+    scores_ood: Sequence[object],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    block: int | None = None,
+) -> list[ConfidenceInterval]:
+    """:func:`bootstrap_auroc` of each pair ``(scores_id[i], scores_ood[i])``, e.g. every scorer of
+    one ID / OOD comparison: the same intervals, drawing the resamples once.
+
+    The resamples depend only on ``seed`` and the two sample sizes, so every pair must have the
+    same ``n_id`` and ``n_ood``; the multiplicities of a block of resamples are counted once and
+    each pair only reorders them by its own ID ranking. The statistic is computed exactly in
+    integers (twice the Mann-Whitney U of the resample), so the values equal those of separate
+    calls bit for bit.
     """
     _check_bootstrap(confidence, n_resamples)
-    s_id, s_ood = _scores(scores_id, "scores_id"), _scores(scores_ood, "scores_ood")
-    n_id, n_ood = s_id.size, s_ood.size
-    order = np.argsort(s_id, kind="stable")
-    rank_of = np.empty(n_id, dtype=np.int64)
-    rank_of[order] = np.arange(n_id)  # resampled ID rows -> their positions in sorted order
-    sorted_id = s_id[order]
-    below = np.searchsorted(sorted_id, s_ood, side="left")  # ID scores < each OOD score
-    at_or_below = np.searchsorted(sorted_id, s_ood, side="right")
-    draws = _resamples([s_id, s_ood], paired=False, n_resamples=n_resamples, seed=seed)
-    values = np.empty(n_resamples)
-    cumulative = np.zeros((block, n_id + 1))  # column c: total ID weight of the c lowest ID scores
-    for start in range(0, n_resamples, block):
-        b = min(block, n_resamples - start)
-        chunk = [next(draws) for _ in range(b)]
-        offsets = np.arange(b)[:, None]
-        id_rows = rank_of[np.stack([c[0] for c in chunk])] + offsets * n_id
-        w = np.bincount(id_rows.ravel(), minlength=b * n_id).reshape(b, n_id)
-        ood_rows = np.stack([c[1] for c in chunk]) + offsets * n_ood
-        v = np.bincount(ood_rows.ravel(), minlength=b * n_ood).reshape(b, n_ood)
-        np.cumsum(w, axis=1, out=cumulative[:b, 1:])
-        upto = cumulative[:b, at_or_below]
-        # ID weight above each OOD score, plus half the weight tied with it
-        credit = (n_id - upto) + (upto - cumulative[:b, below]) / 2.0
-        values[start : start + b] = (v * credit).sum(axis=1) / (n_id * n_ood)
-    return _percentile_interval(auroc(s_id, s_ood), values, confidence)
+    if len(scores_id) != len(scores_ood) or not scores_id:
+        raise NormprobeError("bootstrap_aurocs needs as many ID as OOD score arrays, at least one of each")
+    pairs = [
+        (_scores(a, "scores_id"), _scores(b, "scores_ood"))
+        for a, b in zip(scores_id, scores_ood, strict=True)
+    ]
+    n_id, n_ood = pairs[0][0].size, pairs[0][1].size
+    if any(a.size != n_id or b.size != n_ood for a, b in pairs):
+        raise NormprobeError("bootstrap_aurocs: every pair must have the same numbers of ID and OOD scores")
+    plans = []
+    for s_id, s_ood in pairs:
+        order = np.argsort(s_id, kind="stable")
+        sorted_id = s_id[order]
+        below = np.searchsorted(sorted_id, s_ood, side="left")  # ID scores < each OOD score
+        at_or_below = np.searchsorted(sorted_id, s_ood, side="right")
+        # without ties between the sets, one cumulative count serves both
+        plans.append((order, below, None if np.array_equal(below, at_or_below) else at_or_below))
+    draws = _resamples([pairs[0][0], pairs[0][1]], paired=False, n_resamples=n_resamples, seed=seed)
+    # a block of resamples at a time (default: a few hundred thousand multiplicities, cache-sized);
+    # the values do not depend on it
+    block = max(1, min(64, (1 << 18) // n_id)) if block is None else block
+    values = np.empty((len(pairs), n_resamples))
+
+    def blocks() -> Iterator[Callable[[], None]]:
+        for start in range(0, n_resamples, block):
+            chunk = [next(draws) for _ in range(min(block, n_resamples - start))]
+            ids, oods = np.stack([c[0] for c in chunk]), np.stack([c[1] for c in chunk])
+            yield functools.partial(_auroc_block, plans, ids, oods, start, values)
+
+    _run_blocks(blocks())
+    return [
+        _percentile_interval(auroc(s_id, s_ood), values[i], confidence)
+        for i, (s_id, s_ood) in enumerate(pairs)
+    ]
+
+
+def _auroc_block(
+    plans: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    ids: np.ndarray,
+    oods: np.ndarray,
+    start: int,
+    values: np.ndarray,
+) -> None:
+    """The AUROC of every pair of :func:`bootstrap_aurocs` on the resamples ``ids`` / ``oods``
+    (``(b, n)`` drawn rows of each set), into ``values[:, start:]``."""
+    (b, n_id), n_ood = ids.shape, oods.shape[1]
+    offsets = np.arange(b)[:, None]
+    # multiplicities of the rows in their given order, (b, n); int32 halves the memory traffic
+    w = np.bincount((ids + offsets * n_id).ravel(), minlength=b * n_id).reshape(b, n_id).astype(np.int32)
+    v = np.bincount((oods + offsets * n_ood).ravel(), minlength=b * n_ood).reshape(b, n_ood).astype(np.int32)
+    cumulative = np.zeros((b, n_id + 1), dtype=np.int32)  # column c: ID weight of the c lowest ID scores
+    for i, (ranking, strictly_below, tied_or_below) in enumerate(plans):
+        np.cumsum(w[:, ranking], axis=1, out=cumulative[:, 1:])
+        # twice (ID weight above each OOD score + half the weight tied with it):
+        # 2 n_id - (weight at or below) - (weight below)
+        lower = cumulative[:, strictly_below]
+        lower += lower if tied_or_below is None else cumulative[:, tied_or_below]
+        twice_u = 2 * n_id * n_ood - np.einsum("ij,ij->i", v, lower, dtype=np.int64)
+        values[i, start : start + b] = (twice_u / 2.0) / (n_id * n_ood)

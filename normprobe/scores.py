@@ -35,6 +35,7 @@ results are float64 numpy arrays.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -43,7 +44,14 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from normprobe.errors import NormprobeError
-from normprobe.knn import DEFAULT_MEMORY_BUDGET_BYTES, Backend, CosineIndex, as_embeddings, shared_index
+from normprobe.knn import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    Backend,
+    CosineIndex,
+    as_embeddings,
+    intra_op_threads,
+    shared_index,
+)
 from normprobe.metrics import acceptance_threshold
 
 _S = TypeVar("_S", bound="Scorer")
@@ -213,6 +221,11 @@ class KNNDistanceScorer(_NeighbourScorer):
         return self._kth(x)
 
 
+def _one_thread_on_cpu(x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """One torch thread for CPU work of many small operations (see :func:`normprobe.knn.intra_op_threads`)."""
+    return intra_op_threads(1) if x.device.type == "cpu" else contextlib.nullcontext()
+
+
 class MahalanobisScorer(Scorer):
     """Minus the smallest Mahalanobis distance to a class mean (Lee et al., 2018).
 
@@ -226,8 +239,11 @@ class MahalanobisScorer(Scorer):
     ``Sigma`` is inverted through its eigendecomposition with a ridge ``ridge * trace(Sigma) / d``
     added to every eigenvalue, so rank-deficient covariances (d > N, collapsed dimensions) stay
     well-conditioned; the ridge is relative, so the score does not depend on the embedding scale.
-    Computed in float64, in row blocks of ``block_rows``. The Gaussian is a global fit, so the
-    training points are scored as they are (no leave-one-out).
+    Computed in float64, in row blocks of ``block_rows``, with one torch thread on the CPU: the
+    ``d x d`` eigendecomposition is hundreds of small steps that threads only wait on each other for
+    (seconds instead of milliseconds beside another busy process), and its last bits would depend
+    on the machine's core count. The Gaussian is a global fit, so the training points are scored as
+    they are (no leave-one-out).
     """
 
     name = "mahalanobis"
@@ -241,6 +257,10 @@ class MahalanobisScorer(Scorer):
     def _fit(self, x: torch.Tensor, labels: np.ndarray | None, index: CosineIndex | None) -> np.ndarray:
         if not self.ridge > 0:
             raise NormprobeError(f"ridge must be > 0, got {self.ridge}")
+        with _one_thread_on_cpu(x):
+            return self._fit_gaussian(x, labels)
+
+    def _fit_gaussian(self, x: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         n, d = x.shape
         if labels is None:
             codes = np.zeros(n, dtype=np.int64)
@@ -273,6 +293,10 @@ class MahalanobisScorer(Scorer):
         return self._score(x)
 
     def _score(self, x: torch.Tensor) -> np.ndarray:
+        with _one_thread_on_cpu(x):
+            return self._distances(x)
+
+    def _distances(self, x: torch.Tensor) -> np.ndarray:
         w = self.whitener_.to(x.device)
         mu = self.white_means_.to(x.device)
         mu_sq = (mu * mu).sum(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Generator
 
 import numpy as np
 import pytest
@@ -644,3 +645,58 @@ def test_ivf_rows_with_too_few_candidates_are_searched_exactly() -> None:
     assert all(len(set(row)) == 60 for row in found.indices.tolist())
     loo = index.search(None, 60).indices.numpy()
     assert not (loo == np.arange(len(bank))[:, None]).any() and (loo >= 0).all()
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_block_parallel_search_equals_one_worker(bf16: bool) -> None:
+    """Query blocks searched side by side (one intra-op thread each) give exactly the neighbours of
+    one thread searching them in turn, and the thread count is restored afterwards."""
+    if bf16 and not knn_module.cpu_has_bf16_matmul():
+        pytest.skip("no bfloat16 GEMM on this CPU")
+    bank, y = clustered(4500, 16, 5, seed=40, noise=3.0)
+    queries, _ = clustered(1500, 16, 5, seed=41, noise=3.0)
+    index = CosineIndex(bank, memory_budget_bytes=SMALL_BUDGET, bf16_prefilter=bf16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers, whatever the machine
+    try:
+        assert knn_module._search_workers(index.device) == 2
+        assert -(-len(queries) // index._block_sizes(len(queries), 30, SMALL_BUDGET // 2)[0]) >= 4
+        parallel = [index.search(queries, 30), index.search(None, 30)]
+        parallel_kth = index.kth_similarity(queries, 7)
+        assert torch.get_num_threads() == 2
+        with knn_module.intra_op_threads(1):  # one worker
+            assert knn_module._search_workers(index.device) == 1
+            serial = [index.search(queries, 30), index.search(None, 30)]
+            serial_kth = index.kth_similarity(queries, 7)
+        assert torch.get_num_threads() == 2
+        for a, b in zip(parallel, serial, strict=True):
+            assert torch.equal(a.similarities, b.similarities) and torch.equal(a.indices, b.indices)
+        assert torch.equal(parallel_kth, serial_kth)
+        classifier = KNNClassifier(k=30, memory_budget_bytes=SMALL_BUDGET, bf16_prefilter=bf16).fit(bank, y)
+        predictions = classifier.predict(queries), classifier.predict()
+        with knn_module.intra_op_threads(1):
+            np.testing.assert_array_equal(classifier.predict(queries), predictions[0])
+            np.testing.assert_array_equal(classifier.predict(), predictions[1])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_block_parallel_search_reports_the_first_bad_row_and_restores_threads() -> None:
+    bank, _ = clustered(2000, 8, 5, seed=42)
+    queries, _ = clustered(1500, 8, 5, seed=43)
+    queries[1300, 2] = np.nan  # in a late block
+    queries[1400] = 0.0
+    index = CosineIndex(bank, memory_budget_bytes=SMALL_BUDGET)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(NormprobeError, match="queries: row 1300 contains NaN"):
+            index.search(queries, 10)
+        assert torch.get_num_threads() == 2
+        blocks = index.iter_search(queries[:1200], 10)
+        assert isinstance(blocks, Generator)
+        next(blocks)  # a consumer that stops early
+        blocks.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

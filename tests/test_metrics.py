@@ -210,6 +210,43 @@ def test_bootstrap_auroc_is_bootstrap_ci_of_auroc(ties: bool) -> None:
         )
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_bootstrap_aurocs_share_resamples_and_equal_separate_calls(ties: bool) -> None:
+    s_id, s_ood = scored_sets(8, n_id=150, n_ood=90, ties=ties)
+    rng = np.random.default_rng(9)
+    ids = [s_id, -s_id, s_id + rng.normal(0.0, 0.5, s_id.size), np.round(s_id)]
+    oods = [s_ood, -s_ood, s_ood + rng.normal(0.0, 0.5, s_ood.size), np.round(s_ood)]
+    together = metrics.bootstrap_aurocs(ids, oods, n_resamples=120, seed=4)
+    for block in (None, 1, 7, 64):  # the block size changes nothing
+        assert metrics.bootstrap_aurocs(ids, oods, n_resamples=120, seed=4, block=block) == together
+    for a, b, interval in zip(ids, oods, together, strict=True):
+        assert metrics.bootstrap_auroc(a, b, n_resamples=120, seed=4) == interval
+        slow = metrics.bootstrap_ci(metrics.auroc, a, b, n_resamples=120, seed=4)
+        assert interval.estimate == slow.estimate
+        assert interval.low == pytest.approx(slow.low, abs=1e-12)
+        assert interval.high == pytest.approx(slow.high, abs=1e-12)
+    with pytest.raises(NormprobeError, match="same numbers"):
+        metrics.bootstrap_aurocs([s_id, s_id[1:]], [s_ood, s_ood])
+    with pytest.raises(NormprobeError, match="as many"):
+        metrics.bootstrap_aurocs([s_id], [])
+
+
+def test_bootstrap_spearman_many_groups_and_any_block_size() -> None:
+    """Variables of many groups (summed per group) and of few (one matrix product), every block
+    size: the rho of scipy on each materialised resample, and the same bits whatever the block."""
+    rng = np.random.default_rng(2)
+    n = 80
+    x = rng.random(n)
+    ys = [rng.random(n), (rng.random(n) < 0.3).astype(float), np.round(rng.random(n) * 40)]
+    boots = metrics.bootstrap_spearman(x, ys, n_boot=9, seed=5)
+    draws = np.random.default_rng(5).integers(0, n, size=(9, n))
+    for b, rows in enumerate(draws):
+        for i, y in enumerate(ys):
+            assert boots[i, b] == pytest.approx(stats.spearmanr(x[rows], y[rows]).statistic, abs=1e-12)
+    for block in (1, 2, 4, 9, 32):
+        np.testing.assert_array_equal(metrics.bootstrap_spearman(x, ys, n_boot=9, seed=5, block=block), boots)
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

@@ -303,3 +303,22 @@ def test_a_scorer_in_a_pipeline_and_a_grid_search() -> None:
     assert search.cv_results_["mean_test_score"].min() > 0.5
     best = search.best_estimator_.named_steps["ood"]
     assert isinstance(best, KNNDistanceScorer) and best.k == search.best_params_["ood__k"]
+
+
+def test_mahalanobis_does_not_depend_on_the_thread_count() -> None:
+    """Fitted and scored with one torch thread on the CPU (its eigendecomposition's last bits would
+    otherwise follow the core count), leaving the caller's thread count as it was."""
+    x, y = gaussian_classes(3000, 24, seed=31)
+    queries, _ = gaussian_classes(500, 24, seed=32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            scorer = MahalanobisScorer().fit(x, y)
+            results.append((scorer.score_samples(None), scorer.score_samples(queries)))
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -29,6 +29,7 @@ Per-sample fields (prefix ``human_`` then the label set's short name, e.g. ``c10
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -237,11 +238,21 @@ def _label_set_of(column: str) -> str:
 _FIELD_NAMES = {"aggre": "consensus label", "worse": "worst label", "noisy": "label"}
 
 
+@functools.cache
+def _label_set_titles() -> dict[str, str]:
+    """Short name (``c10n``) -> title of every label set manifest (package data, read once; the first
+    manifest in name order wins a shared short name)."""
+    titles: dict[str, str] = {}
+    for name in manifest_names("labels"):
+        titles.setdefault(short_name(name), str(load_manifest(name).raw.get("title", name)))
+    return titles
+
+
 def signal_label(column: str) -> str:
     """A readable name: ``human_c10n_aggre_correct`` -> ``CIFAR-10N consensus label is correct``."""
     infix, _, rest = column[len(PREFIX) :].partition("_")
-    label_set = next((n for n in manifest_names("labels") if short_name(n) == infix), None)
-    title = str(load_manifest(label_set).raw.get("title", label_set)) if label_set else infix
+    # the report labels every curve and table row: parsing each manifest each time took seconds
+    title = _label_set_titles().get(infix, infix)
     if rest == "entropy":
         return f"{title} label entropy (bits)"
     if rest == "majority_disagrees":

@@ -213,7 +213,8 @@ def evaluate_ood(
     scorer ran on, ``primary`` for the unsuffixed columns; ``group`` comes from ``groups``, OOD set
     ``dataset/split`` -> ``near`` | ``far``, far where absent; ``auroc_ci_*`` is the 95%
     percentile interval of ``n_boot`` stratified bootstrap resamples, seeded with ``seed``, from
-    :func:`normprobe.metrics.bootstrap_auroc`); ``roc`` has ``ood_set``, ``scorer``, ``fpr``,
+    :func:`normprobe.metrics.bootstrap_auroc`, the scorers of one OOD set sharing their resamples
+    through :func:`normprobe.metrics.bootstrap_aurocs`); ``roc`` has ``ood_set``, ``scorer``, ``fpr``,
     ``tpr``.
     """
     groups = groups or {}
@@ -222,15 +223,27 @@ def evaluate_ood(
         raise NormprobeError("OOD evaluation needs ID-test rows")
     ood = samples[samples["role"] == "ood"]
     rows, curves = [], []
+    id_scores = {
+        column: samples.loc[id_rows, f"score_{column}"].to_numpy(np.float64) for column in score_columns
+    }
     for (dataset, split), part in ood.groupby(["dataset", "split"], sort=False):
         ood_set = f"{dataset}/{split}"
-        for column in score_columns:
-            positive = samples.loc[id_rows, f"score_{column}"].to_numpy(np.float64)
-            negative = part[f"score_{column}"].to_numpy(np.float64)
-            method, _, head = column.partition("@")
-            interval = metrics.bootstrap_auroc(
-                positive, negative, n_resamples=n_boot, confidence=AUROC_CONFIDENCE, seed=seed
+        ood_scores = {column: part[f"score_{column}"].to_numpy(np.float64) for column in score_columns}
+        # every scorer of this set sees the same resamples (same seed and sizes): drawn once
+        intervals = (
+            metrics.bootstrap_aurocs(
+                [id_scores[c] for c in score_columns],
+                [ood_scores[c] for c in score_columns],
+                n_resamples=n_boot,
+                confidence=AUROC_CONFIDENCE,
+                seed=seed,
             )
+            if score_columns
+            else []
+        )
+        for column, interval in zip(score_columns, intervals, strict=True):
+            positive, negative = id_scores[column], ood_scores[column]
+            method, _, head = column.partition("@")
             rows.append(
                 {
                     "ood_set": ood_set,
