@@ -106,7 +106,9 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = feature_dim(name, width)
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            # A model built on the meta device (checkpoint size checks) has no values to initialise,
+            # and initialising a meta tensor imports torch._dynamo: about a second per analysis.
+            if isinstance(module, nn.Conv2d) and module.weight.device.type != "meta":
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
