@@ -266,7 +266,7 @@ def embed(
         batch_size=batch_size,
         device=device_used,
         precision=precision,
-        cache=Cache(cache_dir) if use_cache else None,
+        cache=Cache(cache_dir, enabled=use_cache),
         progress=progress,
     )
     spec = str(data) if isinstance(data, str | Path) else f"python:{type(data).__name__}"

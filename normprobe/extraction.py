@@ -161,7 +161,7 @@ def extract(
     With a cache, the arrays returned are read-only memory maps of its files (also right after
     computing them); without one, in-memory arrays.
 
-    Pass ``cache=None`` to always recompute (``--no-cache``).
+    Pass ``cache=None`` or a disabled cache (``Cache(enabled=False)``, ``--no-cache``) to always recompute.
     """
     heads = tuple(heads or loaded.heads)
     unknown = [h for h in heads if h not in loaded.heads]

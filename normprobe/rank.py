@@ -283,7 +283,7 @@ def run_rank(
                 np.random.default_rng(settings.seed).choice(len(reference_set), size, replace=False)
             )
             reference_set = reference_set.subset(picked, f"random {size} (seed {settings.seed})")
-    cache = Cache() if settings.use_cache else None
+    cache = Cache(enabled=settings.use_cache)
     return score_imageset(loaded, imageset, settings, reference_set, cache)
 
 

@@ -189,7 +189,7 @@ def _embed(
             f"  note: {device} has no native bf16 instructions; bf16 autocast will likely be slower than fp32 here"
         )
 
-    cache = None if args.no_cache else Cache(args.cache_dir)
+    cache = Cache(args.cache_dir, enabled=not args.no_cache)
     embeddings = extract(
         loaded,
         imageset,
@@ -215,7 +215,7 @@ def _embed(
         say(f"embeddings: served from the cache in {embeddings.seconds:.2f} s ({dims})")
     else:
         rate = len(imageset) / max(embeddings.seconds, 1e-9)
-        cached = "not cached (--no-cache)" if cache is None else printable(f"cached in {cache.root}")
+        cached = printable(f"cached in {cache.root}") if cache.enabled else "not cached (--no-cache)"
         where = f"{device} x {distributed.world_size()} processes" if distributed.world_size() > 1 else device
         say(
             f"embeddings: computed on {where} ({args.precision}) at {rate:.0f} images/s, {embeddings.seconds:.1f} s; {cached} ({dims})"
