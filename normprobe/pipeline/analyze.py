@@ -117,7 +117,6 @@ def _record(
 ) -> RunRecord:
     """run.json of ``run`` (timings as they stand: the report's and the total are added after)."""
     settings = run.settings
-    groups = steps.ood_groups(run)
     summary: dict[str, Any] = {}
     for analysis in analyses:
         summary.update(analysis.summary)
@@ -142,7 +141,7 @@ def _record(
             if s.input_record is not None
         ),
         id_dataset=settings.named_id_dataset,
-        datasets=tuple(_dataset(run, s, groups.get(s.key)) for s in run.sets),
+        datasets=tuple(_dataset(run, s, run.ood_groups.get(s.key)) for s in run.sets),
         heads=run.heads,
         primary_head=run.primary,
         settings=RecordedSettings(**recorded),

@@ -4,8 +4,10 @@ loads, checks or resolves anything again."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from normprobe.pipeline.sets import (
     choose_heads,
     embed_sets,
     load_images,
+    ood_groups,
     read_embedding_sets,
 )
 from normprobe.results import check_output_dir
@@ -48,6 +51,8 @@ class Run:
     id_test: AnalysedSet
     ood: dict[str, AnalysedSet]
     """By ``dataset/split``, in the order given."""
+    ood_groups: dict[str, str]
+    """``dataset/split`` -> ``near`` | ``far`` of every OOD set."""
     heads: tuple[str, ...]
     primary: str
     out: Path
@@ -64,20 +69,12 @@ class Run:
         """ID-train's primary-head embeddings: what the kNN classifier and scorers search."""
         return self.id_train.embeddings[self.primary]
 
-    def timed(self, name: str) -> _Timer:
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
         """``with run.timed("knn_s"): ...`` records the block's seconds under ``name``."""
-        return _Timer(self.timings, name)
-
-
-class _Timer:
-    def __init__(self, timings: dict[str, Any], name: str) -> None:
-        self.timings, self.name = timings, name
-
-    def __enter__(self) -> None:
-        self.began = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.timings[self.name] = time.perf_counter() - self.began
+        began = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - began
 
 
 def progress_log(progress: bool) -> Log:
@@ -145,6 +142,7 @@ def open_run(
         id_train=next(s for s in sets if s.role == "id-train"),
         id_test=next(s for s in sets if s.role == "id-test"),
         ood={s.key: s for s in sets if s.role == "ood"},
+        ood_groups=ood_groups(sets, settings),
         heads=heads,
         primary=primary,
         out=out_path,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from normprobe import data
+from normprobe.analyses.ood import ood_group
 from normprobe.analyses.settings import AnalysisSettings
 from normprobe.cache import Cache
 from normprobe.checkpoints import LoadedEncoder
@@ -159,6 +160,16 @@ def check_datasets(settings: AnalysisSettings, given: GivenSets, images: bool) -
                 raise NormprobeError(
                     f"{option} {name}: not one of the OOD sets (--ood {', '.join(settings.ood)})"
                 )
+
+
+def ood_groups(sets: Sequence[AnalysedSet], settings: AnalysisSettings) -> dict[str, str]:
+    """``dataset/split`` -> ``near`` | ``far`` of every OOD set: ``--near`` / ``--far``, else its manifest's."""
+    groups = {}
+    for s in sets:
+        if s.role == "ood":
+            default = data.load_manifest(s.manifest).raw.get("ood_group") if s.manifest else None
+            groups[s.key] = ood_group((s.spec, s.name), default, settings.near, settings.far)
+    return groups
 
 
 def _given(given: GivenSets, spec: str, kind: type, role: str) -> Any:

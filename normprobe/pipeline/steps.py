@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normprobe import data
 from normprobe.analyses import human
 from normprobe.analyses.accuracy import knn_predictions
 from normprobe.analyses.buckets import bucket_curve
@@ -28,7 +27,6 @@ from normprobe.analyses.ood import (
     fit_and_score,
     group_means,
     norm_correctness_spearman,
-    ood_group,
     ood_verdicts,
 )
 from normprobe.knn import CosineIndex, approximate_params, measure_recall
@@ -324,18 +322,9 @@ def buckets(run: Run, samples: pd.DataFrame) -> Analysis:
     )
 
 
-def ood_groups(run: Run) -> dict[str, str]:
-    """``dataset/split`` -> ``near`` | ``far`` for every OOD set: ``--near`` / ``--far``, else its manifest's."""
-    groups = {}
-    for key, s in run.ood.items():
-        default = data.load_manifest(s.manifest).raw.get("ood_group") if s.manifest else None
-        groups[key] = ood_group((s.spec, s.name), default, run.settings.near, run.settings.far)
-    return groups
-
-
 def ood(run: Run, samples: pd.DataFrame, score_columns: list[str]) -> Analysis:
     """Every scorer's metrics per OOD set against ID-test, near-/far-OOD means and the verdicts."""
-    metrics, roc = evaluate_ood(samples, score_columns, run.primary, ood_groups(run), seed=run.settings.seed)
+    metrics, roc = evaluate_ood(samples, score_columns, run.primary, run.ood_groups, seed=run.settings.seed)
     means = group_means(metrics)
     per_set: dict[str, Any] = {}
     for row in metrics.to_dict("records"):
