@@ -277,14 +277,15 @@ def to_json(value: Any) -> Any:
 _R = TypeVar("_R")
 
 
-def from_json(cls: type[_R], raw: Any, where: str, name: str = "run") -> _R:
+def from_json(cls: type[_R], raw: Any, where: str, path: str = "") -> _R:
     """Build the record ``cls`` from parsed JSON, checking each field against its annotation.
 
-    A missing field without a default is ``'NAME' lacks FIELD``; a value of the wrong kind names
-    its path; unknown keys (written by a newer normprobe) are ignored. Raises :class:`NormprobeError`.
+    A missing field without a default is ``'settings' lacks FIELD`` (``'run'`` at the top, ``a
+    'datasets' entry`` in a list); a value of the wrong kind names its path (``'settings.k'``);
+    unknown keys (written by a newer normprobe) are ignored. Raises :class:`NormprobeError`.
     """
     if not isinstance(raw, dict):
-        what = "expected a JSON object" if name == "run" else f"'{name}' must be an object"
+        what = "expected a JSON object" if not path else f"{_described(path)} must be an object"
         raise NormprobeError(f"{where}: {what}, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
@@ -294,9 +295,9 @@ def from_json(cls: type[_R], raw: Any, where: str, name: str = "run") -> _R:
         if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise NormprobeError(f"{where}: '{name}' lacks {', '.join(missing)}")
+        raise NormprobeError(f"{where}: {_described(path)} lacks {', '.join(missing)}")
     values = {
-        f.name: _convert(hints[f.name], raw[f.name], where, f.name if name == "run" else f"{name}.{f.name}")
+        f.name: _convert(hints[f.name], raw[f.name], where, f"{path}.{f.name}" if path else f.name)
         for f in fields
         if f.name in raw
     }
@@ -313,13 +314,7 @@ def _convert(hint: Any, value: Any, where: str, path: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(inner, value, where, path)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        entry = {"datasets[]": "a 'datasets' entry", "inputs[]": "an 'inputs' entry"}.get(path)
-        try:
-            return from_json(hint, value, where, path)
-        except NormprobeError as err:
-            if entry is None:
-                raise
-            raise NormprobeError(str(err).replace(f"'{path}' lacks", f"{entry} lacks")) from None
+        return from_json(hint, value, where, path)
     if origin in (tuple, list):
         if not isinstance(value, list):
             raise NormprobeError(f"{where}: '{path}' must be a list, got {type(value).__name__}")
@@ -342,6 +337,16 @@ def _convert(hint: Any, value: Any, where: str, path: str) -> Any:
     elif isinstance(value, hint):
         return value
     raise NormprobeError(f"{where}: '{path}' must be {hint.__name__}, got {type(value).__name__}")
+
+
+def _described(path: str) -> str:
+    """How a message names the object at ``path``: ``'run'``, ``'settings'``, ``an 'inputs' entry``."""
+    if not path:
+        return "'run'"
+    if path.endswith("[]"):
+        name = path[:-2]
+        return f"{'an' if name[0] in 'aeiou' else 'a'} '{name}' entry"
+    return f"'{path}'"
 
 
 def read_run(raw: Any, where: str) -> RunRecord:
