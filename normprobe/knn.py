@@ -35,16 +35,13 @@ faiss backends run on a GPU when the bank is on CUDA and faiss was built with GP
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import hashlib
-import itertools
 import math
 import queue
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -52,6 +49,7 @@ import numpy as np
 import torch
 
 from normprobe.errors import NormprobeError
+from normprobe.parallel import ordered_map
 
 Backend = Literal["torch", "faiss", "faiss-ivf", "faiss-hnsw"]
 BACKENDS: tuple[Backend, ...] = ("torch", "faiss", "faiss-ivf", "faiss-hnsw")
@@ -900,23 +898,8 @@ class CosineIndex:
                 yield q0, block(q0)
             return
         # Each worker searches whole query blocks with one thread; see _search_workers.
-        with intra_op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="normprobe-knn") as pool:
-            pending: collections.deque[tuple[int, Future[Neighbors]]] = collections.deque()
-            ahead = iter(starts)
-            try:
-                # a few blocks in flight per worker; results are yielded in query order
-                for q0 in itertools.islice(ahead, 2 * workers):
-                    pending.append((q0, pool.submit(block, q0)))
-                while pending:
-                    q0, future = pending.popleft()
-                    result = future.result()
-                    following = next(ahead, None)
-                    if following is not None:
-                        pending.append((following, pool.submit(block, following)))
-                    yield q0, result
-            finally:
-                for _, future in pending:
-                    future.cancel()
+        with intra_op_threads(1):
+            yield from ordered_map(lambda q0: (q0, block(q0)), starts, workers, name="normprobe-knn")
 
     def _search_block(
         self,

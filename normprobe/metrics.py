@@ -49,12 +49,10 @@ vectorised (sorting, no Python loops over samples).
 
 from __future__ import annotations
 
-import collections
 import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import NamedTuple
 
@@ -63,6 +61,7 @@ from scipy import special
 from threadpoolctl import threadpool_limits
 
 from normprobe.errors import NormprobeError
+from normprobe.parallel import ordered_map
 
 
 def _scores(x: object, name: str) -> np.ndarray:
@@ -442,19 +441,8 @@ def _run_blocks(tasks: Iterable[Callable[[], None]]) -> None:
     :func:`_bootstrap_workers` threads. The calling thread makes the tasks in order (drawing their
     resamples from the one generator, so the draws are those of a serial run) while the workers
     compute, at most two tasks per worker ahead."""
-    workers = _bootstrap_workers()
-    if workers == 1:
-        for task in tasks:
-            task()
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="normprobe-bootstrap") as pool:
-        pending: collections.deque[Future[None]] = collections.deque()
-        for task in tasks:
-            pending.append(pool.submit(task))
-            if len(pending) > 2 * workers:
-                pending.popleft().result()
-        while pending:
-            pending.popleft().result()
+    for _ in ordered_map(lambda task: task(), tasks, _bootstrap_workers(), name="normprobe-bootstrap"):
+        pass
 
 
 def roc_curve(scores_id: object, scores_ood: object) -> tuple[np.ndarray, np.ndarray]:
