@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fresh_process import run_fresh
+from fresh_process import pin_child_threads, run_fresh
 
 K = 200
 TEMPERATURE = 0.1
@@ -151,9 +151,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results as JSON here")
     opts = parser.parse_args()
-    # BLAS and OpenMP pools read these when the child processes import them
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(opts.threads)
+    pin_child_threads(opts.threads)
 
     load_before = os.getloadavg()
     print(

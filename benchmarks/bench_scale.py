@@ -42,7 +42,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fresh_process import run_fresh
+from fresh_process import pin_child_threads, run_fresh
 
 METHODS = {"exact": "torch", "ivf": "faiss-ivf", "hnsw": "faiss-hnsw"}
 TASKS = ("loo", "queries")
@@ -165,8 +165,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results as JSON here")
     opts = parser.parse_args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(opts.threads)
+    pin_child_threads(opts.threads)
 
     load_before = os.getloadavg()
     print(

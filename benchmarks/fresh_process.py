@@ -7,8 +7,16 @@ its allocator state are its own.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from collections.abc import Callable
 from typing import Any
+
+
+def pin_child_threads(threads: int) -> None:
+    """BLAS and OpenMP thread pools of the processes started from now on: these variables are read
+    when the children import numpy, torch or faiss."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
 
 
 def run_fresh(target: Callable[..., None], *args: Any) -> dict[str, Any]:
